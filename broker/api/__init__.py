@@ -1,0 +1,1 @@
+"""The broker's faces: the gRPC service and the fd channel server."""

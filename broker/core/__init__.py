@@ -1,0 +1,1 @@
+"""The broker's core: registry, negotiation, errors. No sockets here."""

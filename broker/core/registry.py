@@ -1,0 +1,305 @@
+"""Registry: sessions, buffers, attachments and mappings.
+
+All broker state lives here and changes only on the broker's one event
+loop, so nothing here takes a lock (the loop plays the part of the kernel's
+reservation lock). The registry never touches sockets; it closes the fds it
+owns through the FdLedger and reports what importers must hear through the
+``notify`` callback.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from broker.core.errors import FailedPrecondition, NotFound, PermissionDenied
+from broker.core.mapping_type import MapResult, MappingType, MatchContext
+from broker.core.negotiate import Negotiation, Spec, TraceStep, negotiate
+from broker.fd_ledger import FdLedger
+
+ACTIVE = "active"
+REVOKED = "revoked"
+
+
+@dataclass
+class Session:
+    """One client connection to the fd channel; lives as long as it does."""
+
+    id: int
+    token: str
+    pid: int
+    uid: int
+    gid: int
+    events_open: bool = False
+    buffers: dict[int, "Buffer"] = field(default_factory=dict)
+    attachments: dict[int, "Attachment"] = field(default_factory=dict)
+    closed: bool = False
+
+
+@dataclass
+class BufferFd:
+    fd: int
+    size: int
+    writable: bool
+
+
+@dataclass
+class Buffer:
+    """A registered buffer, owned by its exporter's session."""
+
+    id: int
+    exporter: Session
+    size: int
+    fds: list[BufferFd]
+    offers: list[Spec]
+    name: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    layout: Any = None
+    state: str = ACTIVE
+    attachments: dict[int, "Attachment"] = field(default_factory=dict)
+
+    @property
+    def fd_sizes(self) -> tuple[int, ...]:
+        return tuple(f.size for f in self.fds)
+
+
+@dataclass
+class Attachment:
+    """An importer's negotiated link to a buffer; map_type is fixed for life."""
+
+    id: int
+    buffer: Buffer
+    session: Session
+    map_type: MappingType
+    map_params: Any
+    trace: tuple[TraceStep, ...]
+    pinned: bool
+    mappings: dict[int, "Mapping"] = field(default_factory=dict)
+
+
+@dataclass
+class Mapping:
+    id: int
+    attachment: Attachment
+    fd_count: int
+
+
+@dataclass(frozen=True)
+class RevokedEvent:
+    buffer_id: int
+    attachment_ids: tuple[int, ...]
+    reason: str
+
+
+Notify = Callable[[Session, Any], None]
+
+
+class Registry:
+    """The broker's state. Every method runs on the event loop."""
+
+    def __init__(self, ledger: FdLedger, notify: Optional[Notify] = None) -> None:
+        self.ledger = ledger
+        self.notify: Notify = notify or (lambda session, event: None)
+        self.sessions: dict[int, Session] = {}
+        self.sessions_by_token: dict[str, Session] = {}
+        self.buffers: dict[int, Buffer] = {}
+        self.buffers_by_name: dict[str, Buffer] = {}
+        self.attachments: dict[int, Attachment] = {}
+        self.mappings: dict[int, Mapping] = {}
+        self._ids = itertools.count(1)
+
+    def _next_id(self) -> int:
+        return next(self._ids)
+
+    # --- sessions -----------------------------------------------------------
+
+    def session_open(self, token: str, pid: int, uid: int, gid: int) -> Session:
+        session = Session(self._next_id(), token, pid, uid, gid)
+        self.sessions[session.id] = session
+        self.sessions_by_token[token] = session
+        return session
+
+    def session_close(self, session: Session) -> None:
+        """End a session: detach its attachments, revoke and drop its buffers."""
+        if session.closed:
+            return
+        session.closed = True
+        for attachment in list(session.attachments.values()):
+            self.detach(attachment)
+        for buffer in list(session.buffers.values()):
+            self.buffer_unregister(buffer, reason="exporter session ended")
+        del self.sessions[session.id]
+        del self.sessions_by_token[session.token]
+
+    # --- buffers ------------------------------------------------------------
+
+    def buffer_register(
+        self,
+        exporter: Session,
+        fds: list[BufferFd],
+        size: int,
+        offers: list[Spec],
+        name: str = "",
+        labels: Optional[dict[str, str]] = None,
+        layout: Any = None,
+    ) -> Buffer:
+        """Take ownership of ``fds`` and register a buffer.
+
+        The caller has validated the fds and offers. On return the registry
+        owns the fds: they are closed when the buffer is revoked.
+        """
+        if name and name in self.buffers_by_name:
+            other = self.buffers_by_name[name]
+            raise FailedPrecondition(
+                f"buffer name {name!r} is taken by buffer {other.id} of pid "
+                f"{other.exporter.pid}; choose another name or unregister that buffer first"
+            )
+        buffer = Buffer(
+            self._next_id(), exporter, size, fds, offers, name, dict(labels or {}), layout
+        )
+        self.buffers[buffer.id] = buffer
+        if name:
+            self.buffers_by_name[name] = buffer
+        exporter.buffers[buffer.id] = buffer
+        return buffer
+
+    def buffer_find(self, buffer_id: int = 0, name: str = "") -> Buffer:
+        buffer = self.buffers_by_name.get(name) if name else self.buffers.get(buffer_id)
+        if buffer is None:
+            what = f"named {name!r}" if name else f"with id {buffer_id}"
+            raise NotFound(
+                f"no buffer {what}: it was never registered, or was unregistered "
+                "when its exporter ended; list buffers with `bufbroker ls`"
+            )
+        return buffer
+
+    def buffer_owned(self, session: Session, buffer_id: int) -> Buffer:
+        buffer = self.buffer_find(buffer_id)
+        if buffer.exporter is not session:
+            raise PermissionDenied(
+                f"buffer {buffer_id} belongs to pid {buffer.exporter.pid}'s session; "
+                "only its exporter may revoke or unregister it"
+            )
+        return buffer
+
+    def buffer_revoke(self, buffer: Buffer, reason: str) -> None:
+        """Withdraw a buffer: tell importers, close the broker's fds.
+
+        Attachments stay until their importers detach, but every further
+        attach and map fails. Revoking twice is a no-op.
+        """
+        if buffer.state == REVOKED:
+            return
+        buffer.state = REVOKED
+        self.ledger.close_all([f.fd for f in buffer.fds])
+        buffer.fds = []
+        by_session: dict[int, list[int]] = {}
+        for attachment in buffer.attachments.values():
+            by_session.setdefault(attachment.session.id, []).append(attachment.id)
+        for session_id, attachment_ids in by_session.items():
+            self.notify(
+                self.sessions[session_id],
+                RevokedEvent(buffer.id, tuple(attachment_ids), reason),
+            )
+
+    def buffer_unregister(self, buffer: Buffer, reason: str = "unregistered by its exporter") -> None:
+        self.buffer_revoke(buffer, reason)
+        for attachment in list(buffer.attachments.values()):
+            self.detach(attachment)
+        del self.buffers[buffer.id]
+        if buffer.name and self.buffers_by_name.get(buffer.name) is buffer:
+            del self.buffers_by_name[buffer.name]
+        buffer.exporter.buffers.pop(buffer.id, None)
+
+    # --- attachments ----------------------------------------------------------
+
+    def match_context(self, session: Session, buffer: Buffer) -> MatchContext:
+        return MatchContext(
+            importer_uid=session.uid,
+            importer_gid=session.gid,
+            buffer_size=buffer.size,
+            fd_sizes=buffer.fd_sizes,
+            fd_writable=tuple(f.writable for f in buffer.fds),
+        )
+
+    def explain(self, session: Session, buffer: Buffer, accept: list[Spec]) -> Negotiation:
+        """Negotiate without attaching (a dry run); raises as attach would."""
+        self._check_active(buffer, "attach to")
+        return negotiate(buffer.offers, accept, self.match_context(session, buffer))
+
+    def attach(self, session: Session, buffer: Buffer, accept: list[Spec], pinned: bool) -> Attachment:
+        """Negotiate and record an attachment; nothing is created on failure."""
+        negotiation = self.explain(session, buffer, accept)
+        attachment = Attachment(
+            self._next_id(),
+            buffer,
+            session,
+            negotiation.map_type,
+            negotiation.map_params,
+            negotiation.trace,
+            pinned,
+        )
+        self.attachments[attachment.id] = attachment
+        buffer.attachments[attachment.id] = attachment
+        session.attachments[attachment.id] = attachment
+        return attachment
+
+    def attachment_find(self, session: Session, attachment_id: int) -> Attachment:
+        attachment = session.attachments.get(attachment_id)
+        if attachment is None:
+            raise NotFound(
+                f"no attachment {attachment_id} in this session: it was detached, its "
+                "buffer was unregistered, or it belongs to another session"
+            )
+        return attachment
+
+    def detach(self, attachment: Attachment) -> None:
+        for mapping in list(attachment.mappings.values()):
+            self.unmap(mapping)
+        self.attachments.pop(attachment.id, None)
+        attachment.buffer.attachments.pop(attachment.id, None)
+        attachment.session.attachments.pop(attachment.id, None)
+
+    # --- mappings -------------------------------------------------------------
+
+    def map(self, attachment: Attachment) -> tuple[Mapping, MapResult]:
+        """Produce a handle and the fds to send for one mapping.
+
+        The caller must send ``result.fds`` and then close
+        ``result.temporary`` through the ledger. A mapping must be unmapped
+        with :meth:`unmap` (detach does it for the importer).
+        """
+        buffer = attachment.buffer
+        self._check_active(buffer, "map")
+        result = attachment.map_type.map(buffer, attachment)
+        for fd in result.temporary:
+            self.ledger.adopt_opened(fd)
+        mapping = Mapping(self._next_id(), attachment, len(result.fds))
+        self.mappings[mapping.id] = mapping
+        attachment.mappings[mapping.id] = mapping
+        return mapping, result
+
+    def mapping_find(self, session: Session, mapping_id: int) -> Mapping:
+        mapping = self.mappings.get(mapping_id)
+        if mapping is None or mapping.attachment.session is not session:
+            raise NotFound(
+                f"no mapping {mapping_id} in this session: it was unmapped, or its "
+                "attachment was detached"
+            )
+        return mapping
+
+    def unmap(self, mapping: Mapping) -> None:
+        attachment = mapping.attachment
+        attachment.map_type.unmap(attachment.buffer, attachment)
+        self.mappings.pop(mapping.id, None)
+        attachment.mappings.pop(mapping.id, None)
+
+    @staticmethod
+    def _check_active(buffer: Buffer, verb: str) -> None:
+        if buffer.state == REVOKED:
+            raise FailedPrecondition(
+                f"buffer revoked: buffer {buffer.id}"
+                f"{' (' + buffer.name + ')' if buffer.name else ''} was withdrawn by its "
+                f"exporter, so you cannot {verb} it; attach to a live buffer instead"
+            )

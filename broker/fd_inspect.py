@@ -1,0 +1,95 @@
+"""Check that an fd a client sent is a memfd the broker can share safely.
+
+A buffer's fds must be memfds (anonymous shared memory with sealing), at
+least as large as declared. The broker then seals them against shrinking
+and growing, so no importer can get SIGBUS from an exporter that truncates
+the file under its mmap.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import stat
+
+from broker.core.errors import InvalidArgument
+from broker.core.registry import BufferFd
+
+MEMFD_HINT = "create it with os.memfd_create(name, os.MFD_ALLOW_SEALING) (the SDK's export(size=...) does)"
+
+
+def _kind(mode: int, fd: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a pipe"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISCHR(mode):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            target = "a character device"
+        return f"a character device ({target})"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if not stat.S_ISREG(mode):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            target = "?"
+        return f"not a file ({target})"
+    return "a regular file"
+
+
+def inspect_memfd(fd: int, index: int, min_size: int) -> BufferFd:
+    """Validate fd number ``index`` of a registration and seal it.
+
+    Returns its size and whether it is open for writing. Raises
+    InvalidArgument naming the problem and the fix; the caller still owns
+    (and must close) the fd either way.
+    """
+    where = f"fd {index} of the buffer"
+    st = os.fstat(fd)
+    try:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        target = ""
+    if not stat.S_ISREG(st.st_mode) or not target.startswith("/memfd:"):
+        kind = _kind(st.st_mode, fd)
+        if kind.startswith("a character device") and target.startswith("anon_inode:"):
+            kind = f"an anonymous inode ({target.removeprefix('anon_inode:')})"
+        raise InvalidArgument(f"{where} is {kind}, not a memfd; {MEMFD_HINT}")
+    try:
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    except OSError as error:
+        raise InvalidArgument(f"{where} does not support sealing ({error.strerror}); {MEMFD_HINT}")
+    wanted = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+    if seals & wanted != wanted:
+        if seals & fcntl.F_SEAL_SEAL:
+            raise InvalidArgument(
+                f"{where} is a memfd without sealing support (created without "
+                f"MFD_ALLOW_SEALING, or already sealed with F_SEAL_SEAL); {MEMFD_HINT}"
+            )
+    if st.st_size < min_size:
+        raise InvalidArgument(
+            f"{where} is a memfd of {st.st_size} bytes, smaller than the declared size "
+            f"{min_size}; ftruncate it to the size you register"
+        )
+    if seals & wanted != wanted:
+        try:
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, wanted)
+        except OSError as error:
+            raise InvalidArgument(
+                f"{where}: the broker could not seal it against shrink and grow "
+                f"({error.strerror}); {MEMFD_HINT}"
+            )
+        # Re-read the size: a racing exporter may have resized before sealing.
+        st = os.fstat(fd)
+        if st.st_size < min_size:
+            raise InvalidArgument(
+                f"{where} shrank to {st.st_size} bytes while it was being sealed; "
+                "do not resize a buffer you register"
+            )
+    writable = (fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE) == os.O_RDWR
+    return BufferFd(fd=fd, size=st.st_size, writable=writable)

@@ -1,0 +1,137 @@
+"""The mapping-type registry and the wire form of offers, matches, handles.
+
+The registry is one dict filled by :func:`register_mapping_type`: the
+built-in types, then every entry point in the ``bufbroker.mapping_types``
+group (how third parties add a type without touching the core). Each type
+is validated when it is registered, so an incomplete one stops the broker
+at start-up.
+
+On the wire an offer, match or handle is a oneof with one arm per built-in
+type (named after the type) and a ``plugin`` arm (type name + Any) for the
+rest; these helpers turn them into :class:`Spec` objects and back.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib.metadata import entry_points
+from typing import Any
+
+from bufbroker.v1 import mapping_types_pb2 as pb
+
+from broker.core.errors import InvalidArgument
+from broker.core.mapping_type import MappingType, check_mapping_type
+from broker.core.negotiate import Spec
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "bufbroker.mapping_types"
+
+MAPPING_TYPES: dict[str, MappingType] = {}
+
+# Arms of the Offer/Match/Handle oneofs that are built-in types.
+_BUILTIN_ARMS = frozenset(f.name for f in pb.Offer.DESCRIPTOR.oneofs_by_name["kind"].fields) - {
+    "plugin"
+}
+
+
+def register_mapping_type(mapping_type: Any) -> MappingType:
+    """Validate and add a type; a second type of the same name is refused."""
+    check_mapping_type(mapping_type)
+    existing = MAPPING_TYPES.get(mapping_type.name)
+    if existing is not None and existing is not mapping_type:
+        raise TypeError(f"two mapping types are named {mapping_type.name!r}; names must be unique")
+    MAPPING_TYPES[mapping_type.name] = mapping_type
+    return mapping_type
+
+
+def load_mapping_types() -> dict[str, MappingType]:
+    """Register the built-ins and every installed entry point (idempotent)."""
+    from broker.mapping_types.memfd import MEMFD
+    from broker.mapping_types.segments import SEGMENTS
+
+    register_mapping_type(MEMFD)
+    register_mapping_type(SEGMENTS)
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            loaded = entry.load()
+        except Exception as error:  # a broken plugin must say which one it is
+            raise TypeError(
+                f"mapping type entry point {entry.name!r} ({entry.value}) failed to load: {error}"
+            ) from error
+        register_mapping_type(loaded)
+    return MAPPING_TYPES
+
+
+def memfd() -> MappingType:
+    return MAPPING_TYPES["memfd"]
+
+
+def _lookup(name: str, what: str) -> MappingType:
+    mapping_type = MAPPING_TYPES.get(name)
+    if mapping_type is None:
+        known = ", ".join(sorted(MAPPING_TYPES))
+        raise InvalidArgument(
+            f"{what} names unknown mapping type {name!r}; this broker knows [{known}]"
+        )
+    return mapping_type
+
+
+def _spec_from_wire(wire: Any, role: str, message_attr: str, index: int) -> Spec:
+    arm = wire.WhichOneof("kind")
+    what = f"{role} {index}"
+    if arm is None:
+        raise InvalidArgument(f"{what} is empty: set one mapping type arm (e.g. memfd)")
+    if arm != "plugin":
+        return Spec(_lookup(arm, what), getattr(wire, arm))
+    mapping_type = _lookup(wire.plugin.type_name, what)
+    message = getattr(mapping_type, message_attr)()
+    if not wire.plugin.body.Unpack(message):
+        raise InvalidArgument(
+            f"{what}: the plugin body is a {wire.plugin.body.TypeName()!r}, but mapping type "
+            f"{mapping_type.name!r} expects {message.DESCRIPTOR.full_name!r}"
+        )
+    return Spec(mapping_type, message)
+
+
+def offers_from_wire(offers: Any, fd_sizes: tuple[int, ...], size: int) -> list[Spec]:
+    """Resolve and validate an exporter's offers; empty means ``[memfd]``."""
+    if not offers:
+        return [Spec(memfd(), memfd().check_offer(pb.MemfdOffer(), fd_sizes, size))]
+    specs = []
+    for index, wire in enumerate(offers):
+        spec = _spec_from_wire(wire, "offer", "offer_message", index)
+        specs.append(Spec(spec.type, spec.type.check_offer(spec.message, fd_sizes, size)))
+    return specs
+
+
+def accept_from_wire(accept: Any, access: int) -> tuple[list[Spec], bool]:
+    """Resolve an importer's accept list; returns (specs, is_compat).
+
+    An empty list is a compat importer: it accepts memfd with ``access``.
+    """
+    if not accept:
+        match = pb.MemfdMatch(access=access)
+        return [Spec(memfd(), memfd().check_match(match))], True
+    specs = []
+    for index, wire in enumerate(accept):
+        spec = _spec_from_wire(wire, "match", "match_message", index)
+        specs.append(Spec(spec.type, spec.type.check_match(spec.message)))
+    return specs, False
+
+
+def _wrap(container: Any, mapping_type: MappingType, message: Any) -> Any:
+    if mapping_type.name in _BUILTIN_ARMS:
+        getattr(container, mapping_type.name).CopyFrom(message)
+    else:
+        container.plugin.type_name = mapping_type.name
+        container.plugin.body.Pack(message)
+    return container
+
+
+def handle_to_wire(mapping_type: MappingType, handle: Any) -> pb.Handle:
+    return _wrap(pb.Handle(), mapping_type, handle)
+
+
+def offer_to_wire(spec: Spec) -> pb.Offer:
+    return _wrap(pb.Offer(), spec.type, spec.message)

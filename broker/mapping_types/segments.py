@@ -1,0 +1,113 @@
+"""segments: ordered extents (fd, offset, length) from one or more memfds.
+
+Frames carved from a pool memfd, or one memfd per plane. An importer gets
+only the fds its extents use, renumbered in the order they first appear.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+from bufbroker.v1 import mapping_types_pb2 as pb
+
+from broker.core.errors import InvalidArgument
+from broker.core.mapping_type import MapResult, MatchContext, MatchResult, SoftMismatch
+from broker.mapping_types import _access
+
+MAX_EXTENTS = 4096
+
+
+class SegmentsType:
+    name = "segments"
+    description = "ordered (fd, offset, length) extents of sealed memfds (pools, planes)"
+    offer_message = pb.SegmentsOffer
+    match_message = pb.SegmentsMatch
+    handle_message = pb.SegmentsHandle
+
+    def check_offer(
+        self, offer: pb.SegmentsOffer, fd_sizes: Sequence[int], size: int
+    ) -> pb.SegmentsOffer:
+        """Validate the extents; fill the default (each fd whole) when empty."""
+        _access.check_access_value(offer.max_access, "segments offer")
+        if len(offer.extents) > MAX_EXTENTS:
+            raise InvalidArgument(
+                f"segments offer has {len(offer.extents)} extents; at most {MAX_EXTENTS} are allowed"
+            )
+        normalised = pb.SegmentsOffer(max_access=offer.max_access)
+        if not offer.extents:
+            for index, fd_size in enumerate(fd_sizes):
+                length = size if index == 0 else fd_size
+                normalised.extents.add(fd_index=index, offset=0, length=length)
+            return normalised
+        for n, extent in enumerate(offer.extents):
+            if extent.fd_index >= len(fd_sizes):
+                raise InvalidArgument(
+                    f"segments extent {n} names fd {extent.fd_index}, but only "
+                    f"{len(fd_sizes)} fd(s) were sent with the buffer"
+                )
+            if extent.length == 0:
+                raise InvalidArgument(f"segments extent {n} has length 0; give every extent a length")
+            end = extent.offset + extent.length
+            if end > fd_sizes[extent.fd_index]:
+                raise InvalidArgument(
+                    f"segments extent {n} ends at byte {end}, past the end of fd "
+                    f"{extent.fd_index} ({fd_sizes[extent.fd_index]} bytes)"
+                )
+            normalised.extents.append(extent)
+        return normalised
+
+    def check_match(self, match: pb.SegmentsMatch) -> pb.SegmentsMatch:
+        _access.check_access_value(match.access, "segments match")
+        return match
+
+    def match(
+        self, offer: pb.SegmentsOffer, match: pb.SegmentsMatch, ctx: MatchContext
+    ) -> MatchResult:
+        used = {e.fd_index for e in offer.extents}
+        writable = all(ctx.fd_writable[i] for i in used)
+        result = _access.match_access(offer.max_access, match.access, writable)
+        if isinstance(result, SoftMismatch):
+            return result
+        if match.max_extents and len(offer.extents) > match.max_extents:
+            return SoftMismatch(
+                f"extents: the offer has {len(offer.extents)}, the importer takes at most "
+                f"{match.max_extents}"
+            )
+        return result
+
+    def finish(self, offer: pb.SegmentsOffer, match: pb.SegmentsMatch, ctx: MatchContext) -> Any:
+        return (_access.requested(match.access), offer)
+
+    def map(self, buffer: Any, attachment: Any) -> MapResult:
+        access, offer = attachment.map_params
+        handle = pb.SegmentsHandle(access=access)
+        order: dict[int, int] = {}
+        for extent in offer.extents:
+            delivered = order.setdefault(extent.fd_index, len(order))
+            handle.extents.add(fd_index=delivered, offset=extent.offset, length=extent.length)
+        fds: list[int] = []
+        temporary: list[int] = []
+        try:
+            for fd_index in order:
+                fd = buffer.fds[fd_index].fd
+                reopened = _access.fd_for_access(fd, access)
+                if reopened is None:
+                    fds.append(fd)
+                else:
+                    fds.append(reopened)
+                    temporary.append(reopened)
+        except OSError:
+            for fd in temporary:
+                os.close(fd)
+            raise
+        return MapResult(handle, fds, temporary)
+
+    def unmap(self, buffer: Any, attachment: Any) -> None:
+        """Nothing to release: the importer owns the fds it received."""
+
+    def describe(self) -> str:
+        return self.description
+
+
+SEGMENTS = SegmentsType()

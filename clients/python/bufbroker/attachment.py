@@ -1,0 +1,186 @@
+"""Attachment and Mapping: the importer's side."""
+
+from __future__ import annotations
+
+import mmap
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional
+
+from bufbroker import fdwire
+from bufbroker.errors import NotFound
+from bufbroker.trace import TraceStep, trace_from_wire
+from bufbroker.v1 import broker_pb2 as pb
+from bufbroker.v1 import mapping_types_pb2 as mt
+
+if TYPE_CHECKING:
+    from bufbroker.session import Session
+
+PAGE = mmap.PAGESIZE
+
+
+@dataclass(frozen=True)
+class MappedExtent:
+    """One extent of a segments mapping: ``length`` bytes at ``offset`` of ``fd``."""
+
+    fd: int
+    offset: int
+    length: int
+
+
+class Attachment:
+    """An importer's negotiated link to a buffer.
+
+    ``map_type`` is the negotiated mapping type's name, fixed for the
+    attachment's life; ``trace`` is every (offer, match) pair the broker
+    examined. ``detach()`` unmaps and ends it.
+    """
+
+    def __init__(self, session: "Session", response: pb.AttachResponse) -> None:
+        self.session = session
+        self.id = response.attachment_id
+        self.buffer_id = response.buffer_id
+        self.map_type: str = response.map_type
+        self.trace: list[TraceStep] = trace_from_wire(response.trace)
+        self.pinned = response.pinned
+        self.detached = False
+        self.mapping: Optional[Mapping] = None
+        if response.HasField("mapping"):
+            self.mapping = Mapping._from_response(self, response.mapping)
+
+    def map(self) -> "Mapping":
+        """Map the buffer: the handle and fds for it. Close the Mapping (or use ``with``)."""
+        if self.detached:
+            raise ValueError(f"attachment {self.id} is detached; attach again")
+        response = self.session.call("Map", pb.MapRequest(attachment_id=self.id))
+        return Mapping._from_response(self, response)
+
+    def detach(self) -> None:
+        """End the attachment; the broker drops its mappings."""
+        if self.detached:
+            return
+        self.detached = True
+        if self.mapping is not None:
+            self.mapping._release()
+        try:
+            self.session.call("Detach", pb.DetachRequest(attachment_id=self.id))
+        except NotFound:
+            pass  # the broker already dropped it (its buffer was unregistered)
+
+    def __enter__(self) -> "Attachment":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.session.closed:
+            self.detach()
+
+    def __repr__(self) -> str:
+        return f"<Attachment id={self.id} buffer={self.buffer_id} map_type={self.map_type!r}>"
+
+
+class Mapping:
+    """One map of an attachment: the type's handle, the fds, and views.
+
+    ``fds`` are this process's; ``close()`` unmaps at the broker, closes them
+    and releases the views it handed out (a numpy array made from a view
+    keeps its pages mapped until the array is dropped).
+    """
+
+    def __init__(self, attachment: Attachment, mapping_id: int, handle: mt.Handle, fds: list[int], size: int) -> None:
+        self.attachment = attachment
+        self.id = mapping_id
+        self.handle = handle
+        self.fds = fds
+        self.size = size
+        self.type = handle.WhichOneof("kind") or ""
+        self._mmaps: list[mmap.mmap] = []
+        self._views: Optional[list[memoryview]] = None
+        self.closed = False
+
+    @classmethod
+    def _from_response(cls, attachment: Attachment, response: pb.MapResponse) -> "Mapping":
+        fds = attachment.session.take_fds(response.fd_ticket, response.fd_count)
+        return cls(attachment, response.mapping_id, response.handle, fds, response.size)
+
+    @property
+    def writable(self) -> bool:
+        inner = getattr(self.handle, self.type, None)
+        return getattr(inner, "access", mt.ACCESS_READ) == mt.ACCESS_READ_WRITE
+
+    @property
+    def extents(self) -> list[MappedExtent]:
+        """The extents (segments), or one extent for the whole memfd."""
+        if self.type == "segments":
+            return [MappedExtent(self.fds[e.fd_index], e.offset, e.length) for e in self.handle.segments.extents]
+        if self.type == "memfd":
+            return [MappedExtent(self.fds[0], 0, self.handle.memfd.size)]
+        raise ValueError(f"mapping type {self.type!r} has no CPU extents")
+
+    def views(self) -> list[memoryview]:
+        """One memoryview per extent, writable only for read_write access."""
+        if self.closed:
+            raise ValueError("this mapping is closed; map again")
+        if self._views is None:
+            prot = mmap.PROT_READ | (mmap.PROT_WRITE if self.writable else 0)
+            views = []
+            for extent in self.extents:
+                # mmap offsets must be page-aligned: map from the page start.
+                start = extent.offset - extent.offset % PAGE
+                skip = extent.offset - start
+                region = mmap.mmap(extent.fd, skip + extent.length, mmap.MAP_SHARED, prot, offset=start)
+                self._mmaps.append(region)
+                view = memoryview(region)[skip : skip + extent.length]
+                views.append(view if self.writable else view.toreadonly())
+            self._views = views
+        return list(self._views)
+
+    def memoryview(self) -> memoryview:
+        """The buffer as one memoryview (memfd, or segments with one extent)."""
+        views = self.views()
+        if len(views) != 1:
+            raise ValueError(f"this {self.type} mapping has {len(views)} extents; use views() or extents")
+        return views[0]
+
+    def numpy(self, dtype: Any = "uint8", shape: Any = None, extent: int = 0) -> Any:
+        """A numpy array over one extent, without copying (needs numpy)."""
+        try:
+            import numpy
+        except ImportError:
+            raise ImportError("Mapping.numpy() needs numpy: pip install 'bufbroker[numpy]'") from None
+        array = numpy.frombuffer(self.views()[extent], dtype=dtype)
+        return array.reshape(shape) if shape is not None else array
+
+    def _release(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._views is not None:
+            for view in self._views:
+                try:
+                    view.release()
+                except BufferError:
+                    pass  # a numpy array still uses it; the pages stay until it goes
+        for region in self._mmaps:
+            try:
+                region.close()
+            except BufferError:
+                pass  # a view the user still holds keeps the pages mapped
+        fdwire.close_fds(self.fds)
+
+    def close(self) -> None:
+        """Unmap at the broker and release this process's fds and views."""
+        if self.closed:
+            return
+        self._release()
+        if self.attachment.mapping is self:
+            self.attachment.mapping = None
+        if not self.attachment.detached and not self.attachment.session.closed:
+            self.attachment.session.call("Unmap", pb.UnmapRequest(mapping_id=self.id))
+
+    def __enter__(self) -> "Mapping":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Mapping id={self.id} type={self.type!r} size={self.size} fds={len(self.fds)}>"

@@ -1,0 +1,116 @@
+"""Typed offers and accept-list entries.
+
+Plain type names ("memfd") work everywhere a spec does; these classes carry
+the options of one type. Each builds its own wire message, so an offer of
+one type cannot be read as another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence, Union
+
+from bufbroker.v1 import mapping_types_pb2 as pb
+
+_ACCESS = {"read": pb.ACCESS_READ, "read_write": pb.ACCESS_READ_WRITE, None: pb.ACCESS_UNSPECIFIED}
+
+
+def access_value(access: str | None) -> int:
+    try:
+        return _ACCESS[access]
+    except KeyError:
+        raise ValueError(f"access must be 'read' or 'read_write', not {access!r}") from None
+
+
+@dataclass(frozen=True)
+class Extent:
+    """``length`` bytes at ``offset`` of the export's fd number ``fd_index``."""
+
+    offset: int
+    length: int
+    fd_index: int = 0
+
+
+@dataclass(frozen=True)
+class Memfd:
+    """The whole memfd. As an offer, ``access`` is the most importers get."""
+
+    access: str | None = None
+    name = "memfd"
+
+    def offer(self) -> pb.Offer:
+        return pb.Offer(memfd=pb.MemfdOffer(max_access=access_value(self.access)))
+
+    def match(self, default_access: str) -> pb.Match:
+        return pb.Match(memfd=pb.MemfdMatch(access=access_value(self.access or default_access)))
+
+
+@dataclass(frozen=True)
+class Segments:
+    """Extents of the export's memfd(s). No extents: each fd whole."""
+
+    extents: Sequence[Extent] = field(default_factory=tuple)
+    access: str | None = None
+    max_extents: int = 0   # as a match: the most extents the importer handles
+    name = "segments"
+
+    def offer(self) -> pb.Offer:
+        return pb.Offer(
+            segments=pb.SegmentsOffer(
+                extents=[pb.Extent(fd_index=e.fd_index, offset=e.offset, length=e.length) for e in self.extents],
+                max_access=access_value(self.access),
+            )
+        )
+
+    def match(self, default_access: str) -> pb.Match:
+        return pb.Match(
+            segments=pb.SegmentsMatch(access=access_value(self.access or default_access), max_extents=self.max_extents)
+        )
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """A third-party mapping type: its name and its own protobuf message."""
+
+    type_name: str
+    message: Any
+    name = "plugin"
+
+    def offer(self) -> pb.Offer:
+        offer = pb.Offer()
+        offer.plugin.type_name = self.type_name
+        offer.plugin.body.Pack(self.message)
+        return offer
+
+    def match(self, default_access: str) -> pb.Match:
+        match = pb.Match()
+        match.plugin.type_name = self.type_name
+        match.plugin.body.Pack(self.message)
+        return match
+
+
+Spec = Union[str, Memfd, Segments, Plugin]
+_BY_NAME = {"memfd": Memfd, "segments": Segments}
+
+
+def _resolve(spec: Spec) -> Any:
+    if isinstance(spec, str):
+        cls = _BY_NAME.get(spec)
+        if cls is None:
+            raise ValueError(
+                f"unknown mapping type {spec!r}: use one of {sorted(_BY_NAME)} or a spec object "
+                "(bufbroker.Memfd(), bufbroker.Segments(), bufbroker.Plugin(...))"
+            )
+        return cls()
+    if isinstance(spec, (Memfd, Segments, Plugin)):
+        return spec
+    raise TypeError(f"expected a mapping type name or spec, got {spec!r}")
+
+
+def offers_to_wire(offers: Sequence[Spec] | None) -> list[pb.Offer]:
+    return [_resolve(s).offer() for s in offers or ()]
+
+
+def accept_to_wire(accept: Sequence[Spec] | None, access: str) -> list[pb.Match]:
+    access_value(access)
+    return [_resolve(s).match(access) for s in accept or ()]

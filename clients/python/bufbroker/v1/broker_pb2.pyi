@@ -1,0 +1,308 @@
+from bufbroker.v1 import mapping_types_pb2 as _mapping_types_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class BufferState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BUFFER_STATE_UNSPECIFIED: _ClassVar[BufferState]
+    BUFFER_STATE_ACTIVE: _ClassVar[BufferState]
+    BUFFER_STATE_REVOKED: _ClassVar[BufferState]
+BUFFER_STATE_UNSPECIFIED: BufferState
+BUFFER_STATE_ACTIVE: BufferState
+BUFFER_STATE_REVOKED: BufferState
+
+class Plane(_message.Message):
+    __slots__ = ("offset", "stride")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    STRIDE_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    stride: int
+    def __init__(self, offset: _Optional[int] = ..., stride: _Optional[int] = ...) -> None: ...
+
+class Layout(_message.Message):
+    __slots__ = ("fourcc", "width", "height", "modifier", "planes")
+    FOURCC_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    MODIFIER_FIELD_NUMBER: _ClassVar[int]
+    PLANES_FIELD_NUMBER: _ClassVar[int]
+    fourcc: str
+    width: int
+    height: int
+    modifier: int
+    planes: _containers.RepeatedCompositeFieldContainer[Plane]
+    def __init__(self, fourcc: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., modifier: _Optional[int] = ..., planes: _Optional[_Iterable[_Union[Plane, _Mapping]]] = ...) -> None: ...
+
+class RegisterBufferRequest(_message.Message):
+    __slots__ = ("nonce", "size", "name", "labels", "layout", "offers")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    OFFERS_FIELD_NUMBER: _ClassVar[int]
+    nonce: str
+    size: int
+    name: str
+    labels: _containers.ScalarMap[str, str]
+    layout: Layout
+    offers: _containers.RepeatedCompositeFieldContainer[_mapping_types_pb2.Offer]
+    def __init__(self, nonce: _Optional[str] = ..., size: _Optional[int] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., layout: _Optional[_Union[Layout, _Mapping]] = ..., offers: _Optional[_Iterable[_Union[_mapping_types_pb2.Offer, _Mapping]]] = ...) -> None: ...
+
+class BufferInfo(_message.Message):
+    __slots__ = ("id", "name", "size", "labels", "layout", "offer_types", "exporter_pid", "exporter_uid", "state", "attachment_count", "fd_count", "offers")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    OFFER_TYPES_FIELD_NUMBER: _ClassVar[int]
+    EXPORTER_PID_FIELD_NUMBER: _ClassVar[int]
+    EXPORTER_UID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ATTACHMENT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    FD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    OFFERS_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    name: str
+    size: int
+    labels: _containers.ScalarMap[str, str]
+    layout: Layout
+    offer_types: _containers.RepeatedScalarFieldContainer[str]
+    exporter_pid: int
+    exporter_uid: int
+    state: BufferState
+    attachment_count: int
+    fd_count: int
+    offers: _containers.RepeatedCompositeFieldContainer[_mapping_types_pb2.Offer]
+    def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., size: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., layout: _Optional[_Union[Layout, _Mapping]] = ..., offer_types: _Optional[_Iterable[str]] = ..., exporter_pid: _Optional[int] = ..., exporter_uid: _Optional[int] = ..., state: _Optional[_Union[BufferState, str]] = ..., attachment_count: _Optional[int] = ..., fd_count: _Optional[int] = ..., offers: _Optional[_Iterable[_Union[_mapping_types_pb2.Offer, _Mapping]]] = ...) -> None: ...
+
+class RegisterBufferResponse(_message.Message):
+    __slots__ = ("buffer",)
+    BUFFER_FIELD_NUMBER: _ClassVar[int]
+    buffer: BufferInfo
+    def __init__(self, buffer: _Optional[_Union[BufferInfo, _Mapping]] = ...) -> None: ...
+
+class RevokeBufferRequest(_message.Message):
+    __slots__ = ("buffer_id", "reason")
+    BUFFER_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    buffer_id: int
+    reason: str
+    def __init__(self, buffer_id: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RevokeBufferResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class UnregisterBufferRequest(_message.Message):
+    __slots__ = ("buffer_id",)
+    BUFFER_ID_FIELD_NUMBER: _ClassVar[int]
+    buffer_id: int
+    def __init__(self, buffer_id: _Optional[int] = ...) -> None: ...
+
+class UnregisterBufferResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class TraceStep(_message.Message):
+    __slots__ = ("offer_index", "offer_type", "match_index", "match_type", "verdict", "reason")
+    OFFER_INDEX_FIELD_NUMBER: _ClassVar[int]
+    OFFER_TYPE_FIELD_NUMBER: _ClassVar[int]
+    MATCH_INDEX_FIELD_NUMBER: _ClassVar[int]
+    MATCH_TYPE_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    offer_index: int
+    offer_type: str
+    match_index: int
+    match_type: str
+    verdict: str
+    reason: str
+    def __init__(self, offer_index: _Optional[int] = ..., offer_type: _Optional[str] = ..., match_index: _Optional[int] = ..., match_type: _Optional[str] = ..., verdict: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class AttachRequest(_message.Message):
+    __slots__ = ("buffer_id", "buffer_name", "accept", "access", "map")
+    BUFFER_ID_FIELD_NUMBER: _ClassVar[int]
+    BUFFER_NAME_FIELD_NUMBER: _ClassVar[int]
+    ACCEPT_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_FIELD_NUMBER: _ClassVar[int]
+    MAP_FIELD_NUMBER: _ClassVar[int]
+    buffer_id: int
+    buffer_name: str
+    accept: _containers.RepeatedCompositeFieldContainer[_mapping_types_pb2.Match]
+    access: _mapping_types_pb2.Access
+    map: bool
+    def __init__(self, buffer_id: _Optional[int] = ..., buffer_name: _Optional[str] = ..., accept: _Optional[_Iterable[_Union[_mapping_types_pb2.Match, _Mapping]]] = ..., access: _Optional[_Union[_mapping_types_pb2.Access, str]] = ..., map: _Optional[bool] = ...) -> None: ...
+
+class AttachResponse(_message.Message):
+    __slots__ = ("attachment_id", "buffer_id", "map_type", "trace", "pinned", "mapping")
+    ATTACHMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    BUFFER_ID_FIELD_NUMBER: _ClassVar[int]
+    MAP_TYPE_FIELD_NUMBER: _ClassVar[int]
+    TRACE_FIELD_NUMBER: _ClassVar[int]
+    PINNED_FIELD_NUMBER: _ClassVar[int]
+    MAPPING_FIELD_NUMBER: _ClassVar[int]
+    attachment_id: int
+    buffer_id: int
+    map_type: str
+    trace: _containers.RepeatedCompositeFieldContainer[TraceStep]
+    pinned: bool
+    mapping: MapResponse
+    def __init__(self, attachment_id: _Optional[int] = ..., buffer_id: _Optional[int] = ..., map_type: _Optional[str] = ..., trace: _Optional[_Iterable[_Union[TraceStep, _Mapping]]] = ..., pinned: _Optional[bool] = ..., mapping: _Optional[_Union[MapResponse, _Mapping]] = ...) -> None: ...
+
+class DetachRequest(_message.Message):
+    __slots__ = ("attachment_id",)
+    ATTACHMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    attachment_id: int
+    def __init__(self, attachment_id: _Optional[int] = ...) -> None: ...
+
+class DetachResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class MapRequest(_message.Message):
+    __slots__ = ("attachment_id",)
+    ATTACHMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    attachment_id: int
+    def __init__(self, attachment_id: _Optional[int] = ...) -> None: ...
+
+class MapResponse(_message.Message):
+    __slots__ = ("mapping_id", "handle", "fd_ticket", "fd_count", "size")
+    MAPPING_ID_FIELD_NUMBER: _ClassVar[int]
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
+    FD_TICKET_FIELD_NUMBER: _ClassVar[int]
+    FD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    mapping_id: int
+    handle: _mapping_types_pb2.Handle
+    fd_ticket: int
+    fd_count: int
+    size: int
+    def __init__(self, mapping_id: _Optional[int] = ..., handle: _Optional[_Union[_mapping_types_pb2.Handle, _Mapping]] = ..., fd_ticket: _Optional[int] = ..., fd_count: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
+
+class UnmapRequest(_message.Message):
+    __slots__ = ("mapping_id",)
+    MAPPING_ID_FIELD_NUMBER: _ClassVar[int]
+    mapping_id: int
+    def __init__(self, mapping_id: _Optional[int] = ...) -> None: ...
+
+class UnmapResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class EventsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Event(_message.Message):
+    __slots__ = ("ready", "revoked")
+    READY_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    ready: Ready
+    revoked: Revoked
+    def __init__(self, ready: _Optional[_Union[Ready, _Mapping]] = ..., revoked: _Optional[_Union[Revoked, _Mapping]] = ...) -> None: ...
+
+class Ready(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Revoked(_message.Message):
+    __slots__ = ("buffer_id", "attachment_ids", "reason")
+    BUFFER_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTACHMENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    buffer_id: int
+    attachment_ids: _containers.RepeatedScalarFieldContainer[int]
+    reason: str
+    def __init__(self, buffer_id: _Optional[int] = ..., attachment_ids: _Optional[_Iterable[int]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ListBuffersRequest(_message.Message):
+    __slots__ = ("name", "page_size", "after_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    AFTER_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    page_size: int
+    after_id: int
+    def __init__(self, name: _Optional[str] = ..., page_size: _Optional[int] = ..., after_id: _Optional[int] = ...) -> None: ...
+
+class ListBuffersResponse(_message.Message):
+    __slots__ = ("buffers", "next_after_id")
+    BUFFERS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_AFTER_ID_FIELD_NUMBER: _ClassVar[int]
+    buffers: _containers.RepeatedCompositeFieldContainer[BufferInfo]
+    next_after_id: int
+    def __init__(self, buffers: _Optional[_Iterable[_Union[BufferInfo, _Mapping]]] = ..., next_after_id: _Optional[int] = ...) -> None: ...
+
+class ExplainRequest(_message.Message):
+    __slots__ = ("buffer_id", "buffer_name", "accept", "access")
+    BUFFER_ID_FIELD_NUMBER: _ClassVar[int]
+    BUFFER_NAME_FIELD_NUMBER: _ClassVar[int]
+    ACCEPT_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_FIELD_NUMBER: _ClassVar[int]
+    buffer_id: int
+    buffer_name: str
+    accept: _containers.RepeatedCompositeFieldContainer[_mapping_types_pb2.Match]
+    access: _mapping_types_pb2.Access
+    def __init__(self, buffer_id: _Optional[int] = ..., buffer_name: _Optional[str] = ..., accept: _Optional[_Iterable[_Union[_mapping_types_pb2.Match, _Mapping]]] = ..., access: _Optional[_Union[_mapping_types_pb2.Access, str]] = ...) -> None: ...
+
+class ExplainResponse(_message.Message):
+    __slots__ = ("map_type", "trace", "error")
+    MAP_TYPE_FIELD_NUMBER: _ClassVar[int]
+    TRACE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    map_type: str
+    trace: _containers.RepeatedCompositeFieldContainer[TraceStep]
+    error: str
+    def __init__(self, map_type: _Optional[str] = ..., trace: _Optional[_Iterable[_Union[TraceStep, _Mapping]]] = ..., error: _Optional[str] = ...) -> None: ...
+
+class GetStatsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetStatsResponse(_message.Message):
+    __slots__ = ("sessions", "buffers", "attachments", "mappings", "fds_held", "fds_received", "fds_sent", "fds_closed", "fds_expired", "pid", "version")
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    BUFFERS_FIELD_NUMBER: _ClassVar[int]
+    ATTACHMENTS_FIELD_NUMBER: _ClassVar[int]
+    MAPPINGS_FIELD_NUMBER: _ClassVar[int]
+    FDS_HELD_FIELD_NUMBER: _ClassVar[int]
+    FDS_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    FDS_SENT_FIELD_NUMBER: _ClassVar[int]
+    FDS_CLOSED_FIELD_NUMBER: _ClassVar[int]
+    FDS_EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    sessions: int
+    buffers: int
+    attachments: int
+    mappings: int
+    fds_held: int
+    fds_received: int
+    fds_sent: int
+    fds_closed: int
+    fds_expired: int
+    pid: int
+    version: str
+    def __init__(self, sessions: _Optional[int] = ..., buffers: _Optional[int] = ..., attachments: _Optional[int] = ..., mappings: _Optional[int] = ..., fds_held: _Optional[int] = ..., fds_received: _Optional[int] = ..., fds_sent: _Optional[int] = ..., fds_closed: _Optional[int] = ..., fds_expired: _Optional[int] = ..., pid: _Optional[int] = ..., version: _Optional[str] = ...) -> None: ...

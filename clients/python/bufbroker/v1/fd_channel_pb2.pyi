@@ -1,0 +1,60 @@
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class FdMessage(_message.Message):
+    __slots__ = ("hello", "send_fds", "deliver_fds", "notice")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    SEND_FDS_FIELD_NUMBER: _ClassVar[int]
+    DELIVER_FDS_FIELD_NUMBER: _ClassVar[int]
+    NOTICE_FIELD_NUMBER: _ClassVar[int]
+    hello: Hello
+    send_fds: SendFds
+    deliver_fds: DeliverFds
+    notice: Notice
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., send_fds: _Optional[_Union[SendFds, _Mapping]] = ..., deliver_fds: _Optional[_Union[DeliverFds, _Mapping]] = ..., notice: _Optional[_Union[Notice, _Mapping]] = ...) -> None: ...
+
+class Hello(_message.Message):
+    __slots__ = ("session_token", "session_id", "pid", "uid", "gid", "broker_version")
+    SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    GID_FIELD_NUMBER: _ClassVar[int]
+    BROKER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    session_token: str
+    session_id: int
+    pid: int
+    uid: int
+    gid: int
+    broker_version: str
+    def __init__(self, session_token: _Optional[str] = ..., session_id: _Optional[int] = ..., pid: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., broker_version: _Optional[str] = ...) -> None: ...
+
+class SendFds(_message.Message):
+    __slots__ = ("nonce", "fd_count")
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    FD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    nonce: str
+    fd_count: int
+    def __init__(self, nonce: _Optional[str] = ..., fd_count: _Optional[int] = ...) -> None: ...
+
+class DeliverFds(_message.Message):
+    __slots__ = ("ticket", "fd_count")
+    TICKET_FIELD_NUMBER: _ClassVar[int]
+    FD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ticket: int
+    fd_count: int
+    def __init__(self, ticket: _Optional[int] = ..., fd_count: _Optional[int] = ...) -> None: ...
+
+class Notice(_message.Message):
+    __slots__ = ("nonce", "code", "message")
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    nonce: str
+    code: str
+    message: str
+    def __init__(self, nonce: _Optional[str] = ..., code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,110 @@
+from google.protobuf import any_pb2 as _any_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Access(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ACCESS_UNSPECIFIED: _ClassVar[Access]
+    ACCESS_READ: _ClassVar[Access]
+    ACCESS_READ_WRITE: _ClassVar[Access]
+ACCESS_UNSPECIFIED: Access
+ACCESS_READ: Access
+ACCESS_READ_WRITE: Access
+
+class Extent(_message.Message):
+    __slots__ = ("fd_index", "offset", "length")
+    FD_INDEX_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    fd_index: int
+    offset: int
+    length: int
+    def __init__(self, fd_index: _Optional[int] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
+
+class MemfdOffer(_message.Message):
+    __slots__ = ("max_access",)
+    MAX_ACCESS_FIELD_NUMBER: _ClassVar[int]
+    max_access: Access
+    def __init__(self, max_access: _Optional[_Union[Access, str]] = ...) -> None: ...
+
+class MemfdMatch(_message.Message):
+    __slots__ = ("access",)
+    ACCESS_FIELD_NUMBER: _ClassVar[int]
+    access: Access
+    def __init__(self, access: _Optional[_Union[Access, str]] = ...) -> None: ...
+
+class MemfdHandle(_message.Message):
+    __slots__ = ("size", "access")
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_FIELD_NUMBER: _ClassVar[int]
+    size: int
+    access: Access
+    def __init__(self, size: _Optional[int] = ..., access: _Optional[_Union[Access, str]] = ...) -> None: ...
+
+class SegmentsOffer(_message.Message):
+    __slots__ = ("extents", "max_access")
+    EXTENTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_ACCESS_FIELD_NUMBER: _ClassVar[int]
+    extents: _containers.RepeatedCompositeFieldContainer[Extent]
+    max_access: Access
+    def __init__(self, extents: _Optional[_Iterable[_Union[Extent, _Mapping]]] = ..., max_access: _Optional[_Union[Access, str]] = ...) -> None: ...
+
+class SegmentsMatch(_message.Message):
+    __slots__ = ("access", "max_extents")
+    ACCESS_FIELD_NUMBER: _ClassVar[int]
+    MAX_EXTENTS_FIELD_NUMBER: _ClassVar[int]
+    access: Access
+    max_extents: int
+    def __init__(self, access: _Optional[_Union[Access, str]] = ..., max_extents: _Optional[int] = ...) -> None: ...
+
+class SegmentsHandle(_message.Message):
+    __slots__ = ("extents", "access")
+    EXTENTS_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_FIELD_NUMBER: _ClassVar[int]
+    extents: _containers.RepeatedCompositeFieldContainer[Extent]
+    access: Access
+    def __init__(self, extents: _Optional[_Iterable[_Union[Extent, _Mapping]]] = ..., access: _Optional[_Union[Access, str]] = ...) -> None: ...
+
+class PluginSpec(_message.Message):
+    __slots__ = ("type_name", "body")
+    TYPE_NAME_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    type_name: str
+    body: _any_pb2.Any
+    def __init__(self, type_name: _Optional[str] = ..., body: _Optional[_Union[_any_pb2.Any, _Mapping]] = ...) -> None: ...
+
+class Offer(_message.Message):
+    __slots__ = ("memfd", "segments", "plugin")
+    MEMFD_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    PLUGIN_FIELD_NUMBER: _ClassVar[int]
+    memfd: MemfdOffer
+    segments: SegmentsOffer
+    plugin: PluginSpec
+    def __init__(self, memfd: _Optional[_Union[MemfdOffer, _Mapping]] = ..., segments: _Optional[_Union[SegmentsOffer, _Mapping]] = ..., plugin: _Optional[_Union[PluginSpec, _Mapping]] = ...) -> None: ...
+
+class Match(_message.Message):
+    __slots__ = ("memfd", "segments", "plugin")
+    MEMFD_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    PLUGIN_FIELD_NUMBER: _ClassVar[int]
+    memfd: MemfdMatch
+    segments: SegmentsMatch
+    plugin: PluginSpec
+    def __init__(self, memfd: _Optional[_Union[MemfdMatch, _Mapping]] = ..., segments: _Optional[_Union[SegmentsMatch, _Mapping]] = ..., plugin: _Optional[_Union[PluginSpec, _Mapping]] = ...) -> None: ...
+
+class Handle(_message.Message):
+    __slots__ = ("memfd", "segments", "plugin")
+    MEMFD_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    PLUGIN_FIELD_NUMBER: _ClassVar[int]
+    memfd: MemfdHandle
+    segments: SegmentsHandle
+    plugin: PluginSpec
+    def __init__(self, memfd: _Optional[_Union[MemfdHandle, _Mapping]] = ..., segments: _Optional[_Union[SegmentsHandle, _Mapping]] = ..., plugin: _Optional[_Union[PluginSpec, _Mapping]] = ...) -> None: ...
