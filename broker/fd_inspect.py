@@ -42,7 +42,7 @@ def _kind(mode: int, fd: int) -> str:
     return "a regular file"
 
 
-def inspect_memfd(fd: int, index: int, min_size: int) -> BufferFd:
+def inspect_memfd(fd: int, index: int, min_size: int = 0) -> BufferFd:
     """Validate fd number ``index`` of a registration and seal it.
 
     Returns its size and whether it is open for writing. Raises

@@ -36,10 +36,14 @@ def start_broker(
     extra_args: Sequence[str] = (),
     env: Optional[dict] = None,
     stderr: Optional[int | object] = None,
+    prefix: Sequence[str] = (),
 ) -> subprocess.Popen:
-    """Run `python -m broker serve --socket-dir DIR` and wait until it serves."""
+    """Run `python -m broker serve --socket-dir DIR` and wait until it serves.
+
+    ``prefix`` goes before the command (e.g. ``["prlimit", "--nofile=64:64", "--"]``).
+    """
     process = subprocess.Popen(
-        [sys.executable, "-m", "broker", "serve", "--socket-dir", str(socket_dir), *extra_args],
+        [*prefix, sys.executable, "-m", "broker", "serve", "--socket-dir", str(socket_dir), *extra_args],
         env={**os.environ, **(env or {})},
         stderr=stderr,
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import select
 import socket
 from collections import deque
 from dataclasses import dataclass, field
@@ -160,9 +161,12 @@ class FdChannelServer:
                 self.end(connection, f"fd channel read failed: {error}")
                 return
             self.ledger.adopt_received(received.fds)
-            if received.eof:
+            if received.eof and _peer_hung_up(connection.sock):
                 self.end(connection, "client closed its fd channel")
                 return
+            if received.eof:  # an empty datagram reads like EOF on SEQPACKET
+                self._refuse(connection, "", InvalidArgument("empty fd-channel message; send a serialized FdMessage"))
+                continue
             self._handle(connection, received)
 
     def _handle(self, connection: Connection, received: fdwire.Received) -> None:
@@ -372,3 +376,9 @@ class FdChannelServer:
         self.registry.session_close(session)
         self.on_session_end(session)
 
+
+def _peer_hung_up(sock: socket.socket) -> bool:
+    """True when the peer closed: a zero-length read alone could be an empty datagram."""
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLRDHUP | select.POLLHUP)
+    return bool(poller.poll(0))

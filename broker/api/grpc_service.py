@@ -108,18 +108,12 @@ class BrokerService(pb_grpc.BrokerServicer):
     @expected_errors
     async def RegisterBuffer(self, request: pb.RegisterBufferRequest, context: Any) -> pb.RegisterBufferResponse:
         session = self.authenticate(context)
-        check_name(request.name)
-        if len(request.labels) > MAX_LABELS:
-            raise InvalidArgument(f"{len(request.labels)} labels; at most {MAX_LABELS} are allowed")
-        if request.size == 0 or request.size > MAX_SIZE:
-            raise InvalidArgument(
-                f"size {request.size} is not usable: give the buffer's size in bytes, 1 to {MAX_SIZE}"
-            )
         fds = await self.channels.take_fds(session, request.nonce)
         with ExitStack() as unwind:
             # Until the registry owns them, these fds are ours to close.
             unwind.callback(self.ledger.close_all, fds)
-            infos = [inspect_memfd(fd, i, request.size if i == 0 else 1) for i, fd in enumerate(fds)]
+            infos = [inspect_memfd(fd, i) for i, fd in enumerate(fds)]
+            check_registration(request, infos[0].size)
             sizes = tuple(info.size for info in infos)
             offers = mapping_types.offers_from_wire(request.offers, sizes, request.size)
             buffer = self.registry.buffer_register(
@@ -265,6 +259,21 @@ class BrokerService(pb_grpc.BrokerServicer):
             fds_expired=ledger.expired,
             pid=os.getpid(),
             version=self.version,
+        )
+
+
+def check_registration(request: pb.RegisterBufferRequest, fd0_size: int) -> None:
+    check_name(request.name)
+    if len(request.labels) > MAX_LABELS:
+        raise InvalidArgument(f"{len(request.labels)} labels; at most {MAX_LABELS} are allowed")
+    if request.size == 0 or request.size > MAX_SIZE:
+        raise InvalidArgument(
+            f"size {request.size} is not usable: give the buffer's size in bytes, 1 to {MAX_SIZE}"
+        )
+    if fd0_size < request.size:
+        raise InvalidArgument(
+            f"fd 0 of the buffer is a memfd of {fd0_size} bytes, smaller than the declared size "
+            f"{request.size}; ftruncate it to the size you register"
         )
 
 

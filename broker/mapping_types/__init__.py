@@ -63,7 +63,8 @@ def load_mapping_types() -> dict[str, MappingType]:
     return MAPPING_TYPES
 
 
-def memfd() -> MappingType:
+def compat_type() -> MappingType:
+    """memfd: what unaware importers accept and unaware exporters offer."""
     return MAPPING_TYPES["memfd"]
 
 
@@ -97,7 +98,7 @@ def _spec_from_wire(wire: Any, role: str, message_attr: str, index: int) -> Spec
 def offers_from_wire(offers: Any, fd_sizes: tuple[int, ...], size: int) -> list[Spec]:
     """Resolve and validate an exporter's offers; empty means ``[memfd]``."""
     if not offers:
-        return [Spec(memfd(), memfd().check_offer(pb.MemfdOffer(), fd_sizes, size))]
+        return [Spec(compat_type(), compat_type().check_offer(pb.MemfdOffer(), fd_sizes, size))]
     specs = []
     for index, wire in enumerate(offers):
         spec = _spec_from_wire(wire, "offer", "offer_message", index)
@@ -112,7 +113,7 @@ def accept_from_wire(accept: Any, access: int) -> tuple[list[Spec], bool]:
     """
     if not accept:
         match = pb.MemfdMatch(access=access)
-        return [Spec(memfd(), memfd().check_match(match))], True
+        return [Spec(compat_type(), compat_type().check_match(match))], True
     specs = []
     for index, wire in enumerate(accept):
         spec = _spec_from_wire(wire, "match", "match_message", index)

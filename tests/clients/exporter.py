@@ -1,0 +1,40 @@
+"""A real exporter process for tests.
+
+    python -m tests.clients.exporter DIR --name N --size BYTES [--offers memfd,segments] [--fill TEXT]
+
+Registers one buffer filled with TEXT repeated, prints one JSON line
+{"id": ..., "name": ...}, then keeps the session open until stdin closes
+(or the test kills it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import bufbroker
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("socket_dir")
+    parser.add_argument("--name", default="")
+    parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--offers", default="")
+    parser.add_argument("--fill", default="bufbroker")
+    args = parser.parse_args()
+    offers = [o for o in args.offers.split(",") if o]
+    with bufbroker.connect(args.socket_dir) as session:
+        buffer = session.export(args.size, name=args.name or None, offers=offers or None)
+        pattern = args.fill.encode()
+        data = (pattern * (args.size // len(pattern) + 1))[: args.size]
+        view = buffer.memoryview()
+        view[:] = data
+        view.release()
+        print(json.dumps({"id": buffer.id, "name": buffer.name}), flush=True)
+        sys.stdin.read()
+
+
+if __name__ == "__main__":
+    main()

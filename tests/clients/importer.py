@@ -1,0 +1,65 @@
+"""A real importer process for tests.
+
+    python -m tests.clients.importer DIR BUFFER [--accept segments,memfd] [--access read]
+
+Attaches, maps, reads every byte and prints one JSON line: the negotiated
+type, the trace, the bytes read (as text, first 64), their length, whether
+a writable shared mmap of each received fd was refused, and the fds' open
+mode. On a broker error it prints {"error": class name, "message": ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import fcntl
+import json
+import mmap
+import os
+
+import bufbroker
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("socket_dir")
+    parser.add_argument("buffer")
+    parser.add_argument("--accept", default="")
+    parser.add_argument("--access", default="read")
+    args = parser.parse_args()
+    accept = [a for a in args.accept.split(",") if a]
+    target = int(args.buffer) if args.buffer.isdigit() else args.buffer
+    with bufbroker.connect(args.socket_dir) as session:
+        try:
+            attachment = session.attach(target, accept=accept, access=args.access)
+        except bufbroker.BrokerError as error:
+            print(json.dumps({"error": type(error).__name__, "message": error.message,
+                              "trace": [dataclasses.asdict(s) for s in error.trace]}), flush=True)
+            return
+        with attachment.map() as mapping:
+            data = b"".join(bytes(v) for v in mapping.views())
+            writable_refused = []
+            modes = []
+            for fd in mapping.fds:
+                modes.append("rw" if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDWR else "r")
+                try:
+                    mmap.mmap(fd, 4096, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE).close()
+                    writable_refused.append(False)
+                except PermissionError:
+                    writable_refused.append(True)
+            result = {
+                "map_type": attachment.map_type,
+                "pinned": attachment.pinned,
+                "trace": [dataclasses.asdict(s) for s in attachment.trace],
+                "head": data[:64].decode(errors="replace"),
+                "length": len(data),
+                "extents": len(mapping.extents),
+                "writable_mmap_refused": writable_refused,
+                "fd_modes": modes,
+            }
+        attachment.detach()
+        print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

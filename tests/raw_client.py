@@ -1,0 +1,61 @@
+"""A client that speaks the wire protocol directly, for tests of bad input.
+
+It does what the SDK hides (fd channel, HELLO, token metadata) so tests can
+send what the SDK never would.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import grpc
+
+from bufbroker import fdwire
+from bufbroker.v1 import broker_pb2 as pb
+from bufbroker.v1 import broker_pb2_grpc as pb_grpc
+from bufbroker.v1 import fd_channel_pb2 as fdpb
+
+
+class RawClient:
+    def __init__(self, socket_dir: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        self.sock.settimeout(5)
+        self.sock.connect(str(socket_dir / "fd.sock"))
+        hello = fdwire.receive(self.sock)
+        assert hello.message is not None and hello.message.HasField("hello"), hello
+        self.hello = hello.message.hello
+        self.token = self.hello.session_token
+        self.channel = grpc.insecure_channel(f"unix:{socket_dir / 'grpc.sock'}")
+        self.stub = pb_grpc.BrokerStub(self.channel)
+
+    @property
+    def metadata(self) -> tuple:
+        return ((fdwire.SESSION_METADATA_KEY, self.token),)
+
+    def call(self, method: str, request, token: str | None = None):
+        metadata = self.metadata if token is None else ((fdwire.SESSION_METADATA_KEY, token),)
+        return getattr(self.stub, method)(request, metadata=metadata, timeout=10)
+
+    def send_fds(self, nonce: str, fds: list[int], fd_count: int | None = None) -> None:
+        message = fdpb.FdMessage(send_fds=fdpb.SendFds(nonce=nonce, fd_count=len(fds) if fd_count is None else fd_count))
+        fdwire.send(self.sock, message, fds)
+
+    def send_raw(self, data: bytes, fds: list[int] = ()) -> None:
+        self.sock.sendmsg([data], fdwire.ancillary(list(fds)))
+
+    def receive(self) -> fdwire.Received:
+        return fdwire.receive(self.sock)
+
+    def register(self, nonce: str, size: int, **fields) -> pb.RegisterBufferResponse:
+        return self.call("RegisterBuffer", pb.RegisterBufferRequest(nonce=nonce, size=size, **fields))
+
+    def close(self) -> None:
+        self.channel.close()
+        self.sock.close()
+
+    def __enter__(self) -> "RawClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
