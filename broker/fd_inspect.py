@@ -19,6 +19,12 @@ MEMFD_HINT = "create it with os.memfd_create(name, os.MFD_ALLOW_SEALING) (the SD
 
 
 def _kind(mode: int, fd: int) -> str:
+    try:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        target = ""
+    if target.startswith("anon_inode:"):
+        return f"an anonymous inode ({target.removeprefix('anon_inode:')})"
     if stat.S_ISFIFO(mode):
         return "a pipe"
     if stat.S_ISSOCK(mode):
@@ -26,19 +32,11 @@ def _kind(mode: int, fd: int) -> str:
     if stat.S_ISDIR(mode):
         return "a directory"
     if stat.S_ISCHR(mode):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            target = "a character device"
-        return f"a character device ({target})"
+        return f"a character device ({target or '?'})"
     if stat.S_ISBLK(mode):
         return "a block device"
     if not stat.S_ISREG(mode):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            target = "?"
-        return f"not a file ({target})"
+        return f"not a file ({target or '?'})"
     return "a regular file"
 
 
@@ -56,10 +54,7 @@ def inspect_memfd(fd: int, index: int, min_size: int = 0) -> BufferFd:
     except OSError:
         target = ""
     if not stat.S_ISREG(st.st_mode) or not target.startswith("/memfd:"):
-        kind = _kind(st.st_mode, fd)
-        if kind.startswith("a character device") and target.startswith("anon_inode:"):
-            kind = f"an anonymous inode ({target.removeprefix('anon_inode:')})"
-        raise InvalidArgument(f"{where} is {kind}, not a memfd; {MEMFD_HINT}")
+        raise InvalidArgument(f"{where} is {_kind(st.st_mode, fd)}, not a memfd; {MEMFD_HINT}")
     try:
         seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
     except OSError as error:
@@ -76,7 +71,15 @@ def inspect_memfd(fd: int, index: int, min_size: int = 0) -> BufferFd:
             f"{where} is a memfd of {st.st_size} bytes, smaller than the declared size "
             f"{min_size}; ftruncate it to the size you register"
         )
+    writable = (fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE) == os.O_RDWR
     if seals & wanted != wanted:
+        if not writable:
+            # The kernel only adds seals through a writable fd.
+            raise InvalidArgument(
+                f"{where} is a read-only fd of a memfd that is not sealed against shrink and "
+                "grow, so the broker cannot seal it; seal it yourself first "
+                "(fcntl F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) or pass a read-write fd"
+            )
         try:
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, wanted)
         except OSError as error:
@@ -91,5 +94,20 @@ def inspect_memfd(fd: int, index: int, min_size: int = 0) -> BufferFd:
                 f"{where} shrank to {st.st_size} bytes while it was being sealed; "
                 "do not resize a buffer you register"
             )
-    writable = (fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE) == os.O_RDWR
+    _drop_foreign_write_permission(fd, st.st_mode)
     return BufferFd(fd=fd, size=st.st_size, writable=writable)
+
+
+def _drop_foreign_write_permission(fd: int, mode: int) -> None:
+    """Make the memfd writable by its owner only (a memfd starts as 0777).
+
+    A ``read`` importer gets an O_RDONLY fd; without this, a process of
+    another uid could reopen it O_RDWR through /proc/PID/fd. Within the
+    owner's uid (and for root) the kernel still allows that reopen, as for
+    any file the uid owns: read-only is enforced across uids.
+    """
+    if mode & 0o022:
+        try:
+            os.fchmod(fd, stat.S_IMODE(mode) & ~0o022)
+        except OSError:
+            pass  # not ours to change (broker neither root nor owner)

@@ -39,7 +39,9 @@ def fd_for_access(fd: int, access: int) -> Optional[int]:
     """A new O_RDONLY fd for a read importer, or None to send ``fd`` itself.
 
     Reopening through /proc gives a new open file description that cannot
-    be mapped writable, which is what makes ``read`` enforceable.
+    be mapped writable. With the memfd made writable by its owner only
+    (broker/fd_inspect.py), an importer of another uid cannot reopen it
+    O_RDWR either; within the exporter's uid nothing can stop that.
     """
     if requested(access) == READ_WRITE:
         return None

@@ -17,6 +17,7 @@ def make_memfd(name: str, size: int) -> int:
     """A sealable memfd of ``size`` bytes (the broker seals shrink and grow)."""
     fd = os.memfd_create(name[:200], os.MFD_ALLOW_SEALING | os.MFD_CLOEXEC)
     try:
+        os.fchmod(fd, 0o644)   # only the owner may reopen it writable
         os.ftruncate(fd, size)
     except BaseException:
         os.close(fd)

@@ -1,0 +1,320 @@
+"""negotiate(): the exporter-first nested loop of DESIGN.md section 3.
+
+Small fake mapping types (plain classes, plain dataclass messages) drive the
+rules; the real memfd and segments types check the access soft mismatch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from bufbroker.v1 import mapping_types_pb2 as pb
+
+from broker.core.errors import InvalidArgument, NoCommonMappingType
+from broker.core.mapping_type import MapResult, MatchContext, Matched, SoftMismatch, check_mapping_type
+from broker.core.negotiate import (
+    ERROR,
+    MATCHED,
+    SOFT_MISMATCH,
+    TYPE_DIFFERS,
+    Spec,
+    negotiate,
+)
+from broker.mapping_types.memfd import MEMFD
+from broker.mapping_types.segments import SEGMENTS
+
+CTX = MatchContext(
+    importer_uid=1000, importer_gid=1000, buffer_size=4096, fd_sizes=(4096,), fd_writable=(True,)
+)
+
+
+@dataclass(frozen=True)
+class FakeOffer:
+    tag: str = ""
+    soft: str = ""  # non-empty: every pair with this offer is a soft mismatch
+
+
+@dataclass(frozen=True)
+class FakeMatch:
+    tag: str = ""
+    soft: str = ""  # non-empty: a soft mismatch with this reason
+    error: str = ""  # non-empty: match raises InvalidArgument with this message
+
+
+class FakeType:
+    """A complete mapping type whose verdict is written in its messages."""
+
+    offer_message = FakeOffer
+    match_message = FakeMatch
+    handle_message = dict
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.description = f"fake type {name}"
+        self.finished: list[tuple[FakeOffer, FakeMatch]] = []
+
+    def check_offer(self, offer, fd_sizes, size):
+        return offer
+
+    def check_match(self, match):
+        return match
+
+    def match(self, offer: FakeOffer, match: FakeMatch, ctx: MatchContext):
+        if match.error:
+            raise InvalidArgument(match.error)
+        if offer.soft or match.soft:
+            return SoftMismatch(offer.soft or match.soft)
+        return Matched()
+
+    def finish(self, offer: FakeOffer, match: FakeMatch, ctx: MatchContext):
+        self.finished.append((offer, match))
+        return ("params", self.name, offer.tag, match.tag)
+
+    def map(self, buffer, attachment):
+        return MapResult(handle={}, fds=[])
+
+    def unmap(self, buffer, attachment):
+        pass
+
+    def describe(self):
+        return self.description
+
+
+def offer(t: FakeType, tag: str = "", soft: str = "") -> Spec:
+    return Spec(t, FakeOffer(tag, soft))
+
+
+def match(t: FakeType, tag: str = "", soft: str = "", error: str = "") -> Spec:
+    return Spec(t, FakeMatch(tag, soft, error))
+
+
+def pairs(trace) -> list[tuple[int, int]]:
+    return [(s.offer_index, s.match_index) for s in trace]
+
+
+def test_fake_type_is_a_complete_mapping_type():
+    check_mapping_type(FakeType("fake"))  # raises TypeError if the fixture type is incomplete
+
+
+def test_exporter_order_wins_over_importer_order():
+    a, b = FakeType("a"), FakeType("b")
+    result = negotiate([offer(a), offer(b)], [match(b), match(a)], CTX)
+    assert result.map_type is a
+    assert (result.offer_index, result.match_index) == (0, 1)
+
+
+def test_importer_order_only_ranks_matches_of_the_same_offer():
+    a = FakeType("a")
+    result = negotiate([offer(a, "o")], [match(a, "first"), match(a, "second")], CTX)
+    assert result.match_index == 0
+    assert result.map_params == ("params", "a", "o", "first")
+
+
+def test_pairs_of_different_types_are_recorded_as_type_differs_and_skipped():
+    a, b = FakeType("a"), FakeType("b")
+    result = negotiate([offer(a)], [match(b), match(a)], CTX)
+    assert result.match_index == 1
+    assert result.trace[0].verdict == TYPE_DIFFERS
+    assert (result.trace[0].offer_type, result.trace[0].match_type) == ("a", "b")
+    assert b.finished == []
+
+
+def test_types_are_compared_by_identity_not_by_name():
+    first, second = FakeType("same"), FakeType("same")
+    with pytest.raises(NoCommonMappingType) as raised:
+        negotiate([offer(first)], [match(second)], CTX)
+    assert [s.verdict for s in raised.value.trace] == [TYPE_DIFFERS]
+
+
+def test_soft_mismatch_continues_to_the_next_pair_with_its_reason_recorded():
+    a = FakeType("a")
+    result = negotiate([offer(a)], [match(a, soft="access: nope"), match(a, "ok")], CTX)
+    assert result.match_index == 1
+    assert result.trace[0].verdict == SOFT_MISMATCH
+    assert result.trace[0].reason == "access: nope"
+    assert result.trace[1].verdict == MATCHED
+
+
+def test_error_aborts_the_whole_negotiation_even_if_a_later_pair_would_match():
+    a = FakeType("a")
+    with pytest.raises(InvalidArgument) as raised:
+        negotiate([offer(a), offer(a)], [match(a, error="bad match"), match(a)], CTX)
+    trace = raised.value.trace
+    assert pairs(trace) == [(0, 0)]
+    assert trace[-1].verdict == ERROR
+    assert trace[-1].reason == "bad match"
+    assert a.finished == []
+
+
+def test_error_trace_keeps_the_steps_before_the_error():
+    a, b = FakeType("a"), FakeType("b")
+    with pytest.raises(InvalidArgument) as raised:
+        negotiate([offer(a)], [match(b), match(a, soft="x"), match(a, error="boom")], CTX)
+    assert [s.verdict for s in raised.value.trace] == [TYPE_DIFFERS, SOFT_MISMATCH, ERROR]
+
+
+def test_no_common_type_names_offered_and_accepted_types_and_traces_every_pair():
+    a, b, c = FakeType("alpha"), FakeType("beta"), FakeType("gamma")
+    with pytest.raises(NoCommonMappingType) as raised:
+        negotiate([offer(a), offer(b)], [match(c), match(b, soft="extents: too many")], CTX)
+    message = str(raised.value)
+    assert "[alpha, beta]" in message
+    assert "[gamma, beta]" in message
+    assert "extents: too many" in message
+    assert pairs(raised.value.trace) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert raised.value.status == "FAILED_PRECONDITION"
+
+
+def test_trace_lists_examined_pairs_exporter_first_stopping_at_the_match():
+    a, b, c = FakeType("a"), FakeType("b"), FakeType("c")
+    result = negotiate(
+        [offer(a), offer(b), offer(c)], [match(c), match(b), match(a, soft="no")], CTX
+    )
+    assert (result.offer_index, result.match_index) == (1, 1)
+    assert pairs(result.trace) == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
+    assert [s.verdict for s in result.trace] == [
+        TYPE_DIFFERS, TYPE_DIFFERS, SOFT_MISMATCH, TYPE_DIFFERS, MATCHED,
+    ]
+
+
+def test_finish_is_called_once_for_the_matched_pair_and_gives_map_params():
+    a = FakeType("a")
+    result = negotiate(
+        [offer(a, "o1"), offer(a, "o2")], [match(a, "skip", soft="s"), match(a, "m2")], CTX
+    )
+    assert a.finished == [(FakeOffer("o1"), FakeMatch("m2"))]
+    assert result.map_params == ("params", "a", "o1", "m2")
+
+
+# --- properties over three fake types -------------------------------------------
+
+TYPES = (FakeType("t0"), FakeType("t1"), FakeType("t2"))
+# (type index, soft-mismatch flag); soft is the rarer case so most lists have matches.
+entries = st.lists(st.tuples(st.integers(0, 2), st.sampled_from([False, False, True])), max_size=5)
+PROPERTY = settings(database=None, max_examples=400)
+
+
+def build(offer_entries, match_entries):
+    offers = [offer(TYPES[t], f"o{i}", "soft" if s else "") for i, (t, s) in enumerate(offer_entries)]
+    accept = [match(TYPES[t], f"m{j}", "soft" if s else "") for j, (t, s) in enumerate(match_entries)]
+    return offers, accept
+
+
+def compatible(o: Spec, m: Spec) -> bool:
+    return o.type is m.type and not o.message.soft and not m.message.soft
+
+
+def expected_pair(offers, accept):
+    for i, o in enumerate(offers):
+        for j, m in enumerate(accept):
+            if compatible(o, m):
+                return i, j
+    return None
+
+
+def outcome(offers, accept):
+    try:
+        return negotiate(offers, accept, CTX)
+    except NoCommonMappingType as error:
+        return error
+
+
+@PROPERTY
+@given(entries, entries)
+def test_property_chosen_offer_is_the_first_with_any_compatible_match(offer_entries, match_entries):
+    offers, accept = build(offer_entries, match_entries)
+    result = outcome(offers, accept)
+    expected = expected_pair(offers, accept)
+    if expected is None:
+        assert isinstance(result, NoCommonMappingType)
+    else:
+        assert (result.offer_index, result.match_index) == expected
+        assert result.map_type is offers[expected[0]].type
+
+
+@PROPERTY
+@given(entries, entries, st.randoms(use_true_random=False))
+def test_property_importer_order_never_changes_the_chosen_offer(offer_entries, match_entries, rnd):
+    offers, accept = build(offer_entries, match_entries)
+    shuffled = list(accept)
+    rnd.shuffle(shuffled)
+    before, after = outcome(offers, accept), outcome(offers, shuffled)
+    assert type(before) is type(after)
+    if not isinstance(before, NoCommonMappingType):
+        assert before.offer_index == after.offer_index
+        assert before.map_type is after.map_type
+
+
+@PROPERTY
+@given(entries, entries)
+def test_property_trace_is_the_exporter_first_prefix_up_to_the_match(offer_entries, match_entries):
+    offers, accept = build(offer_entries, match_entries)
+    result = outcome(offers, accept)
+    enumeration = [(i, j) for i in range(len(offers)) for j in range(len(accept))]
+    expected = expected_pair(offers, accept)
+    end = len(enumeration) if expected is None else enumeration.index(expected) + 1
+    assert pairs(result.trace) == enumeration[:end]
+    for step in result.trace:
+        o, m = offers[step.offer_index], accept[step.match_index]
+        if o.type is not m.type:
+            assert step.verdict == TYPE_DIFFERS
+        elif compatible(o, m):
+            assert step.verdict == MATCHED
+        else:
+            assert (step.verdict, step.reason) == (SOFT_MISMATCH, "soft")
+
+
+@PROPERTY
+@given(entries, entries)
+def test_property_no_match_raises_with_every_pair_traced(offer_entries, match_entries):
+    offers, accept = build(offer_entries, match_entries)
+    assume(expected_pair(offers, accept) is None)
+    with pytest.raises(NoCommonMappingType) as raised:
+        negotiate(offers, accept, CTX)
+    assert len(raised.value.trace) == len(offers) * len(accept)
+
+
+# --- the real memfd and segments types ----------------------------------------------
+
+
+def test_read_write_match_against_read_only_memfd_offer_is_an_access_soft_mismatch():
+    offers = [Spec(MEMFD, pb.MemfdOffer(max_access=pb.ACCESS_READ))]
+    accept = [Spec(MEMFD, pb.MemfdMatch(access=pb.ACCESS_READ_WRITE))]
+    with pytest.raises(NoCommonMappingType) as raised:
+        negotiate(offers, accept, CTX)
+    (step,) = raised.value.trace
+    assert step.verdict == SOFT_MISMATCH
+    assert step.reason.startswith("access")
+
+
+def test_access_soft_mismatch_falls_through_to_the_next_offer():
+    segments_offer = SEGMENTS.check_offer(pb.SegmentsOffer(), CTX.fd_sizes, CTX.buffer_size)
+    offers = [
+        Spec(MEMFD, pb.MemfdOffer(max_access=pb.ACCESS_READ)),
+        Spec(SEGMENTS, segments_offer),
+    ]
+    accept = [
+        Spec(MEMFD, pb.MemfdMatch(access=pb.ACCESS_READ_WRITE)),
+        Spec(SEGMENTS, pb.SegmentsMatch(access=pb.ACCESS_READ_WRITE)),
+    ]
+    result = negotiate(offers, accept, CTX)
+    assert result.map_type is SEGMENTS
+    assert (result.offer_index, result.match_index) == (1, 1)
+    assert [s.verdict for s in result.trace] == [SOFT_MISMATCH, TYPE_DIFFERS, TYPE_DIFFERS, MATCHED]
+    assert result.trace[0].reason.startswith("access")
+    assert result.map_params == (pb.ACCESS_READ_WRITE, segments_offer)
+
+
+def test_read_write_match_against_a_read_only_exporter_fd_is_an_access_soft_mismatch():
+    ctx = MatchContext(0, 0, 4096, (4096,), (False,))
+    offers = [Spec(MEMFD, pb.MemfdOffer())]  # max_access unspecified: would allow read_write
+    with pytest.raises(NoCommonMappingType) as raised:
+        negotiate(offers, [Spec(MEMFD, pb.MemfdMatch(access=pb.ACCESS_READ_WRITE))], ctx)
+    assert raised.value.trace[0].reason.startswith("access")
+    assert "read-only" in raised.value.trace[0].reason
+    result = negotiate(offers, [Spec(MEMFD, pb.MemfdMatch(access=pb.ACCESS_READ))], ctx)
+    assert result.map_params == pb.ACCESS_READ
