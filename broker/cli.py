@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -29,6 +30,34 @@ def _socket_dir_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+METAVARS = {
+    "socket_dir": "DIR",
+    "http": "HOST:PORT",
+    "log_level": "LEVEL",
+    "pending_fd_timeout": "SECONDS",
+    "drain_timeout": "SECONDS",
+}
+
+
+def _settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting; defaults stay None so only given flags count as flags."""
+    from broker.settings import BrokerSettings
+
+    parser.add_argument("--config", type=Path, default=None, metavar="FILE", help="TOML file with settings (top level or a [broker] table)")
+    for name, field in BrokerSettings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        kind = field.annotation if field.annotation in (int, float) else str
+        default = "$XDG_RUNTIME_DIR/bufbroker, or /run/bufbroker as root" if field.default_factory else field.default
+        parser.add_argument(
+            flag,
+            dest=name,
+            type=Path if name == "socket_dir" else kind,
+            default=None,
+            metavar=METAVARS.get(name, "N"),
+            help=f"{field.description} (default: {default}; env BUFBROKER_{name.upper()})",
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bufbroker", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -40,18 +69,32 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         help="run the broker daemon",
-        description="Run the broker: gRPC on DIR/grpc.sock, the fd channel on DIR/fd.sock. "
-        "Stops cleanly (exit 0) on SIGINT or SIGTERM.",
+        description="Run the broker: gRPC on DIR/grpc.sock, the fd channel on DIR/fd.sock, "
+        "HTTP health and metrics on --http. On SIGTERM or SIGINT it stops accepting sessions, "
+        "revokes every buffer (importers are told 'broker shutting down'), waits up to "
+        "--drain-timeout for them to detach, and exits 0. Settings come from flags, then "
+        "BUFBROKER_* environment variables, then the --config TOML file, then defaults.",
     )
-    _socket_dir_argument(serve)
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    serve.add_argument(
-        "--pending-fd-timeout",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="close fds sent under a nonce that no RegisterBuffer claims within this time (default 10)",
+    _settings_arguments(serve)
+
+    config = commands.add_parser("config", help="show the effective settings", description="Settings tools.")
+    config_commands = config.add_subparsers(dest="config_command", metavar="ACTION")
+    config_commands.required = True
+    show = config_commands.add_parser(
+        "show",
+        help="print the effective settings and where each came from",
+        description="Print every setting `serve` would use with these flags, and its source.",
     )
+    _settings_arguments(show)
+
+    health = commands.add_parser(
+        "health",
+        help="exit 0 if the broker serves, 1 if not (for probes)",
+        description="Ask the broker's gRPC health service (grpc.health.v1) on DIR/grpc.sock; "
+        "exit 0 when it answers SERVING, 1 otherwise. For probes that cannot speak HTTP.",
+    )
+    _socket_dir_argument(health)
+    health.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS", help="give up after this long (default 3)")
 
     ls = commands.add_parser("ls", help="list registered buffers", description="List the broker's buffers.")
     _socket_dir_argument(ls)
@@ -73,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return run_serve(args)
+    if args.command == "config":
+        return run_config_show(args)
+    if args.command == "health":
+        return run_health(args)
     if args.command == "ls":
         return run_ls(args)
     if args.command == "demo":
@@ -82,28 +129,65 @@ def main(argv: list[str] | None = None) -> int:
     raise AssertionError(args.command)
 
 
-def run_serve(args: argparse.Namespace) -> int:
-    from broker.api.fd_channel import Limits
-    from broker.daemon import Config, StartupError, default_socket_dir, serve
+def _load_settings(args: argparse.Namespace):
+    from broker.settings import BrokerSettings, load_settings
 
+    flags = {name: getattr(args, name) for name in BrokerSettings.model_fields}
+    return load_settings(flags, args.config)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from broker.daemon import StartupError, serve
+    from broker.settings import SettingsError
+
+    try:
+        settings, _ = _load_settings(args)
+    except SettingsError as error:
+        print(f"bufbroker: cannot start: {error}", file=sys.stderr)
+        return 2
     logging.basicConfig(
-        level=args.log_level.upper(),
+        level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    config = Config(
-        socket_dir=args.socket_dir or default_socket_dir(),
-        limits=Limits(pending_fd_timeout=args.pending_fd_timeout),
-    )
     try:
-        asyncio.run(serve(config))
-    except StartupError as error:
-        print(f"bufbroker: cannot start: {error}", file=sys.stderr)
-        return 1
-    except TypeError as error:  # an incomplete mapping type plugin
+        asyncio.run(serve(settings))
+    except (StartupError, TypeError) as error:   # TypeError: an incomplete mapping type plugin
         print(f"bufbroker: cannot start: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def run_config_show(args: argparse.Namespace) -> int:
+    from broker.settings import SettingsError
+
+    try:
+        settings, origins = _load_settings(args)
+    except SettingsError as error:
+        print(f"bufbroker: {error}", file=sys.stderr)
+        return 2
+    for name, value in settings.model_dump().items():
+        print(f"{name:<20} = {str(value):<32} # {origins[name]}")
+    return 0
+
+
+def run_health(args: argparse.Namespace) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from broker.settings import default_socket_dir
+
+    socket_dir = args.socket_dir or Path(os.environ.get("BUFBROKER_SOCKET_DIR") or default_socket_dir())
+    target = f"unix:{socket_dir / 'grpc.sock'}"
+    with grpc.insecure_channel(target) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=args.timeout)
+        except grpc.RpcError as error:
+            print(f"bufbroker health: no answer from {socket_dir}: {error.code().name}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"bufbroker health: {status}")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
 def run_ls(args: argparse.Namespace) -> int:

@@ -16,17 +16,25 @@ import resource
 import signal
 import socket
 from contextlib import ExitStack
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
+from bufbroker.v1 import broker_pb2 as pb
+from bufbroker.v1 import broker_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import SERVICE_NAME as HEALTH_SERVICE
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
 
 from broker import __version__, mapping_types
 from broker.api.fd_channel import FdChannelServer, Limits
 from broker.api.grpc_service import BrokerService
 from broker.core.registry import Registry
 from broker.fd_ledger import FdLedger
-from bufbroker.v1 import broker_pb2_grpc as pb_grpc
+from broker.readiness import Readiness
+from broker.settings import BrokerSettings
+
 
 log = logging.getLogger("bufbroker")
 
@@ -37,20 +45,6 @@ LOCK_FILE = "broker.lock"
 
 class StartupError(Exception):
     """The broker cannot start; the message says why and what to do."""
-
-
-@dataclass
-class Config:
-    socket_dir: Path
-    limits: Limits = field(default_factory=Limits)
-
-
-def default_socket_dir() -> Path:
-    """$XDG_RUNTIME_DIR/bufbroker, or /run/bufbroker as root."""
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if os.geteuid() == 0 or not runtime:
-        return Path("/run/bufbroker")
-    return Path(runtime) / "bufbroker"
 
 
 def prepare_socket_dir(path: Path, stack: ExitStack) -> None:
@@ -101,24 +95,36 @@ def raise_fd_limit() -> int:
     return soft
 
 
-async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
-    """Run the broker until SIGINT/SIGTERM (or until the task is cancelled)."""
+async def serve(settings: BrokerSettings, ready: asyncio.Event | None = None) -> None:
+    """Run the broker until SIGINT/SIGTERM, then drain and stop."""
     types = mapping_types.load_mapping_types()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    socket_dir = settings.socket_dir
+    limits = Limits(
+        pending_fd_timeout=settings.pending_fd_timeout,
+        max_pending_fds=settings.max_pending_fds,
+        max_send_queue=settings.max_send_queue,
+    )
     with ExitStack() as stack:
-        prepare_socket_dir(config.socket_dir, stack)
+        prepare_socket_dir(socket_dir, stack)
         fd_limit = raise_fd_limit()
         ledger = FdLedger()
         registry = Registry(ledger)
-        fd_path = config.socket_dir / FD_SOCKET
-        grpc_path = config.socket_dir / GRPC_SOCKET
-        channels = FdChannelServer(str(fd_path), registry, ledger, config.limits, __version__)
+        fd_path, grpc_path = socket_dir / FD_SOCKET, socket_dir / GRPC_SOCKET
+        channels = FdChannelServer(str(fd_path), registry, ledger, limits, __version__)
         service = BrokerService(registry, channels, ledger, __version__)
         channels.on_session_end = service.session_ended
+        readiness = Readiness()
 
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         pb_grpc.add_BrokerServicer_to_server(service, server)
+        health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        reflection.enable_server_reflection(
+            (pb.DESCRIPTOR.services_by_name["Broker"].full_name, HEALTH_SERVICE, reflection.SERVICE_NAME),
+            server,
+        )
         if server.add_insecure_port(f"unix:{grpc_path}") == 0:
             raise StartupError(f"cannot bind {grpc_path}")
         await server.start()
@@ -130,15 +136,23 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
         channels.start(listener)
         stack.callback(channels.stop)
 
+        http_task = None
+        if settings.http_address is not None:
+            http_task = await start_http(settings, readiness, registry, ledger)
+
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
             stack.callback(loop.remove_signal_handler, signum)
 
+        await health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await health.set(pb.DESCRIPTOR.services_by_name["Broker"].full_name, health_pb2.HealthCheckResponse.SERVING)
+        readiness.serving = True
         log.info(
-            "bufbroker %s serving grpc=%s fd=%s (pid %d, mapping types: %s, fd limit %d)",
+            "bufbroker %s serving grpc=%s fd=%s http=%s (pid %d, mapping types: %s, fd limit %d)",
             __version__,
             grpc_path,
             fd_path,
+            settings.http,
             os.getpid(),
             ", ".join(types),
             fd_limit,
@@ -147,10 +161,67 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
             ready.set()
         try:
             await stop.wait()
-            log.info("stopping: signal received")
+            log.info("stopping: signal received; draining for up to %s s", settings.drain_timeout)
+            readiness.draining = True
+            await health.enter_graceful_shutdown()
+            await drain(registry, channels, settings.drain_timeout)
         finally:
             channels.stop()
             await server.stop(grace=1.0)
+            if http_task is not None:
+                http_task.server.should_exit = True
+                await http_task
+            log.info("stopped")
+
+
+async def drain(registry: Registry, channels: FdChannelServer, timeout: float) -> None:
+    """Refuse new sessions, revoke every buffer, wait for importers to detach."""
+    channels.stop_accepting()
+    for buffer in list(registry.buffers.values()):
+        registry.buffer_revoke(buffer, "broker shutting down")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while registry.attachments and loop.time() < deadline:
+        await asyncio.sleep(0.02)
+    if registry.attachments:
+        holders = sorted({a.session.pid for a in registry.attachments.values()})
+        log.warning(
+            "%d attachment(s) not detached within %s s (importer pids %s); closing anyway",
+            len(registry.attachments),
+            timeout,
+            ", ".join(map(str, holders)),
+        )
+
+
+class _HttpTask:
+    def __init__(self, server: Any, task: asyncio.Task) -> None:
+        self.server = server
+        self.task = task
+
+    def __await__(self):
+        return self.task.__await__()
+
+
+async def start_http(settings: BrokerSettings, readiness: Readiness, registry: Registry, ledger: FdLedger) -> _HttpTask:
+    # Imported here: FastAPI and uvicorn cost start-up time a broker run
+    # with --http none should not pay.
+    import uvicorn
+
+    from broker.api.http_app import EmbeddedServer, create_app
+    from broker.metrics import make_metrics_registry
+
+    host, port = settings.http_address
+    app = create_app(readiness, make_metrics_registry(registry, ledger), __version__)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", access_log=False)
+    server = EmbeddedServer(config)
+    task = asyncio.create_task(server.serve(), name="bufbroker-http")
+    while not server.started:
+        if task.done():
+            # uvicorn reports bind errors by exiting; say which address.
+            raise StartupError(f"cannot serve HTTP on {settings.http}: the address is in use or not local; "
+                               "pick another with --http HOST:PORT, or --http none")
+        await asyncio.sleep(0.01)
+    return _HttpTask(server, task)
 
 
 def _unlink(path: Path) -> None:

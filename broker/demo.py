@@ -99,7 +99,7 @@ def run_demo(frames: int = 240, frame_size: int = 1 << 20) -> int:
     children = []
     try:
         print(f"bufbroker demo: starting a broker in {socket_dir}", flush=True)
-        broker = start_broker(socket_dir, ["--log-level", "warning"])
+        broker = start_broker(socket_dir, ["--log-level", "warning", "--http", "none"])
         ready_recv, ready_send = ctx.Pipe(duplex=False)
         to_imp_recv, to_imp_send = ctx.Pipe(duplex=False)
         to_exp_recv, to_exp_send = ctx.Pipe(duplex=False)

@@ -121,6 +121,8 @@ def broker_factory(tmp_path: Path) -> Callable[..., BrokerProcess]:
         socket_dir = tmp_path / name
         log_path = tmp_path / f"{name}-broker.log"
         log_file = open(log_path, "w")
+        if not any(arg.startswith("--http") for arg in extra_args):
+            extra_args = ("--http", "none", *extra_args)
         try:
             process = start_broker(
                 socket_dir, ["--log-level", "debug", *extra_args], env=env, stderr=log_file, prefix=prefix

@@ -101,11 +101,16 @@ class FdChannelServer:
         listener.setblocking(False)
         self._loop.add_reader(listener.fileno(), self._on_accept)
 
-    def stop(self) -> None:
+    def stop_accepting(self) -> None:
+        """Refuse new sessions; the open ones carry on."""
         if self._listener is not None:
             self._loop.remove_reader(self._listener.fileno())
             self._listener.close()
             self._listener = None
+
+    def stop(self) -> None:
+        """Refuse new sessions and end every open one."""
+        self.stop_accepting()
         for connection in list(self.connections.values()):
             self.end(connection, "broker shutting down")
 

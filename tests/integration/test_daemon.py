@@ -18,6 +18,8 @@ import bufbroker
 from broker.launch import start_broker, stop_broker
 from tests.conftest import REPO_ROOT
 
+NO_HTTP = ["--http", "none"]
+
 
 def test_socket_dir_is_0770_and_sockets_are_0660(broker):
     assert stat.S_IMODE(broker.socket_dir.stat().st_mode) == 0o770
@@ -36,7 +38,7 @@ def test_start_logs_one_line_with_paths_and_version(broker):
 
 def test_a_second_broker_on_a_live_dir_refuses_to_start(broker):
     second = subprocess.run(
-        [sys.executable, "-m", "broker", "serve", "--socket-dir", str(broker.socket_dir)],
+        [sys.executable, "-m", "broker", "serve", "--socket-dir", str(broker.socket_dir), *NO_HTTP],
         capture_output=True,
         text=True,
         timeout=30,
@@ -55,7 +57,7 @@ def test_stale_sockets_of_a_dead_broker_are_replaced(tmp_path):
     dead.close()   # the file stays: what a kill -9 leaves behind
     (socket_dir / "grpc.sock").write_text("left over")
     (socket_dir / "broker.lock").write_text("12345\n")   # not locked by anyone
-    process = start_broker(socket_dir)
+    process = start_broker(socket_dir, NO_HTTP)
     try:
         with bufbroker.connect(socket_dir) as session:
             assert session.stats().pid == process.pid
@@ -65,10 +67,10 @@ def test_stale_sockets_of_a_dead_broker_are_replaced(tmp_path):
 
 def test_a_broker_killed_with_sigkill_can_be_replaced(tmp_path):
     socket_dir = tmp_path / "killed"
-    first = start_broker(socket_dir)
+    first = start_broker(socket_dir, NO_HTTP)
     first.kill()
     first.wait()
-    second = start_broker(socket_dir)
+    second = start_broker(socket_dir, NO_HTTP)
     try:
         with bufbroker.connect(socket_dir) as session:
             assert session.stats().pid == second.pid
@@ -79,7 +81,7 @@ def test_a_broker_killed_with_sigkill_can_be_replaced(tmp_path):
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_stops_the_broker_cleanly(tmp_path, signum):
     socket_dir = tmp_path / "sig"
-    process = start_broker(socket_dir)
+    process = start_broker(socket_dir, NO_HTTP)
     with bufbroker.connect(socket_dir) as session:
         session.export(4096, name="held")
         process.send_signal(signum)
@@ -93,7 +95,7 @@ def test_connect_without_a_broker_says_how_to_start_one(tmp_path):
 
 
 def test_default_socket_dir_follows_the_environment(monkeypatch):
-    from broker.daemon import default_socket_dir
+    from broker.settings import default_socket_dir
 
     monkeypatch.setenv("XDG_RUNTIME_DIR", "/tmp/xdg-test")
     expected = Path("/run/bufbroker") if os.geteuid() == 0 else Path("/tmp/xdg-test/bufbroker")
@@ -228,7 +230,7 @@ def test_third_party_type_from_an_entry_point_is_negotiated(broker_factory, tmp_
 def test_incomplete_third_party_type_stops_the_broker_at_start(tmp_path):
     env = _install_plugin(tmp_path / "plugin", "echo_plugin:INCOMPLETE")
     out = subprocess.run(
-        [sys.executable, "-m", "broker", "serve", "--socket-dir", str(tmp_path / "run")],
+        [sys.executable, "-m", "broker", "serve", "--socket-dir", str(tmp_path / "run"), *NO_HTTP],
         capture_output=True,
         text=True,
         timeout=30,

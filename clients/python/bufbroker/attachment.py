@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import mmap
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from bufbroker import fdwire
-from bufbroker.errors import NotFound
+from bufbroker.errors import BrokerError, FailedPrecondition, NotFound
 from bufbroker.trace import TraceStep, trace_from_wire
 from bufbroker.v1 import broker_pb2 as pb
 from bufbroker.v1 import mapping_types_pb2 as mt
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
     from bufbroker.session import Session
 
 PAGE = mmap.PAGESIZE
+log = logging.getLogger("bufbroker")
 
 
 @dataclass(frozen=True)
@@ -43,12 +45,39 @@ class Attachment:
         self.trace: list[TraceStep] = trace_from_wire(response.trace)
         self.pinned = response.pinned
         self.detached = False
+        self.revoked = ""   # the reason, once the exporter or broker withdrew the buffer
+        self._revoke_callbacks: list[Callable[["Attachment", str], None]] = []
         self.mapping: Optional[Mapping] = None
         if response.HasField("mapping"):
             self.mapping = Mapping._from_response(self, response.mapping)
 
+    def on_revoke(self, callback: Callable[["Attachment", str], None]) -> None:
+        """Call ``callback(attachment, reason)`` when the buffer is revoked.
+
+        It runs on the session's events thread. Afterwards the SDK detaches
+        (which acknowledges the revocation to the broker); views already
+        taken stay readable, as the kernel keeps the pages.
+        """
+        self._revoke_callbacks.append(callback)
+
+    def _on_revoked(self, reason: str) -> None:
+        self.revoked = reason
+        for callback in list(self._revoke_callbacks):
+            try:
+                callback(self, reason)
+            except Exception:
+                log.exception("bufbroker: an on_revoke callback failed")
+        if not self.detached:
+            self.detached = True
+            try:
+                self.session.call("Detach", pb.DetachRequest(attachment_id=self.id))
+            except BrokerError:
+                pass  # already gone at the broker: the acknowledgement is moot
+
     def map(self) -> "Mapping":
         """Map the buffer: the handle and fds for it. Close the Mapping (or use ``with``)."""
+        if self.revoked:
+            raise FailedPrecondition(f"buffer revoked: {self.revoked}; attach to a live buffer")
         if self.detached:
             raise ValueError(f"attachment {self.id} is detached; attach again")
         response = self.session.call("Map", pb.MapRequest(attachment_id=self.id))

@@ -14,6 +14,7 @@ import os
 import secrets
 import socket
 import threading
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -59,6 +60,7 @@ class Session:
         self._closed = False
         self._channel_lost = ""
         self._event_handlers: list[Callable[[pb.Event], None]] = []
+        self._attachments: "weakref.WeakValueDictionary[int, Attachment]" = weakref.WeakValueDictionary()
         self._sock = self._open_fd_channel()
         try:
             hello = self._read_hello()
@@ -161,6 +163,11 @@ class Session:
                 if event.HasField("ready"):
                     self._events_ready.set()
                     continue
+                if event.HasField("revoked"):
+                    for attachment_id in event.revoked.attachment_ids:
+                        attachment = self._attachments.get(attachment_id)
+                        if attachment is not None:
+                            attachment._on_revoked(event.revoked.reason)
                 for handler in list(self._event_handlers):
                     try:
                         handler(event)
@@ -294,7 +301,9 @@ class Session:
         else:
             raise TypeError(f"attach() takes a buffer id (int) or name (str), not {buffer!r}")
         response = self.call("Attach", request)
-        return Attachment(self, response)
+        attachment = Attachment(self, response)
+        self._attachments[attachment.id] = attachment
+        return attachment
 
     def buffers(self, name: str = "") -> list[pb.BufferInfo]:
         """Every registered buffer (or the one named ``name``)."""

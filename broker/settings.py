@@ -1,0 +1,138 @@
+"""The broker's settings: one model, read from flags, env and a TOML file.
+
+Precedence, highest first: command-line flags, ``BUFBROKER_*`` environment
+variables, the TOML file given with ``--config``, the defaults. Each
+effective value remembers where it came from (``bufbroker config show``).
+Invalid settings fail at start with the field, the value and why.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Optional
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "BUFBROKER_"
+
+
+def default_socket_dir() -> Path:
+    """$XDG_RUNTIME_DIR/bufbroker, or /run/bufbroker as root."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if os.geteuid() == 0 or not runtime:
+        return Path("/run/bufbroker")
+    return Path(runtime) / "bufbroker"
+
+
+class SettingsError(Exception):
+    """Settings that cannot be used; the message names field, value and why."""
+
+
+class BrokerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+
+    socket_dir: Path = Field(default_factory=default_socket_dir, description="directory of grpc.sock and fd.sock")
+    http: str = Field("127.0.0.1:8377", description="HOST:PORT for introspection, /metrics and health; 'none' turns it off")
+    log_level: str = Field("info", description="debug, info, warning or error")
+    pending_fd_timeout: float = Field(10.0, gt=0, description="seconds before fds no RegisterBuffer claimed are closed")
+    drain_timeout: float = Field(5.0, ge=0, description="seconds SIGTERM waits for importers to acknowledge revocation")
+    max_pending_fds: int = Field(1024, gt=0, description="per session: fds sent but not yet claimed")
+    max_send_queue: int = Field(256, gt=0, description="per session: fd-channel messages queued for a slow reader")
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.lower() not in ("debug", "info", "warning", "error"):
+            raise ValueError("must be one of debug, info, warning, error")
+        return value.lower()
+
+    @field_validator("http")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        if value == "none":
+            return value
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be HOST:PORT (e.g. 127.0.0.1:8377) or 'none'")
+        return value
+
+    @property
+    def http_address(self) -> Optional[tuple[str, int]]:
+        if self.http == "none":
+            return None
+        host, _, port = self.http.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # load_settings merges flags, environment and TOML itself, so it can
+        # tell where each value came from; the model only validates the result.
+        return (init_settings,)
+
+
+FIELDS = tuple(BrokerSettings.model_fields)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as file:
+            data = tomllib.load(file)
+    except FileNotFoundError:
+        raise SettingsError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as error:
+        raise SettingsError(f"config file {path} is not valid TOML: {error}") from None
+    table = data.get("broker", data)   # a [broker] table, or top-level keys
+    values = {key.replace("-", "_"): value for key, value in table.items()}
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise SettingsError(f"config file {path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(FIELDS)}")
+    return values
+
+
+def load_settings(flags: dict[str, Any], config_file: Optional[Path] = None) -> tuple[BrokerSettings, dict[str, str]]:
+    """Merge flags > environment > TOML > defaults; return settings and origins.
+
+    ``flags`` holds only the flags the user gave (None values are ignored).
+    """
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if config_file is not None:
+        layers.append((f"config file {config_file}", _read_toml(config_file)))
+    env = {
+        field: os.environ[ENV_PREFIX + field.upper()]
+        for field in FIELDS
+        if ENV_PREFIX + field.upper() in os.environ
+    }
+    layers.append(("environment", {f: v for f, v in env.items()}))
+    layers.append(("flag", {k: v for k, v in flags.items() if v is not None}))
+    merged: dict[str, Any] = {}
+    origins = {field: "default" for field in FIELDS}
+    for origin, values in layers:   # lowest precedence first
+        for field, value in values.items():
+            merged[field] = value
+            if origin == "environment":
+                origins[field] = f"environment {ENV_PREFIX}{field.upper()}"
+            elif origin == "flag":
+                origins[field] = f"flag --{field.replace('_', '-')}"
+            else:
+                origins[field] = origin
+    try:
+        settings = BrokerSettings(**merged)
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            field = ".".join(str(p) for p in item["loc"]) or "?"
+            value = merged.get(field, item.get("input"))
+            where = origins.get(field, "?")
+            problems.append(f"{field} = {value!r} (from {where}): {item['msg']}")
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None
+    return settings, origins

@@ -1,0 +1,153 @@
+"""Operating the broker: settings, health, HTTP probes, graceful shutdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import grpc
+import pytest
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+from tests.raw_client import RawClient
+
+
+def _config_show(*args: str, env: dict | None = None) -> dict[str, tuple[str, str]]:
+    out = subprocess.run(
+        [sys.executable, "-m", "broker", "config", "show", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("BUFBROKER_")}, **(env or {})},
+    )
+    assert out.returncode == 0, out.stderr
+    shown = {}
+    for line in out.stdout.splitlines():
+        setting, rest = line.split("=", 1)
+        value, origin = rest.split("#", 1)
+        shown[setting.strip()] = (value.strip(), origin.strip())
+    return shown
+
+
+def test_settings_precedence_is_flags_then_environment_then_file_then_defaults(tmp_path):
+    config = tmp_path / "bufbroker.toml"
+    config.write_text('[broker]\nlog_level = "debug"\ndrain_timeout = 7.5\nmax_send_queue = 99\nhttp = "127.0.0.1:9000"\n')
+    env = {"BUFBROKER_DRAIN_TIMEOUT": "3", "BUFBROKER_HTTP": "127.0.0.1:9001"}
+    shown = _config_show("--config", str(config), "--http", "none", env=env)
+    assert shown["http"] == ("none", "flag --http")
+    assert shown["drain_timeout"] == ("3.0", "environment BUFBROKER_DRAIN_TIMEOUT")
+    assert shown["log_level"] == ("debug", f"config file {config}")
+    assert shown["max_send_queue"] == ("99", f"config file {config}")
+    assert shown["pending_fd_timeout"] == ("10.0", "default")
+
+
+@pytest.mark.parametrize(
+    "args, env, expected",
+    [
+        (["--http", "nowhere"], {}, "http = 'nowhere' (from flag --http): "),
+        ([], {"BUFBROKER_DRAIN_TIMEOUT": "-1"}, "drain_timeout = '-1' (from environment BUFBROKER_DRAIN_TIMEOUT)"),
+        (["--log-level", "loud"], {}, "log_level = 'loud' (from flag --log-level): Value error, must be one of"),
+    ],
+)
+def test_invalid_settings_fail_at_start_naming_field_value_and_why(tmp_path, args, env, expected):
+    out = subprocess.run(
+        [sys.executable, "-m", "broker", "serve", "--socket-dir", str(tmp_path / "run"), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, **env},
+    )
+    assert out.returncode == 2
+    assert expected in out.stderr
+    assert not (tmp_path / "run" / "fd.sock").exists()
+
+
+def test_unknown_setting_in_the_config_file_is_refused(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text("socket_dirr = '/tmp/x'\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "broker", "config", "show", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 2 and "unknown setting(s) socket_dirr" in out.stderr
+
+
+def test_health_command_exits_0_when_serving_and_1_when_not(broker, tmp_path):
+    ok = subprocess.run([sys.executable, "-m", "broker", "health", "--socket-dir", str(broker.socket_dir)], capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 0 and "SERVING" in ok.stdout
+    missing = subprocess.run([sys.executable, "-m", "broker", "health", "--socket-dir", str(tmp_path / "none"), "--timeout", "0.5"], capture_output=True, text=True, timeout=30)
+    assert missing.returncode == 1
+
+
+def test_grpc_reflection_lists_the_broker_and_health_services(broker):
+    with grpc.insecure_channel(f"unix:{broker.socket_dir / 'grpc.sock'}") as channel:
+        services = ProtoReflectionDescriptorDatabase(channel).get_services()
+    assert "bufbroker.v1.Broker" in services and "grpc.health.v1.Health" in services
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_http_health_readiness_and_metrics(broker_factory):
+    port = _free_port()
+    broker = broker_factory("--http", f"127.0.0.1:{port}")
+    base = f"http://127.0.0.1:{port}"
+    assert _get(f"{base}/healthz") == (200, json.dumps({"status": "ok"}, separators=(",", ":")))
+    status, body = _get(f"{base}/readyz")
+    assert status == 200 and "ready" in body
+    with broker.connect() as session:
+        session.export(4096, name="metered")
+        status, text = _get(f"{base}/metrics")
+        assert status == 200
+        assert 'bufbroker_buffers{state="active"} 1.0' in text
+        assert session.token not in text
+
+
+def test_sigterm_revokes_with_reason_waits_for_importers_and_exits_0(broker_factory):
+    broker = broker_factory("--drain-timeout", "5")
+    exporter, info = broker.exporter("--name", "drained", "--offers", "memfd")
+    holder = broker.spawn("holder", "drained")
+    assert json.loads(holder.stdout.readline()) == {"ready": True}
+    started = time.monotonic()
+    broker.process.send_signal(signal.SIGTERM)
+    result = json.loads(holder.stdout.readline())
+    assert result == {"revoked": "broker shutting down", "head": "bufbroker"}
+    assert broker.process.wait(10) == 0
+    # The importer acknowledged at once, so the broker did not wait out the deadline.
+    assert time.monotonic() - started < 4
+    assert holder.wait(10) == 0
+
+
+def test_sigterm_gives_up_on_a_silent_importer_at_the_deadline(broker_factory):
+    broker = broker_factory("--drain-timeout", "1")
+    with broker.connect() as exporter, RawClient(broker.socket_dir) as silent:
+        buffer = exporter.export(4096)
+        from bufbroker.v1 import broker_pb2 as pb
+
+        silent.call("Attach", pb.AttachRequest(buffer_id=buffer.id))   # never acknowledges
+        started = time.monotonic()
+        broker.process.send_signal(signal.SIGTERM)
+        assert broker.process.wait(10) == 0
+        elapsed = time.monotonic() - started
+    assert 1.0 <= elapsed < 5
+    assert "not detached within 1.0 s" in broker.log()
