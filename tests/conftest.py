@@ -28,6 +28,30 @@ def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def settled_fd_count(pid: int, quiet: float = 0.2, timeout: float = 3.0) -> int:
+    """The fd count once it has not changed for ``quiet`` seconds."""
+    deadline = time.monotonic() + timeout
+    count, since = fd_count(pid), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+        now = fd_count(pid)
+        if now != count:
+            count, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            break
+    return count
+
+
+def wait_for_fds(pid: int, expected: int, timeout: float = 2.0) -> int:
+    """Poll until the fd count equals ``expected``; return the last count."""
+    deadline = time.monotonic() + timeout
+    count = fd_count(pid)
+    while count != expected and time.monotonic() < deadline:
+        time.sleep(0.02)
+        count = fd_count(pid)
+    return count
+
+
 @dataclass
 class BrokerProcess:
     process: subprocess.Popen
@@ -53,27 +77,11 @@ class BrokerProcess:
     def log(self) -> str:
         return self.log_path.read_text()
 
-    def settled_fd_count(self, quiet: float = 0.2, timeout: float = 3.0) -> int:
-        """The fd count once it has not changed for ``quiet`` seconds."""
-        deadline = time.monotonic() + timeout
-        count, since = self.fd_count(), time.monotonic()
-        while time.monotonic() < deadline:
-            time.sleep(0.02)
-            now = self.fd_count()
-            if now != count:
-                count, since = now, time.monotonic()
-            elif time.monotonic() - since >= quiet:
-                break
-        return count
+    def settled_fd_count(self) -> int:
+        return settled_fd_count(self.pid)
 
     def wait_for_fds(self, expected: int, timeout: float = 2.0) -> int:
-        """Poll until the fd count equals ``expected``; return the last count."""
-        deadline = time.monotonic() + timeout
-        count = self.fd_count()
-        while count != expected and time.monotonic() < deadline:
-            time.sleep(0.02)
-            count = self.fd_count()
-        return count
+        return wait_for_fds(self.pid, expected, timeout)
 
     def spawn(self, module: str, *args: str) -> subprocess.Popen:
         """Start ``python -m tests.clients.<module> DIR args...`` (stdin/stdout piped)."""

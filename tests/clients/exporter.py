@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import bufbroker
@@ -32,7 +33,8 @@ def main() -> None:
         view = buffer.memoryview()
         view[:] = data
         view.release()
-        print(json.dumps({"id": buffer.id, "name": buffer.name}), flush=True)
+        seen = {"id": buffer.id, "name": buffer.name, "my_pid": os.getpid(), "broker_saw_pid": session.pid}
+        print(json.dumps(seen), flush=True)
         sys.stdin.read()
 
 
