@@ -15,9 +15,8 @@ import os
 import resource
 import signal
 import socket
-from contextlib import ExitStack
+from contextlib import AsyncExitStack, ExitStack
 from pathlib import Path
-from typing import Any
 
 import grpc
 from bufbroker.v1 import broker_pb2 as pb
@@ -47,7 +46,7 @@ class StartupError(Exception):
     """The broker cannot start; the message says why and what to do."""
 
 
-def prepare_socket_dir(path: Path, stack: ExitStack) -> None:
+def prepare_socket_dir(path: Path, stack: ExitStack | AsyncExitStack) -> None:
     """Create the dir 0770, lock it, and clear sockets a dead broker left."""
     try:
         path.mkdir(mode=0o770, parents=True, exist_ok=True)
@@ -95,8 +94,12 @@ def raise_fd_limit() -> int:
     return soft
 
 
-async def serve(settings: BrokerSettings, ready: asyncio.Event | None = None) -> None:
-    """Run the broker until SIGINT/SIGTERM, then drain and stop."""
+async def serve(settings: BrokerSettings) -> None:
+    """Run the broker until SIGINT/SIGTERM, then drain and stop.
+
+    Everything started is registered on one exit stack, so whatever fails
+    part-way, what was set up is torn down in reverse order.
+    """
     types = mapping_types.load_mapping_types()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -106,7 +109,8 @@ async def serve(settings: BrokerSettings, ready: asyncio.Event | None = None) ->
         max_pending_fds=settings.max_pending_fds,
         max_send_queue=settings.max_send_queue,
     )
-    with ExitStack() as stack:
+    broker_service_name = pb.DESCRIPTOR.services_by_name["Broker"].full_name
+    async with AsyncExitStack() as stack:
         prepare_socket_dir(socket_dir, stack)
         fd_limit = raise_fd_limit()
         ledger = FdLedger()
@@ -121,14 +125,12 @@ async def serve(settings: BrokerSettings, ready: asyncio.Event | None = None) ->
         pb_grpc.add_BrokerServicer_to_server(service, server)
         health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
-        reflection.enable_server_reflection(
-            (pb.DESCRIPTOR.services_by_name["Broker"].full_name, HEALTH_SERVICE, reflection.SERVICE_NAME),
-            server,
-        )
+        reflection.enable_server_reflection((broker_service_name, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
         if server.add_insecure_port(f"unix:{grpc_path}") == 0:
             raise StartupError(f"cannot bind {grpc_path}")
         await server.start()
         stack.callback(_unlink, grpc_path)
+        stack.push_async_callback(server.stop, 1.0)
         os.chmod(grpc_path, 0o660)
 
         listener = bind_fd_socket(fd_path)
@@ -136,16 +138,15 @@ async def serve(settings: BrokerSettings, ready: asyncio.Event | None = None) ->
         channels.start(listener)
         stack.callback(channels.stop)
 
-        http_task = None
         if settings.http_address is not None:
-            http_task = await start_http(settings, readiness, registry, ledger)
+            await start_http(settings, readiness, registry, ledger, stack)
 
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
             stack.callback(loop.remove_signal_handler, signum)
 
-        await health.set("", health_pb2.HealthCheckResponse.SERVING)
-        await health.set(pb.DESCRIPTOR.services_by_name["Broker"].full_name, health_pb2.HealthCheckResponse.SERVING)
+        for name in ("", broker_service_name):
+            await health.set(name, health_pb2.HealthCheckResponse.SERVING)
         readiness.serving = True
         log.info(
             "bufbroker %s serving grpc=%s fd=%s http=%s (pid %d, mapping types: %s, fd limit %d)",
@@ -157,21 +158,12 @@ async def serve(settings: BrokerSettings, ready: asyncio.Event | None = None) ->
             ", ".join(types),
             fd_limit,
         )
-        if ready is not None:
-            ready.set()
-        try:
-            await stop.wait()
-            log.info("stopping: signal received; draining for up to %s s", settings.drain_timeout)
-            readiness.draining = True
-            await health.enter_graceful_shutdown()
-            await drain(registry, channels, settings.drain_timeout)
-        finally:
-            channels.stop()
-            await server.stop(grace=1.0)
-            if http_task is not None:
-                http_task.server.should_exit = True
-                await http_task
-            log.info("stopped")
+        await stop.wait()
+        log.info("stopping: signal received; draining for up to %s s", settings.drain_timeout)
+        readiness.draining = True
+        await health.enter_graceful_shutdown()
+        await drain(registry, channels, settings.drain_timeout)
+    log.info("stopped")
 
 
 async def drain(registry: Registry, channels: FdChannelServer, timeout: float) -> None:
@@ -193,16 +185,10 @@ async def drain(registry: Registry, channels: FdChannelServer, timeout: float) -
         )
 
 
-class _HttpTask:
-    def __init__(self, server: Any, task: asyncio.Task) -> None:
-        self.server = server
-        self.task = task
-
-    def __await__(self):
-        return self.task.__await__()
-
-
-async def start_http(settings: BrokerSettings, readiness: Readiness, registry: Registry, ledger: FdLedger) -> _HttpTask:
+async def start_http(
+    settings: BrokerSettings, readiness: Readiness, registry: Registry, ledger: FdLedger, stack: AsyncExitStack
+) -> None:
+    """Serve the HTTP app in this loop until the stack unwinds."""
     # Imported here: FastAPI and uvicorn cost start-up time a broker run
     # with --http none should not pay.
     import uvicorn
@@ -214,14 +200,22 @@ async def start_http(settings: BrokerSettings, readiness: Readiness, registry: R
     app = create_app(readiness, make_metrics_registry(registry, ledger), __version__)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", access_log=False)
     server = EmbeddedServer(config)
-    task = asyncio.create_task(server.serve(), name="bufbroker-http")
-    while not server.started:
-        if task.done():
-            # uvicorn reports bind errors by exiting; say which address.
-            raise StartupError(f"cannot serve HTTP on {settings.http}: the address is in use or not local; "
-                               "pick another with --http HOST:PORT, or --http none")
+    try:
+        sockets = [config.bind_socket()]
+    except (OSError, SystemExit):   # uvicorn logs the reason and exits on bind errors
+        raise StartupError(
+            f"cannot serve HTTP on {settings.http}: the address is in use or not available; "
+            "pick another with --http HOST:PORT, or turn HTTP off with --http none"
+        ) from None
+    task = asyncio.create_task(server.serve(sockets=sockets), name="bufbroker-http")
+
+    async def stop_http() -> None:
+        server.should_exit = True
+        await task
+
+    stack.push_async_callback(stop_http)
+    while not server.started and not task.done():
         await asyncio.sleep(0.01)
-    return _HttpTask(server, task)
 
 
 def _unlink(path: Path) -> None:

@@ -151,3 +151,19 @@ def test_sigterm_gives_up_on_a_silent_importer_at_the_deadline(broker_factory):
         elapsed = time.monotonic() - started
     assert 1.0 <= elapsed < 5
     assert "not detached within 1.0 s" in broker.log()
+
+
+def test_http_address_in_use_fails_at_start_and_cleans_up(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run(
+            [sys.executable, "-m", "broker", "serve", "--socket-dir", str(tmp_path / "run"), "--http", f"127.0.0.1:{port}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert out.returncode == 1
+    assert f"cannot serve HTTP on 127.0.0.1:{port}: the address is in use" in out.stderr
+    assert not (tmp_path / "run" / "grpc.sock").exists() and not (tmp_path / "run" / "fd.sock").exists()
