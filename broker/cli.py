@@ -167,7 +167,7 @@ def run_config_show(args: argparse.Namespace) -> int:
         print(f"bufbroker: {error}", file=sys.stderr)
         return 2
     for name, value in settings.model_dump().items():
-        print(f"{name:<20} = {str(value):<32} # {origins[name]}")
+        print(f"{name:<28} = {str(value):<32} # {origins[name]}")
     return 0
 
 

@@ -29,7 +29,7 @@ from grpc_reflection.v1alpha import reflection
 from broker import __version__, mapping_types
 from broker.api.fd_channel import FdChannelServer, Limits
 from broker.api.grpc_service import BrokerService
-from broker.core.registry import Registry
+from broker.core.registry import Registry, SessionLimits
 from broker.fd_ledger import FdLedger
 from broker.readiness import Readiness
 from broker.settings import BrokerSettings
@@ -114,14 +114,23 @@ async def serve(settings: BrokerSettings) -> None:
         prepare_socket_dir(socket_dir, stack)
         fd_limit = raise_fd_limit()
         ledger = FdLedger()
-        registry = Registry(ledger)
+        registry = Registry(
+            ledger,
+            limits=SessionLimits(
+                max_buffers=settings.max_buffers_per_session,
+                max_attachments=settings.max_attachments_per_session,
+                max_mappings=settings.max_mappings_per_session,
+            ),
+        )
         fd_path, grpc_path = socket_dir / FD_SOCKET, socket_dir / GRPC_SOCKET
         channels = FdChannelServer(str(fd_path), registry, ledger, limits, __version__)
         service = BrokerService(registry, channels, ledger, __version__)
         channels.on_session_end = service.session_ended
         readiness = Readiness()
 
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        server = grpc.aio.server(
+            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", settings.max_request_bytes)]
+        )
         pb_grpc.add_BrokerServicer_to_server(service, server)
         health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)

@@ -41,6 +41,10 @@ class BrokerSettings(BaseSettings):
     drain_timeout: float = Field(5.0, ge=0, description="seconds SIGTERM waits for importers to acknowledge revocation")
     max_pending_fds: int = Field(1024, gt=0, description="per session: fds sent but not yet claimed")
     max_send_queue: int = Field(256, gt=0, description="per session: fd-channel messages queued for a slow reader")
+    max_buffers_per_session: int = Field(4096, gt=0, description="buffers one session may register")
+    max_attachments_per_session: int = Field(4096, gt=0, description="attachments one session may hold")
+    max_mappings_per_session: int = Field(16384, gt=0, description="mappings one session may hold")
+    max_request_bytes: int = Field(1 << 20, ge=4096, description="largest gRPC request the broker reads")
 
     @field_validator("log_level")
     @classmethod

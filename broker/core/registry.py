@@ -13,7 +13,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from broker.core.errors import FailedPrecondition, NotFound, PermissionDenied
+from broker.core.errors import FailedPrecondition, NotFound, PermissionDenied, ResourceExhausted
 from broker.core.mapping_type import MapResult, MappingType, MatchContext
 from broker.core.negotiate import Negotiation, Spec, TraceStep, negotiate
 from broker.fd_ledger import FdLedger
@@ -95,11 +95,29 @@ class RevokedEvent:
 Notify = Callable[[Session, Any], None]
 
 
+@dataclass(frozen=True)
+class SessionLimits:
+    """What one session may hold at once; a client past one gets RESOURCE_EXHAUSTED."""
+
+    max_buffers: int = 4096
+    max_attachments: int = 4096
+    max_mappings: int = 16384
+
+
+def _check_limit(held: int, limit: int, what: str, setting: str) -> None:
+    if held >= limit:
+        raise ResourceExhausted(
+            f"this session already holds {held} {what}, the limit ({setting} = {limit}); "
+            f"release some first, or ask the operator to raise {setting}"
+        )
+
+
 class Registry:
     """The broker's state. Every method runs on the event loop."""
 
-    def __init__(self, ledger: FdLedger, notify: Optional[Notify] = None) -> None:
+    def __init__(self, ledger: FdLedger, notify: Optional[Notify] = None, limits: SessionLimits = SessionLimits()) -> None:
         self.ledger = ledger
+        self.limits = limits
         self.notify: Notify = notify or (lambda session, event: None)
         self.sessions: dict[int, Session] = {}
         self.sessions_by_token: dict[str, Session] = {}
@@ -149,6 +167,7 @@ class Registry:
         The caller has validated the fds and offers. On return the registry
         owns the fds: they are closed when the buffer is revoked.
         """
+        _check_limit(len(exporter.buffers), self.limits.max_buffers, "buffers", "max_buffers_per_session")
         if name and name in self.buffers_by_name:
             other = self.buffers_by_name[name]
             raise FailedPrecondition(
@@ -230,6 +249,7 @@ class Registry:
 
     def attach(self, session: Session, buffer: Buffer, accept: list[Spec], pinned: bool) -> Attachment:
         """Negotiate and record an attachment; nothing is created on failure."""
+        _check_limit(len(session.attachments), self.limits.max_attachments, "attachments", "max_attachments_per_session")
         negotiation = self.explain(session, buffer, accept)
         attachment = Attachment(
             self._next_id(),
@@ -272,6 +292,8 @@ class Registry:
         """
         buffer = attachment.buffer
         self._check_active(buffer, "map")
+        mappings = sum(len(a.mappings) for a in attachment.session.attachments.values())
+        _check_limit(mappings, self.limits.max_mappings, "mappings", "max_mappings_per_session")
         result = attachment.map_type.map(buffer, attachment)
         for fd in result.temporary:
             self.ledger.adopt_opened(fd)

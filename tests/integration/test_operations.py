@@ -167,3 +167,33 @@ def test_http_address_in_use_fails_at_start_and_cleans_up(tmp_path):
     assert out.returncode == 1
     assert f"cannot serve HTTP on 127.0.0.1:{port}: the address is in use" in out.stderr
     assert not (tmp_path / "run" / "grpc.sock").exists() and not (tmp_path / "run" / "fd.sock").exists()
+
+
+def test_session_limits_answer_resource_exhausted_naming_the_limit(broker_factory):
+    import bufbroker
+
+    broker = broker_factory("--max-buffers-per-session", "2", "--max-attachments-per-session", "1", "--max-mappings-per-session", "1")
+    with broker.connect() as exp, broker.connect() as imp:
+        first = exp.export(4096, offers=["memfd"])
+        exp.export(4096)
+        with pytest.raises(bufbroker.ResourceExhausted, match=r"max_buffers_per_session = 2"):
+            exp.export(4096)
+        attachment = imp.attach(first.id, accept=["memfd"], map=True)
+        with pytest.raises(bufbroker.ResourceExhausted, match=r"max_mappings_per_session = 1"):
+            attachment.map()
+        with pytest.raises(bufbroker.ResourceExhausted, match=r"max_attachments_per_session = 1"):
+            imp.attach(first.id, accept=["memfd"])
+        attachment.detach()
+        imp.attach(first.id, accept=["memfd"]).detach()   # freed: allowed again
+    assert broker.stats().buffers == 0
+
+
+def test_oversized_request_is_refused_and_the_broker_keeps_serving(broker_factory):
+    import bufbroker
+
+    broker = broker_factory("--max-request-bytes", "65536")
+    with broker.connect() as session:
+        with pytest.raises(bufbroker.BrokerError) as raised:
+            session.export(4096, labels={"big": "x" * 100_000})
+        assert raised.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert session.export(4096).id > 0
