@@ -21,10 +21,11 @@ from bufbroker.v1 import broker_pb2_grpc as pb_grpc
 from broker import mapping_types
 from broker.api.fd_channel import FdChannelServer
 from broker.api.grpc_errors import abort_with, expected_errors, trace_to_wire
-from broker.core.errors import BrokerError, FailedPrecondition, InvalidArgument, Unauthenticated
-from broker.core.registry import ACTIVE, Attachment, Buffer, RevokedEvent, Registry, Session
+from broker.core.errors import BrokerError, FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
+from broker.core.registry import Attachment, Buffer, RevokedEvent, Registry, Session
 from broker.fd_inspect import inspect_memfd
 from broker.fd_ledger import FdLedger
+from broker.introspection import buffer_info, list_attachments, list_mapping_types, list_sessions
 
 log = logging.getLogger(__name__)
 
@@ -235,10 +236,14 @@ class BrokerService(pb_grpc.BrokerServicer):
     @expected_errors
     async def Explain(self, request: pb.ExplainRequest, context: Any) -> pb.ExplainResponse:
         session = self.authenticate(context)
-        buffer = self._find_buffer(request)
         accept, _ = mapping_types.accept_from_wire(request.accept, request.access)
         try:
-            negotiation = self.registry.explain(session, buffer, accept)
+            if request.WhichOneof("buffer") is None and request.offers:
+                negotiation = self.registry.explain_offers(session, mapping_types.offers_from_wire(request.offers, (MAX_SIZE,), MAX_SIZE), accept)
+            else:
+                negotiation = self.registry.explain(session, self._find_buffer(request), accept)
+        except (NotFound, InvalidArgument):
+            raise
         except BrokerError as error:
             return pb.ExplainResponse(trace=trace_to_wire(getattr(error, "trace", ())), error=error.message)
         return pb.ExplainResponse(map_type=negotiation.map_type.name, trace=trace_to_wire(negotiation.trace))
@@ -262,6 +267,22 @@ class BrokerService(pb_grpc.BrokerServicer):
         )
 
 
+    @expected_errors
+    async def ListSessions(self, request: pb.ListSessionsRequest, context: Any) -> pb.ListSessionsResponse:
+        self.authenticate(context)
+        return pb.ListSessionsResponse(sessions=list_sessions(self.registry))
+
+    @expected_errors
+    async def ListAttachments(self, request: pb.ListAttachmentsRequest, context: Any) -> pb.ListAttachmentsResponse:
+        self.authenticate(context)
+        return pb.ListAttachmentsResponse(attachments=list_attachments(self.registry, request.buffer_id))
+
+    @expected_errors
+    async def ListMappingTypes(self, request: pb.ListMappingTypesRequest, context: Any) -> pb.ListMappingTypesResponse:
+        self.authenticate(context)
+        return pb.ListMappingTypesResponse(mapping_types=list_mapping_types())
+
+
 def check_registration(request: pb.RegisterBufferRequest, fd0_size: int) -> None:
     check_name(request.name)
     if len(request.labels) > MAX_LABELS:
@@ -282,22 +303,3 @@ def check_name(name: str) -> None:
         raise InvalidArgument(f"buffer name is {len(name)} characters; at most {MAX_NAME} are allowed")
     if any(ord(c) < 32 for c in name):
         raise InvalidArgument("buffer name contains control characters; use printable text")
-
-
-def buffer_info(buffer: Buffer) -> pb.BufferInfo:
-    info = pb.BufferInfo(
-        id=buffer.id,
-        name=buffer.name,
-        size=buffer.size,
-        labels=buffer.labels,
-        offer_types=[o.type.name for o in buffer.offers],
-        offers=[mapping_types.offer_to_wire(o) for o in buffer.offers],
-        exporter_pid=max(buffer.exporter.pid, 0),
-        exporter_uid=max(buffer.exporter.uid, 0),
-        state=pb.BUFFER_STATE_ACTIVE if buffer.state == ACTIVE else pb.BUFFER_STATE_REVOKED,
-        attachment_count=len(buffer.attachments),
-        fd_count=len(buffer.fds),
-    )
-    if buffer.layout is not None:
-        info.layout.CopyFrom(buffer.layout)
-    return info

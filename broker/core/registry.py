@@ -13,7 +13,14 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from broker.core.errors import FailedPrecondition, NotFound, PermissionDenied, ResourceExhausted
+from broker.core.errors import (
+    BrokerError,
+    FailedPrecondition,
+    NoCommonMappingType,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+)
 from broker.core.mapping_type import MapResult, MappingType, MatchContext
 from broker.core.negotiate import Negotiation, Spec, TraceStep, negotiate
 from broker.fd_ledger import FdLedger
@@ -96,6 +103,27 @@ Notify = Callable[[Session, Any], None]
 
 
 @dataclass(frozen=True)
+class Change:
+    """One change of registry state, for observers (SSE, metrics).
+
+    ``kind`` is one of: session-opened, session-ended, registered,
+    unregistered, revoked, moved, attached, detached, mapped, unmapped,
+    negotiated. ``detail`` carries kind-specific facts (never fds, tokens
+    or memory contents): for negotiated, ``result`` (matched,
+    no-common-type, error), ``map_type`` and ``dry_run``.
+    """
+
+    kind: str
+    session_id: int = 0
+    buffer_id: int = 0
+    attachment_id: int = 0
+    detail: dict = field(default_factory=dict)
+
+
+Observer = Callable[[Change], None]
+
+
+@dataclass(frozen=True)
 class SessionLimits:
     """What one session may hold at once; a client past one gets RESOURCE_EXHAUSTED."""
 
@@ -125,7 +153,17 @@ class Registry:
         self.buffers_by_name: dict[str, Buffer] = {}
         self.attachments: dict[int, Attachment] = {}
         self.mappings: dict[int, Mapping] = {}
+        self.observers: list[Observer] = []
         self._ids = itertools.count(1)
+
+    def observe(self, observer: Observer) -> None:
+        """Call ``observer(change)`` after every change (on the event loop)."""
+        self.observers.append(observer)
+
+    def _emit(self, kind: str, **facts: Any) -> None:
+        change = Change(kind, **facts)
+        for observer in self.observers:
+            observer(change)
 
     def _next_id(self) -> int:
         return next(self._ids)
@@ -136,6 +174,7 @@ class Registry:
         session = Session(self._next_id(), token, pid, uid, gid)
         self.sessions[session.id] = session
         self.sessions_by_token[token] = session
+        self._emit("session-opened", session_id=session.id, detail={"pid": pid, "uid": uid})
         return session
 
     def session_close(self, session: Session) -> None:
@@ -149,6 +188,7 @@ class Registry:
             self.buffer_unregister(buffer, reason="exporter session ended")
         del self.sessions[session.id]
         del self.sessions_by_token[session.token]
+        self._emit("session-ended", session_id=session.id)
 
     # --- buffers ------------------------------------------------------------
 
@@ -181,6 +221,7 @@ class Registry:
         if name:
             self.buffers_by_name[name] = buffer
         exporter.buffers[buffer.id] = buffer
+        self._emit("registered", session_id=exporter.id, buffer_id=buffer.id, detail={"name": name, "size": size})
         return buffer
 
     def buffer_find(self, buffer_id: int = 0, name: str = "") -> Buffer:
@@ -213,6 +254,7 @@ class Registry:
         buffer.state = REVOKED
         self.ledger.close_all([f.fd for f in buffer.fds])
         buffer.fds = []
+        self._emit("revoked", session_id=buffer.exporter.id, buffer_id=buffer.id, detail={"reason": reason})
         by_session: dict[int, list[int]] = {}
         for attachment in buffer.attachments.values():
             by_session.setdefault(attachment.session.id, []).append(attachment.id)
@@ -230,6 +272,7 @@ class Registry:
         if buffer.name and self.buffers_by_name.get(buffer.name) is buffer:
             del self.buffers_by_name[buffer.name]
         buffer.exporter.buffers.pop(buffer.id, None)
+        self._emit("unregistered", session_id=buffer.exporter.id, buffer_id=buffer.id)
 
     # --- attachments ----------------------------------------------------------
 
@@ -242,15 +285,32 @@ class Registry:
             fd_writable=tuple(f.writable for f in buffer.fds),
         )
 
-    def explain(self, session: Session, buffer: Buffer, accept: list[Spec]) -> Negotiation:
+    def explain_offers(self, session: Session, offers: list[Spec], accept: list[Spec]) -> Negotiation:
+        """A pure dry run against an offers list, with no buffer behind it."""
+        ctx = MatchContext(session.uid, session.gid, 0, (0,), (True,))
+        return negotiate(offers, accept, ctx)
+
+    def explain(self, session: Session, buffer: Buffer, accept: list[Spec], dry_run: bool = True) -> Negotiation:
         """Negotiate without attaching (a dry run); raises as attach would."""
         self._check_active(buffer, "attach to")
-        return negotiate(buffer.offers, accept, self.match_context(session, buffer))
+        facts = {"session_id": session.id, "buffer_id": buffer.id}
+        try:
+            negotiation = negotiate(buffer.offers, accept, self.match_context(session, buffer))
+        except NoCommonMappingType:
+            self._emit("negotiated", **facts, detail={"result": "no-common-type", "map_type": "", "dry_run": dry_run})
+            raise
+        except BrokerError:
+            self._emit("negotiated", **facts, detail={"result": "error", "map_type": "", "dry_run": dry_run})
+            raise
+        self._emit(
+            "negotiated", **facts, detail={"result": "matched", "map_type": negotiation.map_type.name, "dry_run": dry_run}
+        )
+        return negotiation
 
     def attach(self, session: Session, buffer: Buffer, accept: list[Spec], pinned: bool) -> Attachment:
         """Negotiate and record an attachment; nothing is created on failure."""
         _check_limit(len(session.attachments), self.limits.max_attachments, "attachments", "max_attachments_per_session")
-        negotiation = self.explain(session, buffer, accept)
+        negotiation = self.explain(session, buffer, accept, dry_run=False)
         attachment = Attachment(
             self._next_id(),
             buffer,
@@ -263,6 +323,13 @@ class Registry:
         self.attachments[attachment.id] = attachment
         buffer.attachments[attachment.id] = attachment
         session.attachments[attachment.id] = attachment
+        self._emit(
+            "attached",
+            session_id=session.id,
+            buffer_id=buffer.id,
+            attachment_id=attachment.id,
+            detail={"map_type": attachment.map_type.name, "pinned": pinned},
+        )
         return attachment
 
     def attachment_find(self, session: Session, attachment_id: int) -> Attachment:
@@ -277,9 +344,16 @@ class Registry:
     def detach(self, attachment: Attachment) -> None:
         for mapping in list(attachment.mappings.values()):
             self.unmap(mapping)
-        self.attachments.pop(attachment.id, None)
+        if self.attachments.pop(attachment.id, None) is None:
+            return
         attachment.buffer.attachments.pop(attachment.id, None)
         attachment.session.attachments.pop(attachment.id, None)
+        self._emit(
+            "detached",
+            session_id=attachment.session.id,
+            buffer_id=attachment.buffer.id,
+            attachment_id=attachment.id,
+        )
 
     # --- mappings -------------------------------------------------------------
 
@@ -300,6 +374,13 @@ class Registry:
         mapping = Mapping(self._next_id(), attachment, len(result.fds))
         self.mappings[mapping.id] = mapping
         attachment.mappings[mapping.id] = mapping
+        self._emit(
+            "mapped",
+            session_id=attachment.session.id,
+            buffer_id=buffer.id,
+            attachment_id=attachment.id,
+            detail={"fds": len(result.fds)},
+        )
         return mapping, result
 
     def mapping_find(self, session: Session, mapping_id: int) -> Mapping:
@@ -316,6 +397,12 @@ class Registry:
         attachment.map_type.unmap(attachment.buffer, attachment)
         self.mappings.pop(mapping.id, None)
         attachment.mappings.pop(mapping.id, None)
+        self._emit(
+            "unmapped",
+            session_id=attachment.session.id,
+            buffer_id=attachment.buffer.id,
+            attachment_id=attachment.id,
+        )
 
     @staticmethod
     def _check_active(buffer: Buffer, verb: str) -> None:

@@ -117,3 +117,29 @@ def test_list_buffers_pages_through_every_buffer(broker):
         assert len(first.buffers) == 100 and first.next_after_id == first.buffers[-1].id
         assert [b.id for b in session.buffers()] == made
         assert [b.name for b in session.buffers(name="page-7")] == ["page-7"]
+
+
+def test_introspection_lists_sessions_attachments_and_mapping_types(broker):
+    with broker.connect() as exp, broker.connect() as imp:
+        buffer = exp.export(4096, offers=["segments", "memfd"])
+        attachment = imp.attach(buffer.id, accept=["memfd"], map=True)
+        sessions = {s.id: s for s in imp.call("ListSessions", pb.ListSessionsRequest()).sessions}
+        assert sessions[exp.id].role == "exporter" and sessions[exp.id].buffers == 1 and sessions[exp.id].fds_held == 1
+        assert sessions[imp.id].role == "importer" and sessions[imp.id].mappings == 1
+        (info,) = imp.call("ListAttachments", pb.ListAttachmentsRequest(buffer_id=buffer.id)).attachments
+        assert info.id == attachment.id and info.map_type == "memfd" and info.session_id == imp.id
+        assert [s.verdict for s in info.trace] == ["type-differs", "matched"]
+        types = {t.name: t for t in imp.call("ListMappingTypes", pb.ListMappingTypesRequest()).mapping_types}
+        assert types["memfd"].supported and types["segments"].description
+        attachment.detach()
+
+
+def test_explain_against_an_offers_list_needs_no_buffer(broker):
+    with broker.connect() as session:
+        request = pb.ExplainRequest(
+            offers=[mt.Offer(memfd=mt.MemfdOffer(max_access=mt.ACCESS_READ)), mt.Offer(segments=mt.SegmentsOffer())],
+            accept=[mt.Match(memfd=mt.MemfdMatch(access=mt.ACCESS_READ_WRITE)), mt.Match(segments=mt.SegmentsMatch(access=mt.ACCESS_READ_WRITE))],
+        )
+        explained = session.call("Explain", request)
+        assert explained.map_type == "segments"
+        assert [s.verdict for s in explained.trace] == ["soft-mismatch", "type-differs", "type-differs", "matched"]

@@ -8,11 +8,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ExporterExitPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EXPORTER_EXIT_POLICY_UNSPECIFIED: _ClassVar[ExporterExitPolicy]
+    EXPORTER_EXIT_POLICY_REVOKE: _ClassVar[ExporterExitPolicy]
+    EXPORTER_EXIT_POLICY_KEEP: _ClassVar[ExporterExitPolicy]
+
 class BufferState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     BUFFER_STATE_UNSPECIFIED: _ClassVar[BufferState]
     BUFFER_STATE_ACTIVE: _ClassVar[BufferState]
     BUFFER_STATE_REVOKED: _ClassVar[BufferState]
+EXPORTER_EXIT_POLICY_UNSPECIFIED: ExporterExitPolicy
+EXPORTER_EXIT_POLICY_REVOKE: ExporterExitPolicy
+EXPORTER_EXIT_POLICY_KEEP: ExporterExitPolicy
 BUFFER_STATE_UNSPECIFIED: BufferState
 BUFFER_STATE_ACTIVE: BufferState
 BUFFER_STATE_REVOKED: BufferState
@@ -40,7 +49,7 @@ class Layout(_message.Message):
     def __init__(self, fourcc: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., modifier: _Optional[int] = ..., planes: _Optional[_Iterable[_Union[Plane, _Mapping]]] = ...) -> None: ...
 
 class RegisterBufferRequest(_message.Message):
-    __slots__ = ("nonce", "size", "name", "labels", "layout", "offers")
+    __slots__ = ("nonce", "size", "name", "labels", "layout", "offers", "on_exporter_exit", "allow")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -54,16 +63,44 @@ class RegisterBufferRequest(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
     OFFERS_FIELD_NUMBER: _ClassVar[int]
+    ON_EXPORTER_EXIT_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_FIELD_NUMBER: _ClassVar[int]
     nonce: str
     size: int
     name: str
     labels: _containers.ScalarMap[str, str]
     layout: Layout
     offers: _containers.RepeatedCompositeFieldContainer[_mapping_types_pb2.Offer]
-    def __init__(self, nonce: _Optional[str] = ..., size: _Optional[int] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., layout: _Optional[_Union[Layout, _Mapping]] = ..., offers: _Optional[_Iterable[_Union[_mapping_types_pb2.Offer, _Mapping]]] = ...) -> None: ...
+    on_exporter_exit: ExporterExitPolicy
+    allow: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, nonce: _Optional[str] = ..., size: _Optional[int] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., layout: _Optional[_Union[Layout, _Mapping]] = ..., offers: _Optional[_Iterable[_Union[_mapping_types_pb2.Offer, _Mapping]]] = ..., on_exporter_exit: _Optional[_Union[ExporterExitPolicy, str]] = ..., allow: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class MoveBufferRequest(_message.Message):
+    __slots__ = ("buffer_id", "nonce", "size", "offers", "layout", "reason")
+    BUFFER_ID_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    OFFERS_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    buffer_id: int
+    nonce: str
+    size: int
+    offers: _containers.RepeatedCompositeFieldContainer[_mapping_types_pb2.Offer]
+    layout: Layout
+    reason: str
+    def __init__(self, buffer_id: _Optional[int] = ..., nonce: _Optional[str] = ..., size: _Optional[int] = ..., offers: _Optional[_Iterable[_Union[_mapping_types_pb2.Offer, _Mapping]]] = ..., layout: _Optional[_Union[Layout, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class MoveBufferResponse(_message.Message):
+    __slots__ = ("buffer", "non_compliant_attachment_ids")
+    BUFFER_FIELD_NUMBER: _ClassVar[int]
+    NON_COMPLIANT_ATTACHMENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    buffer: BufferInfo
+    non_compliant_attachment_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, buffer: _Optional[_Union[BufferInfo, _Mapping]] = ..., non_compliant_attachment_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class BufferInfo(_message.Message):
-    __slots__ = ("id", "name", "size", "labels", "layout", "offer_types", "exporter_pid", "exporter_uid", "state", "attachment_count", "fd_count", "offers")
+    __slots__ = ("id", "name", "size", "labels", "layout", "offer_types", "exporter_pid", "exporter_uid", "state", "attachment_count", "fd_count", "offers", "generation", "on_exporter_exit", "allow", "exporter_gone", "exporter_session_id", "pinned_by")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +120,12 @@ class BufferInfo(_message.Message):
     ATTACHMENT_COUNT_FIELD_NUMBER: _ClassVar[int]
     FD_COUNT_FIELD_NUMBER: _ClassVar[int]
     OFFERS_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    ON_EXPORTER_EXIT_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_FIELD_NUMBER: _ClassVar[int]
+    EXPORTER_GONE_FIELD_NUMBER: _ClassVar[int]
+    EXPORTER_SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    PINNED_BY_FIELD_NUMBER: _ClassVar[int]
     id: int
     name: str
     size: int
@@ -95,7 +138,13 @@ class BufferInfo(_message.Message):
     attachment_count: int
     fd_count: int
     offers: _containers.RepeatedCompositeFieldContainer[_mapping_types_pb2.Offer]
-    def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., size: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., layout: _Optional[_Union[Layout, _Mapping]] = ..., offer_types: _Optional[_Iterable[str]] = ..., exporter_pid: _Optional[int] = ..., exporter_uid: _Optional[int] = ..., state: _Optional[_Union[BufferState, str]] = ..., attachment_count: _Optional[int] = ..., fd_count: _Optional[int] = ..., offers: _Optional[_Iterable[_Union[_mapping_types_pb2.Offer, _Mapping]]] = ...) -> None: ...
+    generation: int
+    on_exporter_exit: ExporterExitPolicy
+    allow: _containers.RepeatedScalarFieldContainer[str]
+    exporter_gone: bool
+    exporter_session_id: int
+    pinned_by: str
+    def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., size: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., layout: _Optional[_Union[Layout, _Mapping]] = ..., offer_types: _Optional[_Iterable[str]] = ..., exporter_pid: _Optional[int] = ..., exporter_uid: _Optional[int] = ..., state: _Optional[_Union[BufferState, str]] = ..., attachment_count: _Optional[int] = ..., fd_count: _Optional[int] = ..., offers: _Optional[_Iterable[_Union[_mapping_types_pb2.Offer, _Mapping]]] = ..., generation: _Optional[int] = ..., on_exporter_exit: _Optional[_Union[ExporterExitPolicy, str]] = ..., allow: _Optional[_Iterable[str]] = ..., exporter_gone: _Optional[bool] = ..., exporter_session_id: _Optional[int] = ..., pinned_by: _Optional[str] = ...) -> None: ...
 
 class RegisterBufferResponse(_message.Message):
     __slots__ = ("buffer",)
@@ -216,12 +265,46 @@ class EventsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("ready", "revoked")
+    __slots__ = ("ready", "revoked", "move_notify", "exporter_gone", "attachment_invalidated")
     READY_FIELD_NUMBER: _ClassVar[int]
     REVOKED_FIELD_NUMBER: _ClassVar[int]
+    MOVE_NOTIFY_FIELD_NUMBER: _ClassVar[int]
+    EXPORTER_GONE_FIELD_NUMBER: _ClassVar[int]
+    ATTACHMENT_INVALIDATED_FIELD_NUMBER: _ClassVar[int]
     ready: Ready
     revoked: Revoked
-    def __init__(self, ready: _Optional[_Union[Ready, _Mapping]] = ..., revoked: _Optional[_Union[Revoked, _Mapping]] = ...) -> None: ...
+    move_notify: MoveNotify
+    exporter_gone: ExporterGone
+    attachment_invalidated: AttachmentInvalidated
+    def __init__(self, ready: _Optional[_Union[Ready, _Mapping]] = ..., revoked: _Optional[_Union[Revoked, _Mapping]] = ..., move_notify: _Optional[_Union[MoveNotify, _Mapping]] = ..., exporter_gone: _Optional[_Union[ExporterGone, _Mapping]] = ..., attachment_invalidated: _Optional[_Union[AttachmentInvalidated, _Mapping]] = ...) -> None: ...
+
+class MoveNotify(_message.Message):
+    __slots__ = ("attachment_id", "buffer_id", "reason", "generation")
+    ATTACHMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    BUFFER_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    attachment_id: int
+    buffer_id: int
+    reason: str
+    generation: int
+    def __init__(self, attachment_id: _Optional[int] = ..., buffer_id: _Optional[int] = ..., reason: _Optional[str] = ..., generation: _Optional[int] = ...) -> None: ...
+
+class ExporterGone(_message.Message):
+    __slots__ = ("buffer_id", "policy")
+    BUFFER_ID_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    buffer_id: int
+    policy: ExporterExitPolicy
+    def __init__(self, buffer_id: _Optional[int] = ..., policy: _Optional[_Union[ExporterExitPolicy, str]] = ...) -> None: ...
+
+class AttachmentInvalidated(_message.Message):
+    __slots__ = ("attachment_id", "reason")
+    ATTACHMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    attachment_id: int
+    reason: str
+    def __init__(self, attachment_id: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Ready(_message.Message):
     __slots__ = ()
@@ -256,16 +339,18 @@ class ListBuffersResponse(_message.Message):
     def __init__(self, buffers: _Optional[_Iterable[_Union[BufferInfo, _Mapping]]] = ..., next_after_id: _Optional[int] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("buffer_id", "buffer_name", "accept", "access")
+    __slots__ = ("buffer_id", "buffer_name", "accept", "access", "offers")
     BUFFER_ID_FIELD_NUMBER: _ClassVar[int]
     BUFFER_NAME_FIELD_NUMBER: _ClassVar[int]
     ACCEPT_FIELD_NUMBER: _ClassVar[int]
     ACCESS_FIELD_NUMBER: _ClassVar[int]
+    OFFERS_FIELD_NUMBER: _ClassVar[int]
     buffer_id: int
     buffer_name: str
     accept: _containers.RepeatedCompositeFieldContainer[_mapping_types_pb2.Match]
     access: _mapping_types_pb2.Access
-    def __init__(self, buffer_id: _Optional[int] = ..., buffer_name: _Optional[str] = ..., accept: _Optional[_Iterable[_Union[_mapping_types_pb2.Match, _Mapping]]] = ..., access: _Optional[_Union[_mapping_types_pb2.Access, str]] = ...) -> None: ...
+    offers: _containers.RepeatedCompositeFieldContainer[_mapping_types_pb2.Offer]
+    def __init__(self, buffer_id: _Optional[int] = ..., buffer_name: _Optional[str] = ..., accept: _Optional[_Iterable[_Union[_mapping_types_pb2.Match, _Mapping]]] = ..., access: _Optional[_Union[_mapping_types_pb2.Access, str]] = ..., offers: _Optional[_Iterable[_Union[_mapping_types_pb2.Offer, _Mapping]]] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
     __slots__ = ("map_type", "trace", "error")
@@ -306,3 +391,95 @@ class GetStatsResponse(_message.Message):
     pid: int
     version: str
     def __init__(self, sessions: _Optional[int] = ..., buffers: _Optional[int] = ..., attachments: _Optional[int] = ..., mappings: _Optional[int] = ..., fds_held: _Optional[int] = ..., fds_received: _Optional[int] = ..., fds_sent: _Optional[int] = ..., fds_closed: _Optional[int] = ..., fds_expired: _Optional[int] = ..., pid: _Optional[int] = ..., version: _Optional[str] = ...) -> None: ...
+
+class SessionInfo(_message.Message):
+    __slots__ = ("id", "pid", "uid", "gid", "role", "buffers", "attachments", "mappings", "fds_held", "non_compliant", "events_open")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    GID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    BUFFERS_FIELD_NUMBER: _ClassVar[int]
+    ATTACHMENTS_FIELD_NUMBER: _ClassVar[int]
+    MAPPINGS_FIELD_NUMBER: _ClassVar[int]
+    FDS_HELD_FIELD_NUMBER: _ClassVar[int]
+    NON_COMPLIANT_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_OPEN_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    pid: int
+    uid: int
+    gid: int
+    role: str
+    buffers: int
+    attachments: int
+    mappings: int
+    fds_held: int
+    non_compliant: bool
+    events_open: bool
+    def __init__(self, id: _Optional[int] = ..., pid: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., role: _Optional[str] = ..., buffers: _Optional[int] = ..., attachments: _Optional[int] = ..., mappings: _Optional[int] = ..., fds_held: _Optional[int] = ..., non_compliant: _Optional[bool] = ..., events_open: _Optional[bool] = ...) -> None: ...
+
+class ListSessionsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListSessionsResponse(_message.Message):
+    __slots__ = ("sessions",)
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    sessions: _containers.RepeatedCompositeFieldContainer[SessionInfo]
+    def __init__(self, sessions: _Optional[_Iterable[_Union[SessionInfo, _Mapping]]] = ...) -> None: ...
+
+class AttachmentInfo(_message.Message):
+    __slots__ = ("id", "buffer_id", "session_id", "importer_pid", "map_type", "trace", "pinned", "mappings", "non_compliant")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    BUFFER_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    IMPORTER_PID_FIELD_NUMBER: _ClassVar[int]
+    MAP_TYPE_FIELD_NUMBER: _ClassVar[int]
+    TRACE_FIELD_NUMBER: _ClassVar[int]
+    PINNED_FIELD_NUMBER: _ClassVar[int]
+    MAPPINGS_FIELD_NUMBER: _ClassVar[int]
+    NON_COMPLIANT_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    buffer_id: int
+    session_id: int
+    importer_pid: int
+    map_type: str
+    trace: _containers.RepeatedCompositeFieldContainer[TraceStep]
+    pinned: bool
+    mappings: int
+    non_compliant: bool
+    def __init__(self, id: _Optional[int] = ..., buffer_id: _Optional[int] = ..., session_id: _Optional[int] = ..., importer_pid: _Optional[int] = ..., map_type: _Optional[str] = ..., trace: _Optional[_Iterable[_Union[TraceStep, _Mapping]]] = ..., pinned: _Optional[bool] = ..., mappings: _Optional[int] = ..., non_compliant: _Optional[bool] = ...) -> None: ...
+
+class ListAttachmentsRequest(_message.Message):
+    __slots__ = ("buffer_id",)
+    BUFFER_ID_FIELD_NUMBER: _ClassVar[int]
+    buffer_id: int
+    def __init__(self, buffer_id: _Optional[int] = ...) -> None: ...
+
+class ListAttachmentsResponse(_message.Message):
+    __slots__ = ("attachments",)
+    ATTACHMENTS_FIELD_NUMBER: _ClassVar[int]
+    attachments: _containers.RepeatedCompositeFieldContainer[AttachmentInfo]
+    def __init__(self, attachments: _Optional[_Iterable[_Union[AttachmentInfo, _Mapping]]] = ...) -> None: ...
+
+class MappingTypeInfo(_message.Message):
+    __slots__ = ("name", "description", "supported", "support_reason")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    SUPPORTED_FIELD_NUMBER: _ClassVar[int]
+    SUPPORT_REASON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    supported: bool
+    support_reason: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., supported: _Optional[bool] = ..., support_reason: _Optional[str] = ...) -> None: ...
+
+class ListMappingTypesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListMappingTypesResponse(_message.Message):
+    __slots__ = ("mapping_types",)
+    MAPPING_TYPES_FIELD_NUMBER: _ClassVar[int]
+    mapping_types: _containers.RepeatedCompositeFieldContainer[MappingTypeInfo]
+    def __init__(self, mapping_types: _Optional[_Iterable[_Union[MappingTypeInfo, _Mapping]]] = ...) -> None: ...

@@ -39,6 +39,11 @@ class BrokerStub:
                 request_serializer=bufbroker_dot_v1_dot_broker__pb2.RegisterBufferRequest.SerializeToString,
                 response_deserializer=bufbroker_dot_v1_dot_broker__pb2.RegisterBufferResponse.FromString,
                 _registered_method=True)
+        self.MoveBuffer = channel.unary_unary(
+                '/bufbroker.v1.Broker/MoveBuffer',
+                request_serializer=bufbroker_dot_v1_dot_broker__pb2.MoveBufferRequest.SerializeToString,
+                response_deserializer=bufbroker_dot_v1_dot_broker__pb2.MoveBufferResponse.FromString,
+                _registered_method=True)
         self.RevokeBuffer = channel.unary_unary(
                 '/bufbroker.v1.Broker/RevokeBuffer',
                 request_serializer=bufbroker_dot_v1_dot_broker__pb2.RevokeBufferRequest.SerializeToString,
@@ -89,6 +94,21 @@ class BrokerStub:
                 request_serializer=bufbroker_dot_v1_dot_broker__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=bufbroker_dot_v1_dot_broker__pb2.GetStatsResponse.FromString,
                 _registered_method=True)
+        self.ListSessions = channel.unary_unary(
+                '/bufbroker.v1.Broker/ListSessions',
+                request_serializer=bufbroker_dot_v1_dot_broker__pb2.ListSessionsRequest.SerializeToString,
+                response_deserializer=bufbroker_dot_v1_dot_broker__pb2.ListSessionsResponse.FromString,
+                _registered_method=True)
+        self.ListAttachments = channel.unary_unary(
+                '/bufbroker.v1.Broker/ListAttachments',
+                request_serializer=bufbroker_dot_v1_dot_broker__pb2.ListAttachmentsRequest.SerializeToString,
+                response_deserializer=bufbroker_dot_v1_dot_broker__pb2.ListAttachmentsResponse.FromString,
+                _registered_method=True)
+        self.ListMappingTypes = channel.unary_unary(
+                '/bufbroker.v1.Broker/ListMappingTypes',
+                request_serializer=bufbroker_dot_v1_dot_broker__pb2.ListMappingTypesRequest.SerializeToString,
+                response_deserializer=bufbroker_dot_v1_dot_broker__pb2.ListMappingTypesResponse.FromString,
+                _registered_method=True)
 
 
 class BrokerServicer:
@@ -96,6 +116,14 @@ class BrokerServicer:
 
     def RegisterBuffer(self, request, context):
         """Register a buffer whose fds were sent on the fd channel under `nonce`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MoveBuffer(self, request, context):
+        """Replace a buffer's backing. Importers holding mappings get MoveNotify
+        and must unmap; the swap happens once they have (or at the deadline).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -169,6 +197,24 @@ class BrokerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSessions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAttachments(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMappingTypes(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BrokerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -176,6 +222,11 @@ def add_BrokerServicer_to_server(servicer, server):
                     servicer.RegisterBuffer,
                     request_deserializer=bufbroker_dot_v1_dot_broker__pb2.RegisterBufferRequest.FromString,
                     response_serializer=bufbroker_dot_v1_dot_broker__pb2.RegisterBufferResponse.SerializeToString,
+            ),
+            'MoveBuffer': grpc.unary_unary_rpc_method_handler(
+                    servicer.MoveBuffer,
+                    request_deserializer=bufbroker_dot_v1_dot_broker__pb2.MoveBufferRequest.FromString,
+                    response_serializer=bufbroker_dot_v1_dot_broker__pb2.MoveBufferResponse.SerializeToString,
             ),
             'RevokeBuffer': grpc.unary_unary_rpc_method_handler(
                     servicer.RevokeBuffer,
@@ -227,6 +278,21 @@ def add_BrokerServicer_to_server(servicer, server):
                     request_deserializer=bufbroker_dot_v1_dot_broker__pb2.GetStatsRequest.FromString,
                     response_serializer=bufbroker_dot_v1_dot_broker__pb2.GetStatsResponse.SerializeToString,
             ),
+            'ListSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSessions,
+                    request_deserializer=bufbroker_dot_v1_dot_broker__pb2.ListSessionsRequest.FromString,
+                    response_serializer=bufbroker_dot_v1_dot_broker__pb2.ListSessionsResponse.SerializeToString,
+            ),
+            'ListAttachments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAttachments,
+                    request_deserializer=bufbroker_dot_v1_dot_broker__pb2.ListAttachmentsRequest.FromString,
+                    response_serializer=bufbroker_dot_v1_dot_broker__pb2.ListAttachmentsResponse.SerializeToString,
+            ),
+            'ListMappingTypes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMappingTypes,
+                    request_deserializer=bufbroker_dot_v1_dot_broker__pb2.ListMappingTypesRequest.FromString,
+                    response_serializer=bufbroker_dot_v1_dot_broker__pb2.ListMappingTypesResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'bufbroker.v1.Broker', rpc_method_handlers)
@@ -255,6 +321,33 @@ class Broker:
             '/bufbroker.v1.Broker/RegisterBuffer',
             bufbroker_dot_v1_dot_broker__pb2.RegisterBufferRequest.SerializeToString,
             bufbroker_dot_v1_dot_broker__pb2.RegisterBufferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MoveBuffer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bufbroker.v1.Broker/MoveBuffer',
+            bufbroker_dot_v1_dot_broker__pb2.MoveBufferRequest.SerializeToString,
+            bufbroker_dot_v1_dot_broker__pb2.MoveBufferResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -525,6 +618,87 @@ class Broker:
             '/bufbroker.v1.Broker/GetStats',
             bufbroker_dot_v1_dot_broker__pb2.GetStatsRequest.SerializeToString,
             bufbroker_dot_v1_dot_broker__pb2.GetStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bufbroker.v1.Broker/ListSessions',
+            bufbroker_dot_v1_dot_broker__pb2.ListSessionsRequest.SerializeToString,
+            bufbroker_dot_v1_dot_broker__pb2.ListSessionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAttachments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bufbroker.v1.Broker/ListAttachments',
+            bufbroker_dot_v1_dot_broker__pb2.ListAttachmentsRequest.SerializeToString,
+            bufbroker_dot_v1_dot_broker__pb2.ListAttachmentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMappingTypes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bufbroker.v1.Broker/ListMappingTypes',
+            bufbroker_dot_v1_dot_broker__pb2.ListMappingTypesRequest.SerializeToString,
+            bufbroker_dot_v1_dot_broker__pb2.ListMappingTypesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n bufbroker/v1/mapping_types.proto\x12\x0c\x62ufbroker.v1\x1a\x19google/protobuf/any.proto\":\n\x06\x45xtent\x12\x10\n\x08\x66\x64_index\x18\x01 \x01(\r\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0e\n\x06length\x18\x03 \x01(\x04\"6\n\nMemfdOffer\x12(\n\nmax_access\x18\x01 \x01(\x0e\x32\x14.bufbroker.v1.Access\"2\n\nMemfdMatch\x12$\n\x06\x61\x63\x63\x65ss\x18\x01 \x01(\x0e\x32\x14.bufbroker.v1.Access\"A\n\x0bMemfdHandle\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12$\n\x06\x61\x63\x63\x65ss\x18\x02 \x01(\x0e\x32\x14.bufbroker.v1.Access\"`\n\rSegmentsOffer\x12%\n\x07\x65xtents\x18\x01 \x03(\x0b\x32\x14.bufbroker.v1.Extent\x12(\n\nmax_access\x18\x02 \x01(\x0e\x32\x14.bufbroker.v1.Access\"J\n\rSegmentsMatch\x12$\n\x06\x61\x63\x63\x65ss\x18\x01 \x01(\x0e\x32\x14.bufbroker.v1.Access\x12\x13\n\x0bmax_extents\x18\x02 \x01(\r\"]\n\x0eSegmentsHandle\x12%\n\x07\x65xtents\x18\x01 \x03(\x0b\x32\x14.bufbroker.v1.Extent\x12$\n\x06\x61\x63\x63\x65ss\x18\x02 \x01(\x0e\x32\x14.bufbroker.v1.Access\"C\n\nPluginSpec\x12\x11\n\ttype_name\x18\x01 \x01(\t\x12\"\n\x04\x62ody\x18\x02 \x01(\x0b\x32\x14.google.protobuf.Any\"\x97\x01\n\x05Offer\x12)\n\x05memfd\x18\x01 \x01(\x0b\x32\x18.bufbroker.v1.MemfdOfferH\x00\x12/\n\x08segments\x18\x02 \x01(\x0b\x32\x1b.bufbroker.v1.SegmentsOfferH\x00\x12*\n\x06plugin\x18\x0f \x01(\x0b\x32\x18.bufbroker.v1.PluginSpecH\x00\x42\x06\n\x04kind\"\x97\x01\n\x05Match\x12)\n\x05memfd\x18\x01 \x01(\x0b\x32\x18.bufbroker.v1.MemfdMatchH\x00\x12/\n\x08segments\x18\x02 \x01(\x0b\x32\x1b.bufbroker.v1.SegmentsMatchH\x00\x12*\n\x06plugin\x18\x0f \x01(\x0b\x32\x18.bufbroker.v1.PluginSpecH\x00\x42\x06\n\x04kind\"\x9a\x01\n\x06Handle\x12*\n\x05memfd\x18\x01 \x01(\x0b\x32\x19.bufbroker.v1.MemfdHandleH\x00\x12\x30\n\x08segments\x18\x02 \x01(\x0b\x32\x1c.bufbroker.v1.SegmentsHandleH\x00\x12*\n\x06plugin\x18\x0f \x01(\x0b\x32\x18.bufbroker.v1.PluginSpecH\x00\x42\x06\n\x04kind*H\n\x06\x41\x63\x63\x65ss\x12\x16\n\x12\x41\x43\x43\x45SS_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x41\x43\x43\x45SS_READ\x10\x01\x12\x15\n\x11\x41\x43\x43\x45SS_READ_WRITE\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n bufbroker/v1/mapping_types.proto\x12\x0c\x62ufbroker.v1\x1a\x19google/protobuf/any.proto\":\n\x06\x45xtent\x12\x10\n\x08\x66\x64_index\x18\x01 \x01(\r\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0e\n\x06length\x18\x03 \x01(\x04\"6\n\nMemfdOffer\x12(\n\nmax_access\x18\x01 \x01(\x0e\x32\x14.bufbroker.v1.Access\"2\n\nMemfdMatch\x12$\n\x06\x61\x63\x63\x65ss\x18\x01 \x01(\x0e\x32\x14.bufbroker.v1.Access\"A\n\x0bMemfdHandle\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12$\n\x06\x61\x63\x63\x65ss\x18\x02 \x01(\x0e\x32\x14.bufbroker.v1.Access\"`\n\rSegmentsOffer\x12%\n\x07\x65xtents\x18\x01 \x03(\x0b\x32\x14.bufbroker.v1.Extent\x12(\n\nmax_access\x18\x02 \x01(\x0e\x32\x14.bufbroker.v1.Access\"J\n\rSegmentsMatch\x12$\n\x06\x61\x63\x63\x65ss\x18\x01 \x01(\x0e\x32\x14.bufbroker.v1.Access\x12\x13\n\x0bmax_extents\x18\x02 \x01(\r\"]\n\x0eSegmentsHandle\x12%\n\x07\x65xtents\x18\x01 \x03(\x0b\x32\x14.bufbroker.v1.Extent\x12$\n\x06\x61\x63\x63\x65ss\x18\x02 \x01(\x0e\x32\x14.bufbroker.v1.Access\"C\n\nPluginSpec\x12\x11\n\ttype_name\x18\x01 \x01(\t\x12\"\n\x04\x62ody\x18\x02 \x01(\x0b\x32\x14.google.protobuf.Any\"\xae\x01\n\x05Offer\x12)\n\x05memfd\x18\x01 \x01(\x0b\x32\x18.bufbroker.v1.MemfdOfferH\x00\x12/\n\x08segments\x18\x02 \x01(\x0b\x32\x1b.bufbroker.v1.SegmentsOfferH\x00\x12*\n\x06plugin\x18\x0f \x01(\x0b\x32\x18.bufbroker.v1.PluginSpecH\x00\x12\x15\n\rrestricted_to\x18\x14 \x03(\tB\x06\n\x04kind\"\x97\x01\n\x05Match\x12)\n\x05memfd\x18\x01 \x01(\x0b\x32\x18.bufbroker.v1.MemfdMatchH\x00\x12/\n\x08segments\x18\x02 \x01(\x0b\x32\x1b.bufbroker.v1.SegmentsMatchH\x00\x12*\n\x06plugin\x18\x0f \x01(\x0b\x32\x18.bufbroker.v1.PluginSpecH\x00\x42\x06\n\x04kind\"\x9a\x01\n\x06Handle\x12*\n\x05memfd\x18\x01 \x01(\x0b\x32\x19.bufbroker.v1.MemfdHandleH\x00\x12\x30\n\x08segments\x18\x02 \x01(\x0b\x32\x1c.bufbroker.v1.SegmentsHandleH\x00\x12*\n\x06plugin\x18\x0f \x01(\x0b\x32\x18.bufbroker.v1.PluginSpecH\x00\x42\x06\n\x04kind*H\n\x06\x41\x63\x63\x65ss\x12\x16\n\x12\x41\x43\x43\x45SS_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x41\x43\x43\x45SS_READ\x10\x01\x12\x15\n\x11\x41\x43\x43\x45SS_READ_WRITE\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bufbroker.v1.mapping_types_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ACCESS']._serialized_start=1115
-  _globals['_ACCESS']._serialized_end=1187
+  _globals['_ACCESS']._serialized_start=1138
+  _globals['_ACCESS']._serialized_end=1210
   _globals['_EXTENT']._serialized_start=77
   _globals['_EXTENT']._serialized_end=135
   _globals['_MEMFDOFFER']._serialized_start=137
@@ -51,9 +51,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PLUGINSPEC']._serialized_start=581
   _globals['_PLUGINSPEC']._serialized_end=648
   _globals['_OFFER']._serialized_start=651
-  _globals['_OFFER']._serialized_end=802
-  _globals['_MATCH']._serialized_start=805
-  _globals['_MATCH']._serialized_end=956
-  _globals['_HANDLE']._serialized_start=959
-  _globals['_HANDLE']._serialized_end=1113
+  _globals['_OFFER']._serialized_end=825
+  _globals['_MATCH']._serialized_start=828
+  _globals['_MATCH']._serialized_end=979
+  _globals['_HANDLE']._serialized_start=982
+  _globals['_HANDLE']._serialized_end=1136
 # @@protoc_insertion_point(module_scope)

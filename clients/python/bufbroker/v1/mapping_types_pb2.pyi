@@ -80,14 +80,16 @@ class PluginSpec(_message.Message):
     def __init__(self, type_name: _Optional[str] = ..., body: _Optional[_Union[_any_pb2.Any, _Mapping]] = ...) -> None: ...
 
 class Offer(_message.Message):
-    __slots__ = ("memfd", "segments", "plugin")
+    __slots__ = ("memfd", "segments", "plugin", "restricted_to")
     MEMFD_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     PLUGIN_FIELD_NUMBER: _ClassVar[int]
+    RESTRICTED_TO_FIELD_NUMBER: _ClassVar[int]
     memfd: MemfdOffer
     segments: SegmentsOffer
     plugin: PluginSpec
-    def __init__(self, memfd: _Optional[_Union[MemfdOffer, _Mapping]] = ..., segments: _Optional[_Union[SegmentsOffer, _Mapping]] = ..., plugin: _Optional[_Union[PluginSpec, _Mapping]] = ...) -> None: ...
+    restricted_to: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, memfd: _Optional[_Union[MemfdOffer, _Mapping]] = ..., segments: _Optional[_Union[SegmentsOffer, _Mapping]] = ..., plugin: _Optional[_Union[PluginSpec, _Mapping]] = ..., restricted_to: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Match(_message.Message):
     __slots__ = ("memfd", "segments", "plugin")
