@@ -36,6 +36,8 @@ METAVARS = {
     "log_level": "LEVEL",
     "pending_fd_timeout": "SECONDS",
     "drain_timeout": "SECONDS",
+    "admin_token_file": "FILE",
+    "http_event_queue": "EVENTS",
 }
 
 

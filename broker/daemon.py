@@ -108,6 +108,7 @@ async def serve(settings: BrokerSettings) -> None:
         pending_fd_timeout=settings.pending_fd_timeout,
         max_pending_fds=settings.max_pending_fds,
         max_send_queue=settings.max_send_queue,
+        send_timeout=settings.fd_send_timeout,
     )
     broker_service_name = pb.DESCRIPTOR.services_by_name["Broker"].full_name
     async with AsyncExitStack() as stack:
@@ -124,7 +125,7 @@ async def serve(settings: BrokerSettings) -> None:
         )
         fd_path, grpc_path = socket_dir / FD_SOCKET, socket_dir / GRPC_SOCKET
         channels = FdChannelServer(str(fd_path), registry, ledger, limits, __version__)
-        service = BrokerService(registry, channels, ledger, __version__)
+        service = BrokerService(registry, channels, ledger, __version__, move_timeout=settings.move_timeout)
         channels.on_session_end = service.session_ended
         readiness = Readiness()
 

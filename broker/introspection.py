@@ -11,7 +11,7 @@ from bufbroker.v1 import broker_pb2 as pb
 
 from broker import mapping_types
 from broker.api.grpc_errors import trace_to_wire
-from broker.core.registry import ACTIVE, Attachment, Buffer, Registry, Session
+from broker.core.registry import ACTIVE, EXIT_KEEP, Attachment, Buffer, Registry, Session
 
 
 def session_role(session: Session) -> str:
@@ -35,7 +35,7 @@ def session_info(session: Session) -> pb.SessionInfo:
         attachments=len(session.attachments),
         mappings=sum(len(a.mappings) for a in session.attachments.values()),
         fds_held=sum(len(b.fds) for b in session.buffers.values()),
-        non_compliant=getattr(session, "non_compliant", False),
+        non_compliant=session.non_compliant,
         events_open=session.events_open,
     )
 
@@ -50,7 +50,7 @@ def attachment_info(attachment: Attachment) -> pb.AttachmentInfo:
         trace=trace_to_wire(attachment.trace),
         pinned=attachment.pinned,
         mappings=len(attachment.mappings),
-        non_compliant=getattr(attachment, "non_compliant", False),
+        non_compliant=attachment.non_compliant,
     )
 
 
@@ -95,7 +95,11 @@ def buffer_info(buffer: Buffer) -> pb.BufferInfo:
         state=pb.BUFFER_STATE_ACTIVE if buffer.state == ACTIVE else pb.BUFFER_STATE_REVOKED,
         attachment_count=len(buffer.attachments),
         fd_count=len(buffer.fds),
-        generation=getattr(buffer, "generation", 0),
+        generation=buffer.generation,
+        allow=list(buffer.allow),
+        on_exporter_exit=pb.EXPORTER_EXIT_POLICY_KEEP if buffer.on_exporter_exit == EXIT_KEEP else pb.EXPORTER_EXIT_POLICY_REVOKE,
+        exporter_gone=buffer.exporter_gone,
+        pinned_by=", ".join(f"session {a.session.id} (pid {a.session.pid})" for a in buffer.pinned_by),
     )
     if buffer.layout is not None:
         info.layout.CopyFrom(buffer.layout)

@@ -39,12 +39,18 @@ class BrokerSettings(BaseSettings):
     log_level: str = Field("info", description="debug, info, warning or error")
     pending_fd_timeout: float = Field(10.0, gt=0, description="seconds before fds no RegisterBuffer claimed are closed")
     drain_timeout: float = Field(5.0, ge=0, description="seconds SIGTERM waits for importers to acknowledge revocation")
+    move_timeout: float = Field(2.0, ge=0, description="seconds a move waits for importers to unmap before marking them non-compliant")
+    fd_send_timeout: float = Field(5.0, gt=0, description="seconds a session's fd channel may accept nothing before the session is ended")
     max_pending_fds: int = Field(1024, gt=0, description="per session: fds sent but not yet claimed")
     max_send_queue: int = Field(256, gt=0, description="per session: fd-channel messages queued for a slow reader")
     max_buffers_per_session: int = Field(4096, gt=0, description="buffers one session may register")
     max_attachments_per_session: int = Field(4096, gt=0, description="attachments one session may hold")
     max_mappings_per_session: int = Field(16384, gt=0, description="mappings one session may hold")
     max_request_bytes: int = Field(1 << 20, ge=4096, description="largest gRPC request the broker reads")
+    admin_token_file: Optional[Path] = Field(
+        None, description="file holding the bearer token that turns on the HTTP admin endpoints (revoke, end session)"
+    )
+    http_event_queue: int = Field(1024, gt=0, description="per /v1/events client: events queued before a slow client is dropped")
 
     @field_validator("log_level")
     @classmethod

@@ -95,6 +95,18 @@ class BrokerProcess:
         self.clients.append(process)
         return process
 
+    def spawn_code(self, code: str) -> subprocess.Popen:
+        """Start ``python -c code DIR`` (stdin/stdout piped)."""
+        process = subprocess.Popen(
+            [sys.executable, "-c", code, str(self.socket_dir)],
+            cwd=REPO_ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.clients.append(process)
+        return process
+
     def run(self, module: str, *args: str, timeout: float = 60) -> dict:
         """Run a client process to completion; return the JSON line it printed."""
         process = self.spawn(module, *args)
@@ -125,8 +137,10 @@ def broker_factory(tmp_path: Path) -> Callable[..., BrokerProcess]:
     """Start brokers with extra `serve` arguments; each is checked at teardown."""
     started: list[BrokerProcess] = []
 
-    def start(*extra_args: str, env: Optional[dict] = None, name: str = "run", prefix: tuple = ()) -> BrokerProcess:
-        socket_dir = tmp_path / name
+    def start(
+        *extra_args: str, env: Optional[dict] = None, name: str = "run", prefix: tuple = (), base: Optional[Path] = None
+    ) -> BrokerProcess:
+        socket_dir = (base or tmp_path) / name
         log_path = tmp_path / f"{name}-broker.log"
         log_file = open(log_path, "w")
         if not any(arg.startswith("--http") for arg in extra_args):

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import os
 from contextlib import ExitStack
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import grpc
 from bufbroker.fdwire import SESSION_METADATA_KEY
@@ -21,8 +21,28 @@ from bufbroker.v1 import broker_pb2_grpc as pb_grpc
 from broker import mapping_types
 from broker.api.fd_channel import FdChannelServer
 from broker.api.grpc_errors import abort_with, expected_errors, trace_to_wire
-from broker.core.errors import BrokerError, FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
-from broker.core.registry import Attachment, Buffer, RevokedEvent, Registry, Session
+from broker.core.errors import (
+    BrokerError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unauthenticated,
+    Unavailable,
+)
+from broker.core.principals import SAME_UID, parse_principals
+from broker.core.registry import (
+    ACTIVE,
+    EXIT_KEEP,
+    EXIT_REVOKE,
+    Attachment,
+    AttachmentInvalidatedEvent,
+    Buffer,
+    ExporterGoneEvent,
+    MoveNotifyEvent,
+    Registry,
+    RevokedEvent,
+    Session,
+)
 from broker.fd_inspect import inspect_memfd
 from broker.fd_ledger import FdLedger
 from broker.introspection import buffer_info, list_attachments, list_mapping_types, list_sessions
@@ -38,8 +58,11 @@ MAX_SIZE = 1 << 46
 
 
 class BrokerService(pb_grpc.BrokerServicer):
-    def __init__(self, registry: Registry, channels: FdChannelServer, ledger: FdLedger, version: str) -> None:
+    def __init__(
+        self, registry: Registry, channels: FdChannelServer, ledger: FdLedger, version: str, move_timeout: float = 2.0
+    ) -> None:
         self.registry = registry
+        self.move_timeout = move_timeout
         self.channels = channels
         self.ledger = ledger
         self.version = version
@@ -63,18 +86,8 @@ class BrokerService(pb_grpc.BrokerServicer):
 
     def notify(self, session: Session, event: Any) -> None:
         queue = self.event_queues.get(session.id)
-        if queue is None:
-            return
-        if isinstance(event, RevokedEvent):
-            queue.put_nowait(
-                pb.Event(
-                    revoked=pb.Revoked(
-                        buffer_id=event.buffer_id,
-                        attachment_ids=list(event.attachment_ids),
-                        reason=event.reason,
-                    )
-                )
-            )
+        if queue is not None:
+            queue.put_nowait(event_to_wire(event))
 
     def session_ended(self, session: Session) -> None:
         queue = self.event_queues.pop(session.id, None)
@@ -117,6 +130,7 @@ class BrokerService(pb_grpc.BrokerServicer):
             check_registration(request, infos[0].size)
             sizes = tuple(info.size for info in infos)
             offers = mapping_types.offers_from_wire(request.offers, sizes, request.size)
+            allow = parse_principals(request.allow, "allow") or (SAME_UID,)
             buffer = self.registry.buffer_register(
                 session,
                 infos,
@@ -125,10 +139,50 @@ class BrokerService(pb_grpc.BrokerServicer):
                 name=request.name,
                 labels=dict(request.labels),
                 layout=request.layout if request.HasField("layout") else None,
+                allow=allow,
+                on_exporter_exit=EXIT_KEEP if request.on_exporter_exit == pb.EXPORTER_EXIT_POLICY_KEEP else EXIT_REVOKE,
             )
+            buffer.wire_offers = list(request.offers)
             unwind.pop_all()
         log.debug("buffer %d registered by session %d", buffer.id, session.id)
         return pb.RegisterBufferResponse(buffer=buffer_info(buffer))
+
+    @expected_errors
+    async def MoveBuffer(self, request: pb.MoveBufferRequest, context: Any) -> pb.MoveBufferResponse:
+        session = self.authenticate(context)
+        buffer = self.registry.buffer_owned(session, request.buffer_id)
+        if buffer.moving is not None:
+            raise FailedPrecondition(f"buffer {buffer.id} is already moving; wait for that move to finish")
+        fds = await self.channels.take_fds(session, request.nonce)
+        with ExitStack() as unwind:
+            unwind.callback(self.ledger.close_all, fds)
+            infos = [inspect_memfd(fd, i) for i, fd in enumerate(fds)]
+            check_size(request.size, infos[0].size)
+            sizes = tuple(info.size for info in infos)
+            wire_offers = list(request.offers) or list(buffer.wire_offers)
+            offers = mapping_types.offers_from_wire(wire_offers, sizes, request.size)
+            waiting = self.registry.move_notify(buffer, request.reason or "moved by its exporter")
+            buffer.moving = asyncio.Event()
+            try:
+                await wait_until(lambda: not any(a.mappings for a in waiting), self.move_timeout)
+                if buffer.state != ACTIVE:
+                    raise FailedPrecondition(f"buffer {buffer.id} was revoked while it was moving")
+                late = self.registry.move_commit(
+                    buffer, infos, request.size, offers, request.layout if request.HasField("layout") else None
+                )
+                buffer.wire_offers = wire_offers
+                unwind.pop_all()
+            finally:
+                buffer.moving.set()
+                buffer.moving = None
+        if late:
+            log.warning(
+                "buffer %d moved; importer(s) %s did not unmap within %s s and are marked non-compliant",
+                buffer.id,
+                ", ".join(f"pid {a.session.pid} (attachment {a.id})" for a in late),
+                self.move_timeout,
+            )
+        return pb.MoveBufferResponse(buffer=buffer_info(buffer), non_compliant_attachment_ids=[a.id for a in late])
 
     @expected_errors
     async def RevokeBuffer(self, request: pb.RevokeBufferRequest, context: Any) -> pb.RevokeBufferResponse:
@@ -195,6 +249,15 @@ class BrokerService(pb_grpc.BrokerServicer):
         return await self._map(session, attachment)
 
     async def _map(self, session: Session, attachment: Attachment) -> pb.MapResponse:
+        moving = attachment.buffer.moving
+        if moving is not None:
+            # Mapping during a move gets the new backing: wait for the swap.
+            try:
+                await asyncio.wait_for(moving.wait(), self.move_timeout + 1)
+            except asyncio.TimeoutError:
+                raise Unavailable(f"buffer {attachment.buffer.id} is still moving; map again") from None
+            if attachment.id not in session.attachments:
+                raise NotFound(f"attachment {attachment.id} was detached while its buffer moved")
         mapping, result = self.registry.map(attachment)
         try:
             ticket = await self.channels.deliver(session, result.fds, result.temporary)
@@ -220,13 +283,15 @@ class BrokerService(pb_grpc.BrokerServicer):
 
     @expected_errors
     async def ListBuffers(self, request: pb.ListBuffersRequest, context: Any) -> pb.ListBuffersResponse:
-        self.authenticate(context)
+        session = self.authenticate(context)
         page_size = min(request.page_size or DEFAULT_PAGE, MAX_PAGE)
         if request.name:
             found = self.registry.buffers_by_name.get(request.name)
             candidates = [found] if found is not None else []
         else:
             candidates = [b for i, b in sorted(self.registry.buffers.items()) if i > request.after_id]
+        # Clients must not see each other's buffers unless allowed to.
+        candidates = [b for b in candidates if self.registry.buffer_visible(session, b)]
         page = candidates[:page_size]
         response = pb.ListBuffersResponse(buffers=[buffer_info(b) for b in page])
         if len(candidates) > page_size:
@@ -287,15 +352,52 @@ def check_registration(request: pb.RegisterBufferRequest, fd0_size: int) -> None
     check_name(request.name)
     if len(request.labels) > MAX_LABELS:
         raise InvalidArgument(f"{len(request.labels)} labels; at most {MAX_LABELS} are allowed")
-    if request.size == 0 or request.size > MAX_SIZE:
-        raise InvalidArgument(
-            f"size {request.size} is not usable: give the buffer's size in bytes, 1 to {MAX_SIZE}"
-        )
-    if fd0_size < request.size:
+    check_size(request.size, fd0_size)
+
+
+def check_size(size: int, fd0_size: int) -> None:
+    if size == 0 or size > MAX_SIZE:
+        raise InvalidArgument(f"size {size} is not usable: give the buffer's size in bytes, 1 to {MAX_SIZE}")
+    if fd0_size < size:
         raise InvalidArgument(
             f"fd 0 of the buffer is a memfd of {fd0_size} bytes, smaller than the declared size "
-            f"{request.size}; ftruncate it to the size you register"
+            f"{size}; ftruncate it to the size you register"
         )
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
+    """Poll ``condition`` on the loop until true or ``timeout``; return it."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() >= deadline:
+            return False
+        await asyncio.sleep(0.005)
+    return True
+
+
+def event_to_wire(event: Any) -> pb.Event:
+    """A registry event as the session's wire Event."""
+    if isinstance(event, RevokedEvent):
+        return pb.Event(
+            revoked=pb.Revoked(buffer_id=event.buffer_id, attachment_ids=list(event.attachment_ids), reason=event.reason)
+        )
+    if isinstance(event, MoveNotifyEvent):
+        return pb.Event(
+            move_notify=pb.MoveNotify(
+                attachment_id=event.attachment_id,
+                buffer_id=event.buffer_id,
+                reason=event.reason,
+                generation=event.generation,
+            )
+        )
+    if isinstance(event, ExporterGoneEvent):
+        policy = pb.EXPORTER_EXIT_POLICY_KEEP if event.policy == EXIT_KEEP else pb.EXPORTER_EXIT_POLICY_REVOKE
+        return pb.Event(exporter_gone=pb.ExporterGone(buffer_id=event.buffer_id, policy=policy))
+    if isinstance(event, AttachmentInvalidatedEvent):
+        return pb.Event(
+            attachment_invalidated=pb.AttachmentInvalidated(attachment_id=event.attachment_id, reason=event.reason)
+        )
+    raise TypeError(f"no wire form for event {event!r}")
 
 
 def check_name(name: str) -> None:

@@ -46,6 +46,7 @@ class MatchContext:
     buffer_size: int
     fd_sizes: tuple[int, ...]
     fd_writable: tuple[bool, ...]
+    exporter_uid: int = -1
 
 
 @dataclass

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 from broker.core.errors import BrokerError, NoCommonMappingType
 from broker.core.mapping_type import MappingType, MatchContext, Matched, SoftMismatch
+from broker.core.principals import describe_peer, principal_allowed
 
 TYPE_DIFFERS = "type-differs"
 SOFT_MISMATCH = "soft-mismatch"
@@ -20,10 +21,15 @@ ERROR = "error"
 
 @dataclass(frozen=True)
 class Spec:
-    """One offer or one accept-list entry: its type and its type's message."""
+    """One offer or one accept-list entry: its type and its type's message.
+
+    ``restricted_to`` (offers only) lists the principals the offer is
+    visible to; empty means everyone.
+    """
 
     type: MappingType
     message: Any
+    restricted_to: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,9 @@ def negotiate(offers: Sequence[Spec], accept: Sequence[Spec], ctx: MatchContext)
     exporter-first: for each offer in order, each match in order. So the
     exporter decides priority; the importer's order only ranks matches of
     the same offer. A pair of different types is skipped (``type-differs``),
-    a soft mismatch continues (``soft-mismatch``, with the type's reason).
+    a soft mismatch continues (``soft-mismatch``, with the type's reason);
+    a restricted offer is a soft mismatch (reason ``restricted``) for an
+    importer that is not one of its principals.
 
     Raises:
         BrokerError: a type's match raised it; the whole attach fails with
@@ -82,6 +90,12 @@ def negotiate(offers: Sequence[Spec], accept: Sequence[Spec], ctx: MatchContext)
 
             if offer.type is not match.type:
                 trace.append(step(TYPE_DIFFERS))
+                continue
+            if offer.restricted_to and not principal_allowed(
+                offer.restricted_to, ctx.importer_uid, ctx.importer_gid, ctx.exporter_uid
+            ):
+                who = describe_peer(ctx.importer_uid, ctx.importer_gid)
+                trace.append(step(SOFT_MISMATCH, f"restricted: this offer is not for {who}"))
                 continue
             try:
                 result = offer.type.match(offer.message, match.message, ctx)

@@ -23,10 +23,13 @@ from broker.core.errors import (
 )
 from broker.core.mapping_type import MapResult, MappingType, MatchContext
 from broker.core.negotiate import Negotiation, Spec, TraceStep, negotiate
+from broker.core.principals import SAME_UID, describe_peer, principal_allowed
 from broker.fd_ledger import FdLedger
 
 ACTIVE = "active"
 REVOKED = "revoked"
+EXIT_REVOKE = "revoke"
+EXIT_KEEP = "keep"
 
 
 @dataclass
@@ -39,6 +42,7 @@ class Session:
     uid: int
     gid: int
     events_open: bool = False
+    non_compliant: bool = False   # ignored a MoveNotify deadline
     buffers: dict[int, "Buffer"] = field(default_factory=dict)
     attachments: dict[int, "Attachment"] = field(default_factory=dict)
     closed: bool = False
@@ -65,10 +69,20 @@ class Buffer:
     layout: Any = None
     state: str = ACTIVE
     attachments: dict[int, "Attachment"] = field(default_factory=dict)
+    allow: tuple[str, ...] = (SAME_UID,)
+    on_exporter_exit: str = EXIT_REVOKE
+    wire_offers: Any = ()   # the offers as registered, re-checked against a new backing
+    exporter_gone: bool = False
+    generation: int = 1
+    moving: Any = None   # set by the service while a move waits for unmaps
 
     @property
     def fd_sizes(self) -> tuple[int, ...]:
         return tuple(f.size for f in self.fds)
+
+    @property
+    def pinned_by(self) -> list["Attachment"]:
+        return [a for a in self.attachments.values() if a.pinned]
 
 
 @dataclass
@@ -82,7 +96,10 @@ class Attachment:
     map_params: Any
     trace: tuple[TraceStep, ...]
     pinned: bool
+    match: Optional[Spec] = None   # the accept entry that matched, for moves
     mappings: dict[int, "Mapping"] = field(default_factory=dict)
+    non_compliant: bool = False
+    invalid: str = ""   # why the attachment can no longer map, if it cannot
 
 
 @dataclass
@@ -96,6 +113,26 @@ class Mapping:
 class RevokedEvent:
     buffer_id: int
     attachment_ids: tuple[int, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
+class MoveNotifyEvent:
+    attachment_id: int
+    buffer_id: int
+    reason: str
+    generation: int
+
+
+@dataclass(frozen=True)
+class ExporterGoneEvent:
+    buffer_id: int
+    policy: str
+
+
+@dataclass(frozen=True)
+class AttachmentInvalidatedEvent:
+    attachment_id: int
     reason: str
 
 
@@ -185,6 +222,12 @@ class Registry:
         for attachment in list(session.attachments.values()):
             self.detach(attachment)
         for buffer in list(session.buffers.values()):
+            if buffer.on_exporter_exit == EXIT_KEEP and buffer.attachments and buffer.state == ACTIVE:
+                # Importers may finish reading; the last detach drops it.
+                buffer.exporter_gone = True
+                for importer in {a.session.id: a.session for a in buffer.attachments.values()}.values():
+                    self.notify(importer, ExporterGoneEvent(buffer.id, EXIT_KEEP))
+                continue
             self.buffer_unregister(buffer, reason="exporter session ended")
         del self.sessions[session.id]
         del self.sessions_by_token[session.token]
@@ -201,6 +244,8 @@ class Registry:
         name: str = "",
         labels: Optional[dict[str, str]] = None,
         layout: Any = None,
+        allow: tuple[str, ...] = (SAME_UID,),
+        on_exporter_exit: str = EXIT_REVOKE,
     ) -> Buffer:
         """Take ownership of ``fds`` and register a buffer.
 
@@ -215,7 +260,16 @@ class Registry:
                 f"{other.exporter.pid}; choose another name or unregister that buffer first"
             )
         buffer = Buffer(
-            self._next_id(), exporter, size, fds, offers, name, dict(labels or {}), layout
+            self._next_id(),
+            exporter,
+            size,
+            fds,
+            offers,
+            name,
+            dict(labels or {}),
+            layout,
+            allow=allow or (SAME_UID,),
+            on_exporter_exit=on_exporter_exit,
         )
         self.buffers[buffer.id] = buffer
         if name:
@@ -233,6 +287,14 @@ class Registry:
                 "when its exporter ended; list buffers with `bufbroker ls`"
             )
         return buffer
+
+    def buffer_visible(self, session: Session, buffer: Buffer) -> bool:
+        """May this session see the buffer? Its exporter, its allow list, and root may."""
+        return (
+            buffer.exporter is session
+            or session.uid == 0
+            or principal_allowed(buffer.allow, session.uid, session.gid, buffer.exporter.uid)
+        )
 
     def buffer_owned(self, session: Session, buffer_id: int) -> Buffer:
         buffer = self.buffer_find(buffer_id)
@@ -268,11 +330,73 @@ class Registry:
         self.buffer_revoke(buffer, reason)
         for attachment in list(buffer.attachments.values()):
             self.detach(attachment)
-        del self.buffers[buffer.id]
+        if self.buffers.pop(buffer.id, None) is None:
+            return
         if buffer.name and self.buffers_by_name.get(buffer.name) is buffer:
             del self.buffers_by_name[buffer.name]
         buffer.exporter.buffers.pop(buffer.id, None)
         self._emit("unregistered", session_id=buffer.exporter.id, buffer_id=buffer.id)
+
+    def move_notify(self, buffer: Buffer, reason: str) -> list["Attachment"]:
+        """Start a move: tell every importer holding a mapping to unmap.
+
+        Returns the attachments the broker now waits for. Refused while a
+        compat (pinned) attachment exists: a compat importer cannot be told
+        to unmap.
+        """
+        self._check_active(buffer, "move")
+        pins = buffer.pinned_by
+        if pins:
+            holders = ", ".join(f"session {a.session.id} (pid {a.session.pid})" for a in pins)
+            raise FailedPrecondition(
+                f"buffer {buffer.id} is pinned by a compat attachment of {holders}: a compat "
+                "importer cannot be told to unmap, so the buffer cannot move until it detaches"
+            )
+        waiting = [a for a in buffer.attachments.values() if a.mappings]
+        for attachment in waiting:
+            self.notify(attachment.session, MoveNotifyEvent(attachment.id, buffer.id, reason, buffer.generation))
+        return waiting
+
+    def move_commit(
+        self, buffer: Buffer, fds: list[BufferFd], size: int, offers: list[Spec], layout: Any
+    ) -> list["Attachment"]:
+        """Swap the backing; return the attachments that were still mapped.
+
+        Those importers did not unmap in time: they are marked non-compliant
+        and their mappings dropped. Every attachment keeps its map_type; its
+        map parameters are re-derived from the new offers, and an attachment
+        whose type the new offers no longer grant it is invalidated.
+        """
+        late = [a for a in buffer.attachments.values() if a.mappings]
+        for attachment in late:
+            attachment.non_compliant = attachment.session.non_compliant = True
+            for mapping in list(attachment.mappings.values()):
+                self.unmap(mapping)
+            self.notify(
+                attachment.session,
+                AttachmentInvalidatedEvent(attachment.id, "it did not unmap before the move deadline; map again"),
+            )
+        old = [f.fd for f in buffer.fds]
+        buffer.fds, buffer.size, buffer.offers = fds, size, offers
+        if layout is not None:
+            buffer.layout = layout
+        buffer.generation += 1
+        self.ledger.close_all(old)
+        for attachment in buffer.attachments.values():
+            same_type = [o for o in offers if o.type is attachment.map_type]
+            try:
+                again = negotiate(same_type, [attachment.match], self.match_context(attachment.session, buffer))
+                attachment.map_params, attachment.invalid = again.map_params, ""
+            except BrokerError as error:
+                attachment.invalid = f"after the move the buffer no longer offers it {attachment.map_type.name} ({error.message})"
+                self.notify(attachment.session, AttachmentInvalidatedEvent(attachment.id, attachment.invalid))
+        self._emit(
+            "moved",
+            session_id=buffer.exporter.id,
+            buffer_id=buffer.id,
+            detail={"generation": buffer.generation, "size": size, "non_compliant": [a.id for a in late]},
+        )
+        return late
 
     # --- attachments ----------------------------------------------------------
 
@@ -283,6 +407,7 @@ class Registry:
             buffer_size=buffer.size,
             fd_sizes=buffer.fd_sizes,
             fd_writable=tuple(f.writable for f in buffer.fds),
+            exporter_uid=buffer.exporter.uid,
         )
 
     def explain_offers(self, session: Session, offers: list[Spec], accept: list[Spec]) -> Negotiation:
@@ -293,6 +418,12 @@ class Registry:
     def explain(self, session: Session, buffer: Buffer, accept: list[Spec], dry_run: bool = True) -> Negotiation:
         """Negotiate without attaching (a dry run); raises as attach would."""
         self._check_active(buffer, "attach to")
+        if not principal_allowed(buffer.allow, session.uid, session.gid, buffer.exporter.uid):
+            raise PermissionDenied(
+                f"buffer {buffer.id}{' (' + buffer.name + ')' if buffer.name else ''} does not allow "
+                f"{describe_peer(session.uid, session.gid)}: its exporter allows "
+                f"[{', '.join(buffer.allow)}]; ask it to add you to allow="
+            )
         facts = {"session_id": session.id, "buffer_id": buffer.id}
         try:
             negotiation = negotiate(buffer.offers, accept, self.match_context(session, buffer))
@@ -319,6 +450,7 @@ class Registry:
             negotiation.map_params,
             negotiation.trace,
             pinned,
+            match=accept[negotiation.match_index],
         )
         self.attachments[attachment.id] = attachment
         buffer.attachments[attachment.id] = attachment
@@ -354,6 +486,9 @@ class Registry:
             buffer_id=attachment.buffer.id,
             attachment_id=attachment.id,
         )
+        buffer = attachment.buffer
+        if buffer.exporter_gone and not buffer.attachments:
+            self.buffer_unregister(buffer, reason="its exporter is gone and its last importer detached")
 
     # --- mappings -------------------------------------------------------------
 
@@ -366,6 +501,8 @@ class Registry:
         """
         buffer = attachment.buffer
         self._check_active(buffer, "map")
+        if attachment.invalid:
+            raise FailedPrecondition(f"attachment {attachment.id} was invalidated: {attachment.invalid}; attach again")
         mappings = sum(len(a.mappings) for a in attachment.session.attachments.values())
         _check_limit(mappings, self.limits.max_mappings, "mappings", "max_mappings_per_session")
         result = attachment.map_type.map(buffer, attachment)

@@ -22,6 +22,7 @@ from bufbroker.v1 import mapping_types_pb2 as pb
 from broker.core.errors import InvalidArgument
 from broker.core.mapping_type import MappingType, check_mapping_type
 from broker.core.negotiate import Spec
+from broker.core.principals import parse_principals
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,8 @@ def offers_from_wire(offers: Any, fd_sizes: tuple[int, ...], size: int) -> list[
     specs = []
     for index, wire in enumerate(offers):
         spec = _spec_from_wire(wire, "offer", "offer_message", index)
-        specs.append(Spec(spec.type, spec.type.check_offer(spec.message, fd_sizes, size)))
+        restricted = parse_principals(wire.restricted_to, f"offer {index} restricted_to")
+        specs.append(Spec(spec.type, spec.type.check_offer(spec.message, fd_sizes, size), restricted))
     return specs
 
 
@@ -135,4 +137,6 @@ def handle_to_wire(mapping_type: MappingType, handle: Any) -> pb.Handle:
 
 
 def offer_to_wire(spec: Spec) -> pb.Offer:
-    return _wrap(pb.Offer(), spec.type, spec.message)
+    offer = _wrap(pb.Offer(), spec.type, spec.message)
+    offer.restricted_to.extend(spec.restricted_to)
+    return offer

@@ -24,10 +24,18 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--offers", default="")
     parser.add_argument("--fill", default="bufbroker")
+    parser.add_argument("--on-exit", default="revoke", choices=["revoke", "keep"])
+    parser.add_argument("--allow", default="", help="comma-separated principals")
     args = parser.parse_args()
     offers = [o for o in args.offers.split(",") if o]
     with bufbroker.connect(args.socket_dir) as session:
-        buffer = session.export(args.size, name=args.name or None, offers=offers or None)
+        buffer = session.export(
+            args.size,
+            name=args.name or None,
+            offers=offers or None,
+            on_exporter_exit=args.on_exit,
+            allow=[a for a in args.allow.split(",") if a] or None,
+        )
         pattern = args.fill.encode()
         data = (pattern * (args.size // len(pattern) + 1))[: args.size]
         view = buffer.memoryview()

@@ -20,13 +20,31 @@ import os
 import bufbroker
 
 
+def drop_privileges(uid: int) -> None:
+    """Become ``uid`` (group 0 kept, for the 0770 socket dir), as a real other user.
+
+    Everything this process needs is imported before, because the
+    interpreter's own files may not be readable by that uid.
+    """
+    import bufbroker.attachment  # noqa: F401
+    import bufbroker.buffers  # noqa: F401
+    import encodings.idna  # noqa: F401
+
+    os.setgroups([])
+    os.setgid(0)
+    os.setuid(uid)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("socket_dir")
     parser.add_argument("buffer")
     parser.add_argument("--accept", default="")
     parser.add_argument("--access", default="read")
+    parser.add_argument("--as-uid", type=int, default=None, help="drop to this uid (keeping gid 0) before connecting")
     args = parser.parse_args()
+    if args.as_uid is not None:
+        drop_privileges(args.as_uid)
     accept = [a for a in args.accept.split(",") if a]
     target = int(args.buffer) if args.buffer.isdigit() else args.buffer
     with bufbroker.connect(args.socket_dir) as session:

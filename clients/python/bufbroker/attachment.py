@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import mmap
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
@@ -46,10 +47,19 @@ class Attachment:
         self.pinned = response.pinned
         self.detached = False
         self.revoked = ""   # the reason, once the exporter or broker withdrew the buffer
+        self.exporter_gone = False
+        self.moves = 0      # moves handled so far
+        self.move_error: Optional[BaseException] = None   # why the last re-map failed
         self._revoke_callbacks: list[Callable[["Attachment", str], None]] = []
+        self._move_callbacks: list[Callable[["Attachment", str], None]] = []
+        self._mappings: set[Mapping] = set()
+        self._lock = threading.Lock()
+        self._mapped = threading.Event()
         self.mapping: Optional[Mapping] = None
         if response.HasField("mapping"):
             self.mapping = Mapping._from_response(self, response.mapping)
+            self._mappings.add(self.mapping)
+            self._mapped.set()
 
     def on_revoke(self, callback: Callable[["Attachment", str], None]) -> None:
         """Call ``callback(attachment, reason)`` when the buffer is revoked.
@@ -59,6 +69,69 @@ class Attachment:
         taken stay readable, as the kernel keeps the pages.
         """
         self._revoke_callbacks.append(callback)
+
+    def on_move(self, callback: Callable[["Attachment", str], None]) -> None:
+        """Call ``callback(attachment, reason)`` after the SDK handled a move.
+
+        When the exporter moves the buffer, the SDK by itself closes this
+        attachment's mappings (views taken from them are released), tells
+        the broker, maps again and puts the new Mapping in
+        ``attachment.mapping``; then it calls these callbacks. Read through
+        ``attachment.mapping`` (or ``wait_mapped()``) to follow moves.
+        """
+        self._move_callbacks.append(callback)
+
+    def wait_mapped(self, timeout: Optional[float] = None) -> "Mapping":
+        """The current mapping, waiting while a move re-maps it."""
+        if not self._mapped.wait(timeout):
+            raise TimeoutError(f"attachment {self.id} was not re-mapped within {timeout} s")
+        mapping = self.mapping
+        if mapping is None:
+            raise FailedPrecondition(f"attachment {self.id} has no mapping: {self.move_error or self.revoked or 'map() it first'}")
+        return mapping
+
+    def _on_move_notify(self, reason: str) -> None:
+        """Unmap now (the broker waits for it), re-map once the swap is done."""
+        had_mapping = self._drop_mappings(tell_broker=True)
+        if had_mapping:
+            threading.Thread(target=self._remap, args=(reason,), name="bufbroker-remap", daemon=True).start()
+
+    def _on_invalidated(self, reason: str) -> None:
+        """The broker dropped our mappings; map again if we can."""
+        had_mapping = self._drop_mappings(tell_broker=False)
+        if had_mapping:
+            threading.Thread(target=self._remap, args=(reason,), name="bufbroker-remap", daemon=True).start()
+
+    def _drop_mappings(self, tell_broker: bool) -> bool:
+        with self._lock:
+            mappings = list(self._mappings)
+            self._mappings.clear()
+            self.mapping = None
+            self._mapped.clear()
+        for mapping in mappings:
+            mapping._release()
+            if tell_broker and not self.session.closed:
+                try:
+                    self.session.call("Unmap", pb.UnmapRequest(mapping_id=mapping.id))
+                except BrokerError:
+                    pass  # already dropped at the broker
+        return bool(mappings)
+
+    def _remap(self, reason: str) -> None:
+        try:
+            self.mapping = self.map()
+            self.moves += 1
+            self.move_error = None
+        except BaseException as error:   # reported through wait_mapped()/move_error
+            self.move_error = error
+            log.warning("bufbroker: attachment %d could not map again after a move: %s", self.id, error)
+        finally:
+            self._mapped.set()
+        for callback in list(self._move_callbacks):
+            try:
+                callback(self, reason)
+            except Exception:
+                log.exception("bufbroker: an on_move callback failed")
 
     def _on_revoked(self, reason: str) -> None:
         self.revoked = reason
@@ -81,7 +154,13 @@ class Attachment:
         if self.detached:
             raise ValueError(f"attachment {self.id} is detached; attach again")
         response = self.session.call("Map", pb.MapRequest(attachment_id=self.id))
-        return Mapping._from_response(self, response)
+        mapping = Mapping._from_response(self, response)
+        with self._lock:
+            self._mappings.add(mapping)
+            if self.mapping is None:
+                self.mapping = mapping
+                self._mapped.set()
+        return mapping
 
     def detach(self) -> None:
         """End the attachment; the broker drops its mappings."""
@@ -200,10 +279,15 @@ class Mapping:
         if self.closed:
             return
         self._release()
-        if self.attachment.mapping is self:
-            self.attachment.mapping = None
+        with self.attachment._lock:
+            self.attachment._mappings.discard(self)
+            if self.attachment.mapping is self:
+                self.attachment.mapping = None
         if not self.attachment.detached and not self.attachment.session.closed:
-            self.attachment.session.call("Unmap", pb.UnmapRequest(mapping_id=self.id))
+            try:
+                self.attachment.session.call("Unmap", pb.UnmapRequest(mapping_id=self.id))
+            except NotFound:
+                pass  # the broker already dropped it (move, revoke, restart)
 
     def __enter__(self) -> "Mapping":
         return self

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import mmap
 import os
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 from bufbroker import fdwire
 from bufbroker.v1 import broker_pb2 as pb
 
 if TYPE_CHECKING:
     from bufbroker.session import Session
+
+
+EXIT_POLICIES = {"revoke": pb.EXPORTER_EXIT_POLICY_REVOKE, "keep": pb.EXPORTER_EXIT_POLICY_KEEP}
 
 
 def make_memfd(name: str, size: int) -> int:
@@ -50,8 +53,9 @@ class ExportedBuffer:
     (its name becomes free). Closing the session does both.
     """
 
-    def __init__(self, session: "Session", info: pb.BufferInfo, fds: list[int]) -> None:
+    def __init__(self, session: "Session", info: pb.BufferInfo, fds: list[int], request: pb.RegisterBufferRequest) -> None:
         self.session = session
+        self.request = request   # how it was registered: replayed after a broker restart
         self.info = info
         self.id = info.id
         self.name = info.name
@@ -72,6 +76,52 @@ class ExportedBuffer:
             self._mmap = mmap.mmap(self.fd, self.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         return memoryview(self._mmap)
 
+    def move(
+        self,
+        new_memfd_or_size: int | Sequence[int],
+        *,
+        offers: Optional[Sequence[Any]] = None,
+        layout: Optional[Mapping[str, Any]] = None,
+        size: Optional[int] = None,
+        reason: str = "",
+    ) -> list[int]:
+        """Replace the backing: a new size (the SDK makes a memfd) or your memfd(s).
+
+        ``new_memfd_or_size``: an int is a size; a list of ints are memfds
+        (pass ``size=`` too if fd 0 is larger than the buffer). Importers
+        holding mappings are told to unmap; the swap happens once they have
+        (or at the broker's move deadline). Returns the ids of attachments
+        that did not unmap in time (marked non-compliant). Re-take
+        ``memoryview()`` afterwards: the old one is released.
+        """
+        from bufbroker import specs
+        from bufbroker.session import backing_fds
+
+        if isinstance(new_memfd_or_size, int):
+            fds, new_size = backing_fds(new_memfd_or_size, None, self.name or "bufbroker")
+        else:
+            fds, new_size = backing_fds(None, new_memfd_or_size, self.name or "bufbroker")
+        new_size = size or new_size
+        try:
+            request = pb.MoveBufferRequest(buffer_id=self.id, size=new_size, reason=reason, offers=specs.offers_to_wire(offers))
+            if layout is not None:
+                request.layout.CopyFrom(layout_to_wire(layout))
+            request.nonce = self.session.send_fds(fds)
+            response = self.session.call("MoveBuffer", request)
+        except BaseException:
+            fdwire.close_fds(fds)
+            raise
+        self._release_mapping()
+        fdwire.close_fds(self.fds)
+        self.fds, self.size, self.info = fds, response.buffer.size, response.buffer
+        self.request.size = new_size
+        if offers is not None:
+            del self.request.offers[:]
+            self.request.offers.extend(request.offers)
+        if layout is not None:
+            self.request.layout.CopyFrom(request.layout)
+        return list(response.non_compliant_attachment_ids)
+
     def revoke(self, reason: str = "") -> None:
         """Withdraw the buffer: importers get Revoked; attach and map fail."""
         self.session.call("RevokeBuffer", pb.RevokeBufferRequest(buffer_id=self.id, reason=reason))
@@ -86,12 +136,17 @@ class ExportedBuffer:
         if self._closed:
             return
         self._closed = True
+        self.session._exports.pop(self.id, None)
+        self._release_mapping()
+        fdwire.close_fds(self.fds)
+
+    def _release_mapping(self) -> None:
         if self._mmap is not None:
             try:
                 self._mmap.close()
             except BufferError:
                 pass  # a memoryview is still alive; the mapping goes with it
-        fdwire.close_fds(self.fds)
+            self._mmap = None
 
     def __repr__(self) -> str:
         return f"<ExportedBuffer id={self.id} name={self.name!r} size={self.size}>"

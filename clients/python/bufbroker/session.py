@@ -42,6 +42,23 @@ def default_socket_dir() -> Path:
     return Path(runtime) / "bufbroker"
 
 
+def backing_fds(size: Optional[int], fd: int | Sequence[int] | None, name: str) -> tuple[list[int], int]:
+    """The fds to send for a buffer and its size: a new memfd, or dups of the caller's."""
+    from bufbroker.buffers import make_memfd
+
+    if (size is None) == (fd is None):
+        raise ValueError("give exactly one of size= (the SDK makes a memfd) or fd= (your memfd)")
+    if size is not None:
+        if size <= 0:
+            raise ValueError(f"size must be positive, not {size}")
+        return [make_memfd(name, size)], size
+    given = [fd] if isinstance(fd, int) else list(fd)
+    if not given:
+        raise ValueError("fd= needs at least one memfd")
+    fds = [os.dup(f) for f in given]
+    return fds, os.fstat(fds[0]).st_size
+
+
 def connect(socket_dir: str | os.PathLike | None = None) -> "Session":
     """Open a session with the broker serving ``socket_dir``."""
     return Session(socket_dir)
@@ -61,6 +78,7 @@ class Session:
         self._channel_lost = ""
         self._event_handlers: list[Callable[[pb.Event], None]] = []
         self._attachments: "weakref.WeakValueDictionary[int, Attachment]" = weakref.WeakValueDictionary()
+        self._exports: dict[int, ExportedBuffer] = {}
         self._sock = self._open_fd_channel()
         try:
             hello = self._read_hello()
@@ -163,11 +181,7 @@ class Session:
                 if event.HasField("ready"):
                     self._events_ready.set()
                     continue
-                if event.HasField("revoked"):
-                    for attachment_id in event.revoked.attachment_ids:
-                        attachment = self._attachments.get(attachment_id)
-                        if attachment is not None:
-                            attachment._on_revoked(event.revoked.reason)
+                self._dispatch(event)
                 for handler in list(self._event_handlers):
                     try:
                         handler(event)
@@ -176,6 +190,27 @@ class Session:
         except grpc.RpcError as error:
             if not self._closed and error.code() != grpc.StatusCode.CANCELLED:
                 log.warning("bufbroker: event stream ended: %s", error.details())
+
+    def _dispatch(self, event: pb.Event) -> None:
+        """Route a session event to the attachments it names."""
+        kind = event.WhichOneof("kind")
+        if kind == "revoked":
+            for attachment_id in event.revoked.attachment_ids:
+                attachment = self._attachments.get(attachment_id)
+                if attachment is not None:
+                    attachment._on_revoked(event.revoked.reason)
+        elif kind == "move_notify":
+            attachment = self._attachments.get(event.move_notify.attachment_id)
+            if attachment is not None:
+                attachment._on_move_notify(event.move_notify.reason)
+        elif kind == "attachment_invalidated":
+            attachment = self._attachments.get(event.attachment_invalidated.attachment_id)
+            if attachment is not None:
+                attachment._on_invalidated(event.attachment_invalidated.reason)
+        elif kind == "exporter_gone":
+            for attachment in list(self._attachments.values()):
+                if attachment.buffer_id == event.exporter_gone.buffer_id:
+                    attachment.exporter_gone = True
 
     def add_event_handler(self, handler: Callable[[pb.Event], None]) -> None:
         """Call ``handler(event)`` on the events thread for every session event."""
@@ -230,6 +265,8 @@ class Session:
         offers: Optional[Sequence[specs.Spec]] = None,
         layout: Optional[Mapping[str, Any]] = None,
         labels: Optional[Mapping[str, str]] = None,
+        allow: Optional[Sequence[str]] = None,
+        on_exporter_exit: str = "revoke",
     ) -> "ExportedBuffer":
         """Register a buffer; returns the exporter's handle on it.
 
@@ -238,28 +275,24 @@ class Session:
         one per plane, for ``segments``); the SDK sends a duplicate and you
         keep yours. ``offers`` is the exporter's ordered list of mapping
         types (names or specs like ``bufbroker.Memfd(access="read")``); the
-        default is ``["memfd"]``.
+        default is ``["memfd"]``. ``allow`` lists who may attach
+        (``uid:N``, ``gid:N``, ``same-uid``, ``any``; default ``same-uid``).
+        ``on_exporter_exit``: ``"revoke"`` (default) withdraws the buffer when
+        this session ends; ``"keep"`` keeps it until its last importer detaches.
         """
-        from bufbroker.buffers import ExportedBuffer, layout_to_wire, make_memfd
+        from bufbroker.buffers import EXIT_POLICIES, ExportedBuffer, layout_to_wire
 
-        if (size is None) == (fd is None):
-            raise ValueError("export() needs exactly one of size= (the SDK makes a memfd) or fd= (your memfd)")
-        if size is not None:
-            if size <= 0:
-                raise ValueError(f"size must be positive, not {size}")
-            fds = [make_memfd(name or "bufbroker", size)]
-        else:
-            given = [fd] if isinstance(fd, int) else list(fd)
-            if not given:
-                raise ValueError("fd= needs at least one memfd")
-            fds = [os.dup(f) for f in given]
-            size = os.fstat(fds[0]).st_size
+        if on_exporter_exit not in EXIT_POLICIES:
+            raise ValueError(f"on_exporter_exit must be one of {sorted(EXIT_POLICIES)}, not {on_exporter_exit!r}")
+        fds, size = backing_fds(size, fd, name or "bufbroker")
         try:
             request = pb.RegisterBufferRequest(
                 size=size,
                 name=name or "",
                 labels=dict(labels or {}),
                 offers=specs.offers_to_wire(offers),
+                allow=list(allow or ()),
+                on_exporter_exit=EXIT_POLICIES[on_exporter_exit],
             )
             if layout is not None:
                 request.layout.CopyFrom(layout_to_wire(layout))
@@ -268,7 +301,9 @@ class Session:
         except BaseException:
             fdwire.close_fds(fds)
             raise
-        return ExportedBuffer(self, response.buffer, fds)
+        exported = ExportedBuffer(self, response.buffer, fds, request)
+        self._exports[exported.id] = exported
+        return exported
 
     def attach(
         self,

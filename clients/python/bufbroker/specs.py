@@ -33,13 +33,15 @@ class Extent:
 
 @dataclass(frozen=True)
 class Memfd:
-    """The whole memfd. As an offer, ``access`` is the most importers get."""
+    """The whole memfd. As an offer, ``access`` is the most importers get;
+    ``restricted_to`` limits the offer to principals (uid:N, gid:N, same-uid, any)."""
 
     access: str | None = None
+    restricted_to: Sequence[str] = ()
     name = "memfd"
 
     def offer(self) -> pb.Offer:
-        return pb.Offer(memfd=pb.MemfdOffer(max_access=access_value(self.access)))
+        return pb.Offer(memfd=pb.MemfdOffer(max_access=access_value(self.access)), restricted_to=list(self.restricted_to))
 
     def match(self, default_access: str) -> pb.Match:
         return pb.Match(memfd=pb.MemfdMatch(access=access_value(self.access or default_access)))
@@ -52,6 +54,7 @@ class Segments:
     extents: Sequence[Extent] = field(default_factory=tuple)
     access: str | None = None
     max_extents: int = 0   # as a match: the most extents the importer handles
+    restricted_to: Sequence[str] = ()   # as an offer: only these principals see it
     name = "segments"
 
     def offer(self) -> pb.Offer:
@@ -59,7 +62,8 @@ class Segments:
             segments=pb.SegmentsOffer(
                 extents=[pb.Extent(fd_index=e.fd_index, offset=e.offset, length=e.length) for e in self.extents],
                 max_access=access_value(self.access),
-            )
+            ),
+            restricted_to=list(self.restricted_to),
         )
 
     def match(self, default_access: str) -> pb.Match:
