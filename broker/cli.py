@@ -111,6 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--frames", type=int, default=240, help="frames to send (default 240)")
     demo.add_argument("--frame-size", type=int, default=1 << 20, metavar="BYTES", help="bytes per frame (default 1 MiB)")
+    demo.add_argument(
+        "--restart-broker-at",
+        type=int,
+        default=None,
+        metavar="FRAME",
+        help="kill the broker with SIGKILL after this many frames and start a new one: the "
+        "pipeline keeps running and the demo prints how long the sessions took to come back",
+    )
     return parser
 
 
@@ -127,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from broker.demo import run_demo
 
-        return run_demo(args.frames, args.frame_size)
+        return run_demo(args.frames, args.frame_size, args.restart_broker_at)
     raise AssertionError(args.command)
 
 

@@ -50,9 +50,14 @@ def prepare_socket_dir(path: Path, stack: ExitStack | AsyncExitStack) -> None:
     """Create the dir 0770, lock it, and clear sockets a dead broker left."""
     try:
         path.mkdir(mode=0o770, parents=True, exist_ok=True)
-        os.chmod(path, 0o770)
     except OSError as error:
         raise StartupError(f"cannot create socket dir {path}: {error.strerror}; pick one you can write with --socket-dir")
+    if path.stat().st_uid == os.geteuid():
+        os.chmod(path, 0o770)
+    elif not os.access(path, os.W_OK | os.X_OK):
+        # A dir someone else made (a Kubernetes emptyDir, a bind mount) is
+        # used as it is, if we may create sockets in it.
+        raise StartupError(f"socket dir {path} belongs to uid {path.stat().st_uid} and is not writable by uid {os.geteuid()}; fix its owner or mode")
     lock_path = path / LOCK_FILE
     lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
     stack.callback(os.close, lock_fd)

@@ -9,6 +9,7 @@ buffer, checks the checksum and hands the slot back.
 from __future__ import annotations
 
 import multiprocessing
+import queue
 import shutil
 import struct
 import sys
@@ -27,12 +28,13 @@ def _frame_payload(block: bytes, number: int, length: int) -> bytes:
     return rotated[:length]
 
 
-def exporter_main(socket_dir: str, frames: int, frame_size: int, ready, to_importer, from_importer) -> None:
+def exporter_main(socket_dir: str, frames: int, frame_size: int, ready, to_importer, from_importer, pace: float, reconnects) -> None:
     import bufbroker
 
     block = bytes(range(256)) * ((frame_size + 255) // 256)
     payload_size = frame_size - HEADER.size
     with bufbroker.connect(socket_dir) as session:
+        session.on_reconnect(lambda s, gap: reconnects.put(("exporter", gap)))
         pool = [
             session.export(frame_size, name=f"demo-frame-{i}", offers=["segments", "memfd"], labels={"demo": "1"})
             for i in range(POOL)
@@ -48,6 +50,8 @@ def exporter_main(socket_dir: str, frames: int, frame_size: int, ready, to_impor
             views[slot][: HEADER.size] = HEADER.pack(number, payload_size)
             views[slot][HEADER.size : HEADER.size + payload_size] = payload
             to_importer.send((slot, number, zlib.crc32(payload)))
+            if pace:
+                time.sleep(pace)
         to_importer.send(None)
         # Keep the pool registered until the importer has detached from it.
         while from_importer.recv() != "done":
@@ -56,10 +60,11 @@ def exporter_main(socket_dir: str, frames: int, frame_size: int, ready, to_impor
             view.release()
 
 
-def importer_main(socket_dir: str, names: list, from_exporter, to_exporter, result) -> None:
+def importer_main(socket_dir: str, names: list, from_exporter, to_exporter, result, progress, reconnects) -> None:
     import bufbroker
 
     with bufbroker.connect(socket_dir) as session:
+        session.on_reconnect(lambda s, gap: reconnects.put(("importer", gap)))
         attachments = [session.attach(name, accept=["segments", "memfd"], map=True) for name in names]
         views = [a.mapping.memoryview() for a in attachments]
         map_type = attachments[0].map_type
@@ -77,6 +82,7 @@ def importer_main(socket_dir: str, names: list, from_exporter, to_exporter, resu
                 raise SystemExit(f"frame {number}: checksum mismatch in slot {slot}")
             checked += 1
             expected += 1
+            progress.value = checked
             to_exporter.send(slot)
         elapsed = time.perf_counter() - started
         for view in views:
@@ -87,7 +93,32 @@ def importer_main(socket_dir: str, names: list, from_exporter, to_exporter, resu
         result.send({"map_type": map_type, "frames": checked, "seconds": elapsed, "trace": attachments[0].trace})
 
 
-def run_demo(frames: int = 240, frame_size: int = 1 << 20) -> int:
+def restart_broker(socket_dir: Path, broker, progress, at_frame: int, reconnects) -> tuple:
+    """Kill the broker with SIGKILL once ``at_frame`` frames passed; start a new one.
+
+    Returns the new broker and the seconds until both sessions were whole again.
+    """
+    from broker.launch import start_broker
+
+    while progress.value < at_frame:
+        time.sleep(0.001)
+    frame = progress.value
+    broker.kill()
+    broker.wait()
+    killed_at = time.monotonic()
+    broker = start_broker(socket_dir, ["--log-level", "warning", "--http", "none"])
+    gaps = dict(reconnects.get(timeout=30) for _ in range(2))
+    gap = time.monotonic() - killed_at
+    print(
+        f"bufbroker demo: broker killed with SIGKILL at frame {frame}; a new one started; "
+        f"sessions back after {gap * 1000:.0f} ms (exporter {gaps['exporter'] * 1000:.0f} ms, "
+        f"importer {gaps['importer'] * 1000:.0f} ms); frames kept flowing through the mappings",
+        flush=True,
+    )
+    return broker, gap
+
+
+def run_demo(frames: int = 240, frame_size: int = 1 << 20, restart_at: int | None = None) -> int:
     from broker.launch import start_broker, stop_broker
 
     if frame_size <= HEADER.size:
@@ -104,9 +135,12 @@ def run_demo(frames: int = 240, frame_size: int = 1 << 20) -> int:
         to_imp_recv, to_imp_send = ctx.Pipe(duplex=False)
         to_exp_recv, to_exp_send = ctx.Pipe(duplex=False)
         result_recv, result_send = ctx.Pipe(duplex=False)
+        progress = ctx.Value("l", 0)
+        reconnects = ctx.Queue()
+        pace = 0.002 if restart_at is not None else 0.0   # so the restart lands mid-stream
         exporter = ctx.Process(
             target=exporter_main,
-            args=(str(socket_dir), frames, frame_size, ready_send, to_imp_send, to_exp_recv),
+            args=(str(socket_dir), frames, frame_size, ready_send, to_imp_send, to_exp_recv, pace, reconnects),
             name="demo-exporter",
         )
         exporter.start()
@@ -117,11 +151,13 @@ def run_demo(frames: int = 240, frame_size: int = 1 << 20) -> int:
         print(f"bufbroker demo: exporter pid {exporter.pid} registered {', '.join(names)}", flush=True)
         importer = ctx.Process(
             target=importer_main,
-            args=(str(socket_dir), names, to_imp_recv, to_exp_send, result_send),
+            args=(str(socket_dir), names, to_imp_recv, to_exp_send, result_send, progress, reconnects),
             name="demo-importer",
         )
         importer.start()
         children.append(importer)
+        if restart_at is not None:
+            broker, _ = restart_broker(socket_dir, broker, progress, min(restart_at, frames - 1), reconnects)
         deadline = time.monotonic() + 120
         while not result_recv.poll(0.1):
             dead = [c for c in children if not c.is_alive()]
@@ -148,7 +184,7 @@ def run_demo(frames: int = 240, frame_size: int = 1 << 20) -> int:
         if status != 0:
             raise RuntimeError(f"the broker exited with status {status}")
         return 0
-    except (RuntimeError, EOFError) as error:
+    except (RuntimeError, EOFError, queue.Empty) as error:
         print(f"bufbroker demo: failed: {error}", file=sys.stderr)
         return 1
     finally:

@@ -33,6 +33,7 @@ def main() -> None:
     with bufbroker.connect(args.socket_dir) as session:
         attachment = session.attach(args.buffer, accept=args.accept.split(","), map=True)
         attachment.on_move(lambda a, reason: say({"moved": reason, "error": str(a.move_error or "")}))
+        session.on_reconnect(lambda s, gap: say({"reconnected": round(gap, 4), "attachment": attachment.id}))
         say({"ready": True, "map_type": attachment.map_type, "attachment": attachment.id})
         for line in sys.stdin:
             if line.strip() != "read":

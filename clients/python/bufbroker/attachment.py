@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import mmap
 import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from bufbroker import fdwire
+from bufbroker import errors, fdwire
 from bufbroker.errors import BrokerError, FailedPrecondition, NotFound
 from bufbroker.trace import TraceStep, trace_from_wire
 from bufbroker.v1 import broker_pb2 as pb
@@ -38,8 +39,9 @@ class Attachment:
     examined. ``detach()`` unmaps and ends it.
     """
 
-    def __init__(self, session: "Session", response: pb.AttachResponse) -> None:
+    def __init__(self, session: "Session", response: pb.AttachResponse, request: Optional[pb.AttachRequest] = None) -> None:
         self.session = session
+        self.request = request or pb.AttachRequest()   # replayed after a broker restart
         self.id = response.attachment_id
         self.buffer_id = response.buffer_id
         self.map_type: str = response.map_type
@@ -132,6 +134,48 @@ class Attachment:
                 callback(self, reason)
             except Exception:
                 log.exception("bufbroker: an on_move callback failed")
+
+    def _attach_again(self, deadline: float) -> None:
+        """After a broker restart: attach again by name and map if we had a mapping.
+
+        Mappings already held stay valid (same pages); the new mapping makes
+        the new broker count us, so moves reach us again. An attachment made
+        by buffer id cannot be found again: ids do not survive a restart.
+        """
+        if self.detached or self.revoked:
+            return
+        if self.request.WhichOneof("buffer") != "buffer_name":
+            self.move_error = errors.Unavailable("the broker restarted and this attachment was made by id; attach again by name")
+            log.warning("bufbroker: attachment %d was made by buffer id and is lost with the broker restart", self.id)
+            return
+        request = pb.AttachRequest()
+        request.CopyFrom(self.request)
+        request.map = self.mapping is not None or bool(self._mappings)
+        while True:
+            try:
+                response = self.session.call("Attach", request)
+                break
+            except errors.NotFound:
+                # The exporter has not registered it again yet.
+                if time.monotonic() > deadline:
+                    self.move_error = errors.Unavailable(f"buffer {self.request.buffer_name!r} did not come back after the broker restart")
+                    log.error("bufbroker: %s", self.move_error)
+                    return
+                time.sleep(0.02)
+            except errors.BrokerError as error:
+                self.move_error = error
+                log.error("bufbroker: could not attach %r again: %s", self.request.buffer_name, error)
+                return
+        attachments = self.session._attachments
+        attachments.pop(self.id, None)
+        self.id, self.buffer_id = response.attachment_id, response.buffer_id
+        attachments[self.id] = self
+        if response.HasField("mapping"):
+            mapping = Mapping._from_response(self, response.mapping)
+            with self._lock:
+                self._mappings.add(mapping)
+                self.mapping = mapping
+                self._mapped.set()
 
     def _on_revoked(self, reason: str) -> None:
         self.revoked = reason

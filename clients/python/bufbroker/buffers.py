@@ -122,6 +122,18 @@ class ExportedBuffer:
             self.request.layout.CopyFrom(request.layout)
         return list(response.non_compliant_attachment_ids)
 
+    def _register_again(self) -> None:
+        """After a broker restart: register under the same name and settings."""
+        old_id = self.id
+        request = pb.RegisterBufferRequest()
+        request.CopyFrom(self.request)
+        request.nonce = self.session.send_fds(self.fds)   # the broker gets copies; we keep ours
+        response = self.session.call("RegisterBuffer", request)
+        self.info, self.id = response.buffer, response.buffer.id
+        exports = self.session._exports
+        exports.pop(old_id, None)
+        exports[self.id] = self
+
     def revoke(self, reason: str = "") -> None:
         """Withdraw the buffer: importers get Revoked; attach and map fail."""
         self.session.call("RevokeBuffer", pb.RevokeBufferRequest(buffer_id=self.id, reason=reason))

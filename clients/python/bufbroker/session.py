@@ -14,6 +14,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -29,6 +30,7 @@ log = logging.getLogger("bufbroker")
 
 CONNECT_TIMEOUT = 5.0
 FD_WAIT_TIMEOUT = 5.0
+RECONNECT_TIMEOUT = 30.0
 
 
 def default_socket_dir() -> Path:
@@ -59,98 +61,63 @@ def backing_fds(size: Optional[int], fd: int | Sequence[int] | None, name: str) 
     return fds, os.fstat(fds[0]).st_size
 
 
-def connect(socket_dir: str | os.PathLike | None = None) -> "Session":
-    """Open a session with the broker serving ``socket_dir``."""
-    return Session(socket_dir)
+def connect(socket_dir: str | os.PathLike | None = None, *, reconnect: bool = True) -> "Session":
+    """Open a session with the broker serving ``socket_dir``.
+
+    With ``reconnect`` (the default), if the broker dies the session
+    reconnects with backoff when a broker serves the dir again, registers
+    its exported buffers again under the same names and re-attaches its
+    attachments by name; mappings already held stay valid throughout.
+    """
+    return Session(socket_dir, reconnect=reconnect)
 
 
-class Session:
-    """A client's session. Use as a context manager, or call close()."""
+class _Link:
+    """One connection to a broker: fd channel, gRPC channel, event stream.
 
-    def __init__(self, socket_dir: str | os.PathLike | None = None) -> None:
-        self.socket_dir = Path(socket_dir) if socket_dir is not None else default_socket_dir()
-        self._lock = threading.Lock()
-        self._send_lock = threading.Lock()
-        self._fds_ready = threading.Condition(self._lock)
-        self._tickets: dict[int, list[int]] = {}
-        self._notices: dict[str, Any] = {}
-        self._closed = False
-        self._channel_lost = ""
-        self._event_handlers: list[Callable[[pb.Event], None]] = []
-        self._attachments: "weakref.WeakValueDictionary[int, Attachment]" = weakref.WeakValueDictionary()
-        self._exports: dict[int, ExportedBuffer] = {}
-        self._sock = self._open_fd_channel()
+    A session has one link at a time; after a broker restart it gets a new
+    one (new token, new threads), and the old one is closed.
+    """
+
+    def __init__(self, session: "Session") -> None:
+        self.session = session
+        self.sock = _open_fd_channel(session.socket_dir)
+        self.lost = ""
+        self.closed = False
+        self.channel: Optional[grpc.Channel] = None
+        self.events_call: Any = None
+        self.threads: list[threading.Thread] = []
         try:
-            hello = self._read_hello()
-            self.id = hello.session_id
-            self.token = hello.session_token
-            self.pid, self.uid, self.gid = hello.pid, hello.uid, hello.gid
-            self.broker_version = hello.broker_version
-            self._metadata = ((fdwire.SESSION_METADATA_KEY, self.token),)
-            self._channel = grpc.insecure_channel(f"unix:{self.socket_dir / 'grpc.sock'}")
-            self.stub = pb_grpc.BrokerStub(self._channel)
-            self._reader = threading.Thread(target=self._read_fd_channel, name="bufbroker-fd", daemon=True)
-            self._reader.start()
-            self._events_ready = threading.Event()
-            self._events_call = self.stub.Events(pb.EventsRequest(), metadata=self._metadata)
-            self._events_thread = threading.Thread(target=self._read_events, name="bufbroker-events", daemon=True)
-            self._events_thread.start()
-            if not self._events_ready.wait(CONNECT_TIMEOUT):
+            hello = _read_hello(self.sock, session.socket_dir)
+            self.hello = hello
+            self.metadata = ((fdwire.SESSION_METADATA_KEY, hello.session_token),)
+            self.channel = grpc.insecure_channel(f"unix:{session.socket_dir / 'grpc.sock'}")
+            self.stub = pb_grpc.BrokerStub(self.channel)
+            self.events_ready = threading.Event()
+            self.events_call = self.stub.Events(pb.EventsRequest(), metadata=self.metadata)
+            for target, name in ((self._read_fd_channel, "bufbroker-fd"), (self._read_events, "bufbroker-events")):
+                thread = threading.Thread(target=target, name=name, daemon=True)
+                thread.start()
+                self.threads.append(thread)
+            if not self.events_ready.wait(CONNECT_TIMEOUT):
                 raise errors.Unavailable(
-                    f"the broker at {self.socket_dir} did not open this session's event stream "
+                    f"the broker at {session.socket_dir} did not open this session's event stream "
                     f"within {CONNECT_TIMEOUT} s"
                 )
         except BaseException:
             self.close()
             raise
 
-    # --- connection -------------------------------------------------------------
-
-    def _open_fd_channel(self) -> socket.socket:
-        path = self.socket_dir / "fd.sock"
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-        try:
-            sock.settimeout(CONNECT_TIMEOUT)
-            sock.connect(str(path))
-        except (FileNotFoundError, ConnectionRefusedError) as error:
-            sock.close()
-            raise errors.Unavailable(
-                f"no broker is serving {self.socket_dir} ({error.strerror}): start one with "
-                f"`bufbroker serve --socket-dir {self.socket_dir}`"
-            ) from None
-        except PermissionError:
-            sock.close()
-            raise errors.PermissionDenied(
-                f"not allowed to connect to {path}: join the group that owns the socket dir"
-            ) from None
-        except OSError as error:
-            sock.close()
-            raise errors.Unavailable(f"cannot connect to {path}: {error}") from None
-        return sock
-
-    def _read_hello(self) -> Any:
-        try:
-            received = fdwire.receive(self._sock)
-        except socket.timeout:
-            raise errors.Unavailable(f"the broker at {self.socket_dir} sent no HELLO within {CONNECT_TIMEOUT} s") from None
-        fdwire.close_fds(received.fds)
-        if received.eof or received.message is None or not received.message.HasField("hello"):
-            raise errors.Unavailable(
-                f"the broker at {self.socket_dir} did not greet this session "
-                f"({received.error or 'connection closed'}); is it overloaded or a different program?"
-            )
-        self._sock.settimeout(None)
-        return received.message.hello
-
     def _read_fd_channel(self) -> None:
+        session = self.session
         while True:
             try:
-                received = fdwire.receive(self._sock)
+                received = fdwire.receive(self.sock)
             except OSError as error:
-                self._lost(f"fd channel read failed: {error}")
+                session._link_lost(self, f"fd channel read failed: {error}")
                 return
             if received.eof:
-                self._lost("the broker closed this session's fd channel")
+                session._link_lost(self, "the broker closed this session's fd channel")
                 return
             message = received.message
             if message is None or received.truncated:
@@ -159,37 +126,177 @@ class Session:
                 continue
             kind = message.WhichOneof("kind")
             if kind == "deliver_fds":
-                with self._lock:
-                    self._tickets[message.deliver_fds.ticket] = received.fds
-                    self._fds_ready.notify_all()
+                session._fds_arrived(self, message.deliver_fds.ticket, received.fds)
             else:
                 fdwire.close_fds(received.fds)
                 if kind == "notice":
-                    with self._lock:
-                        self._notices[message.notice.nonce] = message.notice
                     log.warning("bufbroker: broker notice: %s", message.notice.message)
-
-    def _lost(self, why: str) -> None:
-        with self._lock:
-            if not self._closed:
-                self._channel_lost = why
-            self._fds_ready.notify_all()
 
     def _read_events(self) -> None:
         try:
-            for event in self._events_call:
+            for event in self.events_call:
                 if event.HasField("ready"):
-                    self._events_ready.set()
+                    self.events_ready.set()
                     continue
-                self._dispatch(event)
-                for handler in list(self._event_handlers):
-                    try:
-                        handler(event)
-                    except Exception:
-                        log.exception("bufbroker: an event callback failed")
+                self.session._dispatch(event)
         except grpc.RpcError as error:
-            if not self._closed and error.code() != grpc.StatusCode.CANCELLED:
-                log.warning("bufbroker: event stream ended: %s", error.details())
+            if not self.closed and error.code() != grpc.StatusCode.CANCELLED:
+                log.debug("bufbroker: event stream ended: %s", error.details())
+
+    def close(self) -> None:
+        self.closed = True
+        if self.events_call is not None:
+            self.events_call.cancel()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        for thread in self.threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout=2)
+        self.sock.close()
+        if self.channel is not None:
+            self.channel.close()
+
+
+def _open_fd_channel(socket_dir: Path) -> socket.socket:
+    path = socket_dir / "fd.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    try:
+        sock.settimeout(CONNECT_TIMEOUT)
+        sock.connect(str(path))
+    except (FileNotFoundError, ConnectionRefusedError) as error:
+        sock.close()
+        raise errors.Unavailable(
+            f"no broker is serving {socket_dir} ({error.strerror}): start one with "
+            f"`bufbroker serve --socket-dir {socket_dir}`"
+        ) from None
+    except PermissionError:
+        sock.close()
+        raise errors.PermissionDenied(f"not allowed to connect to {path}: join the group that owns the socket dir") from None
+    except OSError as error:
+        sock.close()
+        raise errors.Unavailable(f"cannot connect to {path}: {error}") from None
+    return sock
+
+
+def _read_hello(sock: socket.socket, socket_dir: Path) -> Any:
+    try:
+        received = fdwire.receive(sock)
+    except socket.timeout:
+        raise errors.Unavailable(f"the broker at {socket_dir} sent no HELLO within {CONNECT_TIMEOUT} s") from None
+    except OSError as error:   # e.g. reset by a broker that is starting or dying
+        raise errors.Unavailable(f"the broker at {socket_dir} dropped the connection before HELLO: {error}") from None
+    fdwire.close_fds(received.fds)
+    if received.eof or received.message is None or not received.message.HasField("hello"):
+        raise errors.Unavailable(
+            f"the broker at {socket_dir} did not greet this session "
+            f"({received.error or 'connection closed'}); is it overloaded or a different program?"
+        )
+    sock.settimeout(None)
+    return received.message.hello
+
+
+class Session:
+    """A client's session. Use as a context manager, or call close()."""
+
+    def __init__(self, socket_dir: str | os.PathLike | None = None, *, reconnect: bool = True) -> None:
+        self.socket_dir = Path(socket_dir) if socket_dir is not None else default_socket_dir()
+        self.reconnect = reconnect
+        self.reconnect_timeout = RECONNECT_TIMEOUT
+        self.reconnects = 0             # successful reconnections so far
+        self.last_reconnect_gap = 0.0   # seconds from losing the broker to being whole again
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._fds_ready = threading.Condition(self._lock)
+        self._connected = threading.Event()
+        self._tickets: dict[int, list[int]] = {}
+        self._closed = False
+        self._event_handlers: list[Callable[[pb.Event], None]] = []
+        self._reconnect_handlers: list[Callable[["Session", float], None]] = []
+        self._attachments: "weakref.WeakValueDictionary[int, Attachment]" = weakref.WeakValueDictionary()
+        self._exports: dict[int, ExportedBuffer] = {}
+        self._link = _Link(self)
+        self._adopt_hello(self._link.hello)
+        self._connected.set()
+
+    def _adopt_hello(self, hello: Any) -> None:
+        self.id = hello.session_id
+        self.token = hello.session_token
+        self.pid, self.uid, self.gid = hello.pid, hello.uid, hello.gid
+        self.broker_version = hello.broker_version
+
+    @property
+    def stub(self) -> pb_grpc.BrokerStub:
+        return self._link.stub
+
+    # --- losing and regaining the broker -------------------------------------------
+
+    def _fds_arrived(self, link: _Link, ticket: int, fds: list[int]) -> None:
+        with self._lock:
+            if link is not self._link or self._closed:
+                fdwire.close_fds(fds)   # a ticket of a dead link: nobody will claim it
+                return
+            self._tickets[ticket] = fds
+            self._fds_ready.notify_all()
+
+    def _link_lost(self, link: _Link, why: str) -> None:
+        with self._lock:
+            if link is not self._link or self._closed or link.closed:
+                return
+            link.lost = why
+            self._connected.clear()
+            leftovers = [fd for fds in self._tickets.values() for fd in fds]
+            self._tickets.clear()
+            self._fds_ready.notify_all()
+        fdwire.close_fds(leftovers)
+        if self.reconnect:
+            log.warning("bufbroker: lost the broker at %s (%s); reconnecting", self.socket_dir, why)
+            threading.Thread(target=self._reconnect, args=(time.monotonic(),), name="bufbroker-reconnect", daemon=True).start()
+
+    def _reconnect(self, lost_at: float) -> None:
+        """Reconnect with backoff, then register exports and re-attach again."""
+        delay, deadline = 0.02, lost_at + self.reconnect_timeout
+        while not self._closed:
+            try:
+                link = _Link(self)
+                break
+            except errors.BrokerError as error:
+                if time.monotonic() + delay > deadline:
+                    log.error("bufbroker: gave up reconnecting to %s after %.0f s: %s", self.socket_dir, self.reconnect_timeout, error)
+                    return
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+        else:
+            return
+        with self._lock:
+            old, self._link = self._link, link
+            self._adopt_hello(link.hello)
+        old.close()
+        self._connected.set()
+        for exported in list(self._exports.values()):
+            try:
+                exported._register_again()
+            except errors.BrokerError as error:
+                log.error("bufbroker: could not register buffer %r again: %s", exported.name, error)
+        for attachment in list(self._attachments.values()):
+            attachment._attach_again(deadline)
+        self.reconnects += 1
+        self.last_reconnect_gap = time.monotonic() - lost_at
+        log.warning("bufbroker: reconnected to %s after %.3f s", self.socket_dir, self.last_reconnect_gap)
+        for handler in list(self._reconnect_handlers):
+            try:
+                handler(self, self.last_reconnect_gap)
+            except Exception:
+                log.exception("bufbroker: an on_reconnect callback failed")
+
+    def on_reconnect(self, callback: Callable[["Session", float], None]) -> None:
+        """Call ``callback(session, gap_seconds)`` after each reconnection is complete."""
+        self._reconnect_handlers.append(callback)
+
+    def wait_connected(self, timeout: Optional[float] = None) -> bool:
+        """Wait until the session has a live broker (after a restart); True if it has."""
+        return self._connected.wait(timeout)
 
     def _dispatch(self, event: pb.Event) -> None:
         """Route a session event to the attachments it names."""
@@ -211,6 +318,11 @@ class Session:
             for attachment in list(self._attachments.values()):
                 if attachment.buffer_id == event.exporter_gone.buffer_id:
                     attachment.exporter_gone = True
+        for handler in list(self._event_handlers):
+            try:
+                handler(event)
+            except Exception:
+                log.exception("bufbroker: an event callback failed")
 
     def add_event_handler(self, handler: Callable[[pb.Event], None]) -> None:
         """Call ``handler(event)`` on the events thread for every session event."""
@@ -219,11 +331,18 @@ class Session:
     # --- plumbing for the other SDK modules ---------------------------------------
 
     def call(self, method: str, request: Any) -> Any:
-        """Invoke an RPC with the session token; raise the SDK's errors."""
+        """Invoke an RPC with the session token; raise the SDK's errors.
+
+        While the session is reconnecting after a broker restart, the call
+        waits (up to the reconnect timeout) for the new broker.
+        """
         if self._closed:
             raise errors.FailedPrecondition("this session is closed; connect() again")
+        if not self._connected.is_set() and not self._connected.wait(self.reconnect_timeout if self.reconnect else 0):
+            raise errors.Unavailable(f"no broker at {self.socket_dir}: the session lost it and has not reconnected")
+        link = self._link
         try:
-            return getattr(self.stub, method)(request, metadata=self._metadata)
+            return getattr(link.stub, method)(request, metadata=link.metadata)
         except grpc.RpcError as error:
             raise errors.from_rpc_error(error) from None
 
@@ -233,7 +352,7 @@ class Session:
         message = fd_channel_pb2.FdMessage(send_fds=fd_channel_pb2.SendFds(nonce=nonce, fd_count=len(fds)))
         with self._send_lock:
             try:
-                fdwire.send(self._sock, message, list(fds))
+                fdwire.send(self._link.sock, message, list(fds))
             except OSError as error:
                 raise errors.Unavailable(f"cannot send fds to the broker: {error}") from None
         return nonce
@@ -241,11 +360,12 @@ class Session:
     def take_fds(self, ticket: int, count: int) -> list[int]:
         """The fds the broker sent under ``ticket``; the caller owns them."""
         with self._lock:
+            link = self._link
             ok = self._fds_ready.wait_for(
-                lambda: ticket in self._tickets or self._channel_lost or self._closed, FD_WAIT_TIMEOUT
+                lambda: ticket in self._tickets or link.lost or self._closed, FD_WAIT_TIMEOUT
             )
             fds = self._tickets.pop(ticket, None)
-            lost = self._channel_lost
+            lost = link.lost
         if fds is None:
             why = lost or ("session closed" if self._closed else f"nothing arrived within {FD_WAIT_TIMEOUT} s")
             raise errors.Unavailable(f"the fds for ticket {ticket} did not arrive: {why}")
@@ -336,7 +456,8 @@ class Session:
         else:
             raise TypeError(f"attach() takes a buffer id (int) or name (str), not {buffer!r}")
         response = self.call("Attach", request)
-        attachment = Attachment(self, response)
+        request.map = False   # a replay after a restart maps only if a mapping is held
+        attachment = Attachment(self, response, request)
         self._attachments[attachment.id] = attachment
         return attachment
 
@@ -373,23 +494,10 @@ class Session:
             self._tickets.clear()
             self._fds_ready.notify_all()
         fdwire.close_fds(leftovers)
-        call = getattr(self, "_events_call", None)
-        if call is not None:
-            call.cancel()
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        reader = getattr(self, "_reader", None)
-        if reader is not None and reader is not threading.current_thread():
-            reader.join(timeout=2)
-        self._sock.close()
-        events_thread = getattr(self, "_events_thread", None)
-        if events_thread is not None and events_thread is not threading.current_thread():
-            events_thread.join(timeout=2)
-        channel = getattr(self, "_channel", None)
-        if channel is not None:
-            channel.close()
+        self._connected.set()   # wake callers waiting for a reconnect: they see closed
+        link = getattr(self, "_link", None)
+        if link is not None:
+            link.close()
 
     @property
     def closed(self) -> bool:
