@@ -197,3 +197,25 @@ def test_oversized_request_is_refused_and_the_broker_keeps_serving(broker_factor
             session.export(4096, labels={"big": "x" * 100_000})
         assert raised.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert session.export(4096).id > 0
+
+
+def test_unclaimed_fds_beyond_the_pending_limit_are_refused_naming_it(broker_factory):
+    broker = broker_factory("--max-pending-fds", "4")
+    fds = [os.memfd_create(f"pending{i}", os.MFD_ALLOW_SEALING) for i in range(5)]
+    with RawClient(broker.socket_dir) as raw:
+        raw.send_fds("first", fds[:3])
+        raw.send_fds("second", fds[3:])   # 5 > 4 unclaimed
+        notice = raw.receive().message.notice
+        assert notice.nonce == "second" and notice.code == "RESOURCE_EXHAUSTED"
+        assert "at most 4 fds" in notice.message and "max_pending_fds" in notice.message
+    for fd in fds:
+        os.close(fd)
+
+
+def test_start_raises_the_fd_soft_limit_to_the_hard_limit_and_reports_it(broker_factory):
+    from pathlib import Path
+
+    broker = broker_factory(prefix=("prlimit", "--nofile=256:4096", "--"))
+    assert "fd limit 4096" in broker.log()
+    limits = Path(f"/proc/{broker.pid}/limits").read_text()
+    assert any(line.startswith("Max open files") and line.split()[3:5] == ["4096", "4096"] for line in limits.splitlines())
