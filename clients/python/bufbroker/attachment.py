@@ -211,8 +211,7 @@ class Attachment:
         if self.detached:
             return
         self.detached = True
-        if self.mapping is not None:
-            self.mapping._release()
+        self._drop_mappings(tell_broker=False)   # Detach drops them at the broker
         try:
             self.session.call("Detach", pb.DetachRequest(attachment_id=self.id))
         except NotFound:
