@@ -17,6 +17,7 @@ import signal
 import socket
 from contextlib import AsyncExitStack, ExitStack
 from pathlib import Path
+from typing import Optional
 
 import grpc
 from bufbroker.v1 import broker_pb2 as pb
@@ -26,8 +27,9 @@ from grpc_health.v1.health import SERVICE_NAME as HEALTH_SERVICE
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from broker import __version__, mapping_types
+from broker import __version__, capabilities, mapping_types
 from broker.api.fd_channel import FdChannelServer, Limits
+from broker.api.grpc_metrics import RpcTimingInterceptor, RpcTimings
 from broker.api.grpc_service import BrokerService
 from broker.core.registry import Registry, SessionLimits
 from broker.fd_ledger import FdLedger
@@ -127,6 +129,8 @@ async def serve(settings: BrokerSettings) -> None:
                 max_attachments=settings.max_attachments_per_session,
                 max_mappings=settings.max_mappings_per_session,
             ),
+            converters=mapping_types.load_converters(),
+            sysfs_root=str(settings.sysfs_root),
         )
         fd_path, grpc_path = socket_dir / FD_SOCKET, socket_dir / GRPC_SOCKET
         channels = FdChannelServer(str(fd_path), registry, ledger, limits, __version__)
@@ -134,8 +138,10 @@ async def serve(settings: BrokerSettings) -> None:
         channels.on_session_end = service.session_ended
         readiness = Readiness()
 
+        rpc_timings = RpcTimings()
         server = grpc.aio.server(
-            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", settings.max_request_bytes)]
+            interceptors=[RpcTimingInterceptor(rpc_timings)],
+            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", settings.max_request_bytes)],
         )
         pb_grpc.add_BrokerServicer_to_server(service, server)
         health = health_aio.HealthServicer()
@@ -154,7 +160,7 @@ async def serve(settings: BrokerSettings) -> None:
         stack.callback(channels.stop)
 
         if settings.http_address is not None:
-            await start_http(settings, readiness, registry, ledger, stack)
+            await start_http(settings, readiness, registry, ledger, stack, channels=channels, rpc_timings=rpc_timings)
 
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
@@ -173,6 +179,9 @@ async def serve(settings: BrokerSettings) -> None:
             ", ".join(types),
             fd_limit,
         )
+        # What this host's kernel supports (udmabuf, dma-heaps, ...); `bufbroker doctor` says what to do.
+        host = capabilities.probe_host(capabilities.HostPaths(sysfs=str(settings.sysfs_root)))
+        log.info("host capabilities: %s", capabilities.summary(host))
         await stop.wait()
         log.info("stopping: signal received; draining for up to %s s", settings.drain_timeout)
         readiness.draining = True
@@ -201,19 +210,34 @@ async def drain(registry: Registry, channels: FdChannelServer, timeout: float) -
 
 
 async def start_http(
-    settings: BrokerSettings, readiness: Readiness, registry: Registry, ledger: FdLedger, stack: AsyncExitStack
+    settings: BrokerSettings,
+    readiness: Readiness,
+    registry: Registry,
+    ledger: FdLedger,
+    stack: AsyncExitStack,
+    channels: Optional[FdChannelServer] = None,
+    rpc_timings: Optional[RpcTimings] = None,
 ) -> None:
     """Serve the HTTP app in this loop until the stack unwinds."""
     # Imported here: FastAPI and uvicorn cost start-up time a broker run
     # with --http none should not pay.
     import uvicorn
 
-    from broker.api.http_app import EmbeddedServer, create_app
+    from broker.activity import ActivityCounters
+    from broker.api.http_app import BrokerView, EmbeddedServer, create_app
+    from broker.api.sse import EventHub
     from broker.metrics import make_metrics_registry
 
     host, port = settings.http_address
-    app = create_app(readiness, make_metrics_registry(registry, ledger), __version__)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", access_log=False)
+    admin_token = read_admin_token(settings.admin_token_file) if settings.admin_token_file is not None else None
+    activity = ActivityCounters(registry)
+    events = EventHub(registry, queue_limit=settings.http_event_queue)
+    metrics = make_metrics_registry(registry, ledger, activity, rpc_timings, events, __version__)
+    view = BrokerView(registry, ledger, activity, events, channels=channels, admin_token=admin_token, version=__version__)
+    app = create_app(readiness, metrics, __version__, view)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", lifespan="off", access_log=False, timeout_graceful_shutdown=3
+    )
     server = EmbeddedServer(config)
     try:
         sockets = [config.bind_socket()]
@@ -225,12 +249,33 @@ async def start_http(
     task = asyncio.create_task(server.serve(sockets=sockets), name="bufbroker-http")
 
     async def stop_http() -> None:
+        events.close()   # end the event streams, or uvicorn waits for them
         server.should_exit = True
         await task
 
     stack.push_async_callback(stop_http)
     while not server.started and not task.done():
         await asyncio.sleep(0.01)
+    if admin_token is not None:
+        log.info("HTTP admin endpoints are on (token from %s)", settings.admin_token_file)
+
+
+def read_admin_token(path: Path) -> str:
+    """The bearer token for the HTTP admin endpoints: the file's content, stripped."""
+    try:
+        token = path.read_text().strip()
+        mode = path.stat().st_mode
+    except (OSError, UnicodeDecodeError) as error:
+        why = getattr(error, "strerror", None) or str(error)
+        raise StartupError(f"cannot read the admin token file {path}: {why}; give a readable file with --admin-token-file")
+    if len(token) < 16 or any(c.isspace() for c in token):
+        raise StartupError(
+            f"the admin token file {path} must hold one token of at least 16 characters without spaces "
+            "(e.g. made with `python3 -c 'import secrets; print(secrets.token_hex(32))'`)"
+        )
+    if mode & 0o004:
+        log.warning("the admin token file %s is readable by every user; chmod 600 it", path)
+    return token
 
 
 def _unlink(path: Path) -> None:

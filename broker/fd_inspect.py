@@ -1,9 +1,13 @@
-"""Check that an fd a client sent is a memfd the broker can share safely.
+"""Check that an fd a client sent is one the broker can share safely.
 
-A buffer's fds must be memfds (anonymous shared memory with sealing), at
-least as large as declared. The broker then seals them against shrinking
-and growing, so no importer can get SIGBUS from an exporter that truncates
-the file under its mmap.
+A buffer's fds are memfds (anonymous shared memory with sealing), at least
+as large as declared; the broker then seals them against shrinking and
+growing, so no importer can get SIGBUS from an exporter that truncates the
+file under its mmap. A buffer offered as ``dmabuf`` is instead one kernel
+dma-buf fd, recognised by its /proc/self/fdinfo (``exp_name``, ``size``);
+a dma-buf's size is fixed for its life, so there is nothing to seal.
+Which kind a registration needs follows from its offers
+(:func:`broker.mapping_types.offers_fd_kind`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,10 @@ from broker.core.errors import InvalidArgument
 from broker.core.registry import BufferFd
 
 MEMFD_HINT = "create it with os.memfd_create(name, os.MFD_ALLOW_SEALING) (the SDK's export(size=...) does)"
+DMABUF_HINT = (
+    "a dmabuf offer needs a dma-buf fd, from a dma-heap (bufbroker.dmabuf.heap_alloc()) or a device "
+    "driver; offer memfd, segments or udmabuf to share a memfd"
+)
 
 
 def _kind(mode: int, fd: int) -> str:
@@ -95,7 +103,54 @@ def inspect_memfd(fd: int, index: int, min_size: int = 0) -> BufferFd:
                 "do not resize a buffer you register"
             )
     _drop_foreign_write_permission(fd, st.st_mode)
-    return BufferFd(fd=fd, size=st.st_size, writable=writable)
+    seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)   # udmabuf needs to know about F_SEAL_WRITE
+    return BufferFd(fd=fd, size=st.st_size, writable=writable, seals=seals)
+
+
+def read_fdinfo(fd: int) -> dict[str, str]:
+    """The ``key: value`` lines of /proc/self/fdinfo/FD (empty if unreadable)."""
+    try:
+        with open(f"/proc/self/fdinfo/{fd}") as file:
+            lines = file.read().splitlines()
+    except OSError:
+        return {}
+    info = {}
+    for line in lines:
+        key, sep, value = line.partition(":")
+        if sep:
+            info[key.strip()] = value.strip()
+    return info
+
+
+def inspect_dmabuf(fd: int, index: int, min_size: int = 0) -> BufferFd:
+    """Validate fd number ``index`` of a registration as a kernel dma-buf.
+
+    The kernel's fdinfo of a dma-buf names its exporter (``exp_name``, e.g.
+    ``system`` for the system dma-heap, ``udmabuf``) and its ``size``.
+    Raises InvalidArgument naming the problem; the caller still owns the fd.
+    """
+    where = f"fd {index} of the buffer"
+    st = os.fstat(fd)
+    info = read_fdinfo(fd)
+    if "exp_name" not in info or not info.get("size", "").isdigit():
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            target = ""
+        kind = "a memfd" if target.startswith("/memfd:") else _kind(st.st_mode, fd)
+        raise InvalidArgument(f"{where} is {kind}, not a dma-buf; {DMABUF_HINT}")
+    size = int(info["size"])
+    if size < min_size:
+        raise InvalidArgument(f"{where} is a dma-buf of {size} bytes, smaller than the declared size {min_size}")
+    writable = (fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE) == os.O_RDWR
+    return BufferFd(fd=fd, size=size, writable=writable, kind="dmabuf", exp_name=info["exp_name"])
+
+
+def inspect_fd(fd: int, index: int, kind: str, min_size: int = 0) -> BufferFd:
+    """Validate a registration's fd as ``kind`` ("memfd" or "dmabuf")."""
+    if kind == "dmabuf":
+        return inspect_dmabuf(fd, index, min_size)
+    return inspect_memfd(fd, index, min_size)
 
 
 def _drop_foreign_write_permission(fd: int, mode: int) -> None:

@@ -7,10 +7,15 @@ session tokens or memory contents.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional, Sequence
+
 from bufbroker.v1 import broker_pb2 as pb
+from bufbroker.v1 import mapping_types_pb2 as mpb
 
 from broker import mapping_types
 from broker.api.grpc_errors import trace_to_wire
+from broker.core.errors import BrokerError, InvalidArgument, NotFound
 from broker.core.registry import ACTIVE, EXIT_KEEP, Attachment, Buffer, Registry, Session
 
 
@@ -104,3 +109,126 @@ def buffer_info(buffer: Buffer) -> pb.BufferInfo:
     if buffer.layout is not None:
         info.layout.CopyFrom(buffer.layout)
     return info
+
+
+# --- explain and trace matrices (HTTP, CLI) -----------------------------------
+
+NOT_EXAMINED = "not-examined"
+
+
+@dataclass(frozen=True)
+class TraceMatrix:
+    """A negotiation trace laid out as offers (rows) × matches (columns).
+
+    ``cells[i][j]`` is ``(verdict, reason, converter)`` for offer i and
+    match j: the last step for that pair, since a converter is tried on a
+    pair after its direct try failed. Pairs negotiation never reached (it
+    stops at the first match) are ``not-examined``. ``chosen`` is the
+    matched (offer, match), if any.
+    """
+
+    offers: tuple[str, ...]
+    matches: tuple[str, ...]
+    cells: tuple[tuple[tuple[str, str, str], ...], ...]
+    chosen: Optional[tuple[int, int]]
+
+
+def trace_matrix(offers: Sequence[str], matches: Sequence[str], trace: Iterable[Any]) -> TraceMatrix:
+    """Lay ``trace`` (TraceStep-like objects) out over the offers and matches.
+
+    The trace names the type of each pair it examined, so rows or columns
+    missing from ``offers`` / ``matches`` (an attachment does not keep its
+    importer's accept list) are filled in from it.
+    """
+    steps = list(trace)
+    rows = list(offers)
+    columns = list(matches)
+    for step in steps:
+        while len(rows) <= step.offer_index:
+            rows.append("?")
+        while len(columns) <= step.match_index:
+            columns.append("?")
+        if rows[step.offer_index] == "?":
+            rows[step.offer_index] = step.offer_type
+        if columns[step.match_index] == "?":
+            columns[step.match_index] = step.match_type
+    cells = [[(NOT_EXAMINED, "", "") for _ in columns] for _ in rows]
+    chosen = None
+    for step in steps:
+        cells[step.offer_index][step.match_index] = (step.verdict, step.reason, getattr(step, "converter", ""))
+        if step.verdict == "matched":
+            chosen = (step.offer_index, step.match_index)
+    return TraceMatrix(tuple(rows), tuple(columns), tuple(tuple(row) for row in cells), chosen)
+
+
+def _spec_by_name(container: Any, name: str, message_attr: str, access_field: str, access: int) -> Any:
+    """Fill one Offer or Match oneof for a type given by name, with its access."""
+    arms = {f.name for f in container.DESCRIPTOR.oneofs_by_name["kind"].fields} - {"plugin"}
+    if name in arms:
+        message = getattr(container, name)
+        message.SetInParent()
+        if access and access_field in message.DESCRIPTOR.fields_by_name:
+            setattr(message, access_field, access)
+        return container
+    container.plugin.type_name = name
+    mapping_type = mapping_types.MAPPING_TYPES.get(name)
+    if mapping_type is not None:   # unknown names are left for the broker to refuse, with its list
+        message = getattr(mapping_type, message_attr)()
+        if access and access_field in message.DESCRIPTOR.fields_by_name:
+            setattr(message, access_field, access)
+        container.plugin.body.Pack(message)
+    return container
+
+
+def offers_by_name(names: Sequence[str]) -> list[mpb.Offer]:
+    """Offers from ``TYPE`` or ``TYPE:read`` / ``TYPE:read_write`` (the most an importer gets)."""
+    offers = []
+    for entry in names:
+        name, _, access = entry.partition(":")
+        offers.append(_spec_by_name(mpb.Offer(), name.strip(), "offer_message", "max_access", access_by_name(access)))
+    return offers
+
+
+def accept_by_name(names: Sequence[str], access: int) -> list[mpb.Match]:
+    """An accept list from type names, each asking for ``access``."""
+    return [_spec_by_name(mpb.Match(), name.strip(), "match_message", "access", access) for name in names]
+
+
+def access_by_name(name: str) -> int:
+    values = {"": mpb.ACCESS_UNSPECIFIED, "read": mpb.ACCESS_READ, "read_write": mpb.ACCESS_READ_WRITE}
+    if name not in values:
+        raise InvalidArgument(f"access {name!r} is not one of read, read_write")
+    return values[name]
+
+
+# What a dry run against a bare offers list may assume about the buffer.
+EXPLAIN_MAX_SIZE = 1 << 46
+
+
+def explain(
+    registry: Registry,
+    session: Session,
+    accept: Sequence[mpb.Match],
+    access: int,
+    buffer: Optional[Buffer] = None,
+    offers: Sequence[mpb.Offer] = (),
+) -> pb.ExplainResponse:
+    """Negotiate without attaching, against ``buffer`` or a bare ``offers`` list.
+
+    Returns the chosen type (empty when nothing matched), the full trace and,
+    when an attach would fail, why. Raises NotFound or InvalidArgument for
+    bad input (an unknown type, a bad access value), as Attach would.
+    """
+    specs, _ = mapping_types.accept_from_wire(accept, access)
+    try:
+        if buffer is None:
+            negotiation = registry.explain_offers(
+                session, mapping_types.offers_from_wire(offers, (EXPLAIN_MAX_SIZE,), EXPLAIN_MAX_SIZE), specs
+            )
+        else:
+            negotiation = registry.explain(session, buffer, specs)
+    except (NotFound, InvalidArgument):
+        raise
+    except BrokerError as error:
+        return pb.ExplainResponse(trace=trace_to_wire(getattr(error, "trace", ())), error=error.message)
+    return pb.ExplainResponse(map_type=negotiation.map_type.name, trace=trace_to_wire(negotiation.trace))

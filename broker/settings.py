@@ -51,6 +51,9 @@ class BrokerSettings(BaseSettings):
         None, description="file holding the bearer token that turns on the HTTP admin endpoints (revoke, end session)"
     )
     http_event_queue: int = Field(1024, gt=0, description="per /v1/events client: events queued before a slow client is dropped")
+    sysfs_root: Path = Field(
+        Path("/sys"), description="where sysfs is: the PCI topology for dmabuf p2p reachability, udmabuf's limits"
+    )
 
     @field_validator("log_level")
     @classmethod

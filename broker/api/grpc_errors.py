@@ -34,6 +34,7 @@ def trace_to_wire(trace: Any) -> list[pb.TraceStep]:
             match_type=s.match_type,
             verdict=s.verdict,
             reason=s.reason,
+            converter=getattr(s, "converter", ""),
         )
         for s in trace
     ]

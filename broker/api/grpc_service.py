@@ -43,7 +43,7 @@ from broker.core.registry import (
     RevokedEvent,
     Session,
 )
-from broker.fd_inspect import inspect_memfd
+from broker.fd_inspect import inspect_fd
 from broker.fd_ledger import FdLedger
 from broker.introspection import buffer_info, list_attachments, list_mapping_types, list_sessions
 
@@ -126,7 +126,8 @@ class BrokerService(pb_grpc.BrokerServicer):
         with ExitStack() as unwind:
             # Until the registry owns them, these fds are ours to close.
             unwind.callback(self.ledger.close_all, fds)
-            infos = [inspect_memfd(fd, i) for i, fd in enumerate(fds)]
+            kind = mapping_types.offers_fd_kind(request.offers)   # memfd, or dmabuf for dmabuf offers
+            infos = [inspect_fd(fd, i, kind) for i, fd in enumerate(fds)]
             check_registration(request, infos[0].size)
             sizes = tuple(info.size for info in infos)
             offers = mapping_types.offers_from_wire(request.offers, sizes, request.size)
@@ -156,10 +157,10 @@ class BrokerService(pb_grpc.BrokerServicer):
         fds = await self.channels.take_fds(session, request.nonce)
         with ExitStack() as unwind:
             unwind.callback(self.ledger.close_all, fds)
-            infos = [inspect_memfd(fd, i) for i, fd in enumerate(fds)]
+            wire_offers = list(request.offers) or list(buffer.wire_offers)
+            infos = [inspect_fd(fd, i, mapping_types.offers_fd_kind(wire_offers)) for i, fd in enumerate(fds)]
             check_size(request.size, infos[0].size)
             sizes = tuple(info.size for info in infos)
-            wire_offers = list(request.offers) or list(buffer.wire_offers)
             offers = mapping_types.offers_from_wire(wire_offers, sizes, request.size)
             waiting = self.registry.move_notify(buffer, request.reason or "moved by its exporter")
             buffer.moving = asyncio.Event()
@@ -360,8 +361,8 @@ def check_size(size: int, fd0_size: int) -> None:
         raise InvalidArgument(f"size {size} is not usable: give the buffer's size in bytes, 1 to {MAX_SIZE}")
     if fd0_size < size:
         raise InvalidArgument(
-            f"fd 0 of the buffer is a memfd of {fd0_size} bytes, smaller than the declared size "
-            f"{size}; ftruncate it to the size you register"
+            f"fd 0 of the buffer has {fd0_size} bytes, fewer than the declared size {size}; "
+            "ftruncate a memfd to the size you register (a dma-buf's size is fixed: register at most that)"
         )
 
 

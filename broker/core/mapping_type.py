@@ -47,6 +47,11 @@ class MatchContext:
     fd_sizes: tuple[int, ...]
     fd_writable: tuple[bool, ...]
     exporter_uid: int = -1
+    # The seals of each fd (F_GET_SEALS at registration; 0 for non-memfds).
+    fd_seals: tuple[int, ...] = ()
+    # Where this host's sysfs is (the broker's ``sysfs_root`` setting): the
+    # PCI topology for p2p reachability, udmabuf's module parameters.
+    sysfs_root: str = "/sys"
 
 
 @dataclass
@@ -56,11 +61,15 @@ class MapResult:
     ``fds`` are sent in order. ``temporary`` lists the fds among them that
     ``map`` opened for this mapping alone; the caller closes them once they
     are sent (the kernel has then duplicated them into the message).
+    ``retained`` lists fds ``map`` opened that the buffer keeps for later
+    maps (udmabuf's one dma-buf per buffer); the registry adopts them into
+    its ledger and closes them when the type's ``release`` hands them back.
     """
 
     handle: Any
     fds: list[int]
     temporary: list[int] = field(default_factory=list)
+    retained: list[int] = field(default_factory=list)
 
 
 @runtime_checkable
@@ -78,6 +87,17 @@ class MappingType(Protocol):
     - ``map`` / ``unmap``: the broker, on Map and Unmap (and Unmap for every
       mapping when an attachment goes away). Every map is unmapped.
     - ``describe``: introspection; one line about the type.
+
+    Optional members (looked up with getattr):
+
+    - ``fd_kind``: the kind of fd a buffer offering this type must be
+      registered with, ``"memfd"`` (the default) or ``"dmabuf"``; the
+      broker validates the exporter's fds accordingly (broker/fd_inspect.py).
+    - ``host_support() -> (bool, reason)``: introspection and ``bufbroker
+      doctor``; whether this host can serve the type and, if not, why.
+    - ``release(buffer) -> list[int]``: the registry, when the buffer is
+      revoked or moved; drop what ``map`` kept in ``buffer.type_state[type]``
+      and return the fds to close (the registry closes them in its ledger).
     """
 
     name: str
@@ -99,6 +119,40 @@ class MappingType(Protocol):
     def unmap(self, buffer: "Buffer", attachment: "Attachment") -> None: ...
 
     def describe(self) -> str: ...
+
+
+@runtime_checkable
+class Converter(Protocol):
+    """A way to hand out an offer of type ``source`` as type ``target``.
+
+    The broker tries converters only after every direct (offer, match) pair
+    failed (DESIGN.md section 3), so the exporter's own offers always win.
+    Who calls what:
+
+    - ``match``: :func:`broker.core.negotiate.negotiate`, for an offer of
+      ``source`` and a match of ``target``; same contract as a type's match
+      (Matched, SoftMismatch with the reason, or raise to abort).
+    - ``finish``: negotiate, once, on the matched pair: the map parameters.
+    - ``map`` / ``unmap``: the registry, for attachments this converter
+      produced (``Attachment.converter``), instead of the target type's.
+
+    ``copies`` is True when a map copies the bytes; such converters are
+    tried after every zero-copy one. ``name`` is what traces show, e.g.
+    ``segments->udmabuf``.
+    """
+
+    name: str
+    source: MappingType
+    target: MappingType
+    copies: bool
+
+    def match(self, offer: Any, match: Any, ctx: MatchContext) -> MatchResult: ...
+
+    def finish(self, offer: Any, match: Any, ctx: MatchContext) -> Any: ...
+
+    def map(self, buffer: "Buffer", attachment: "Attachment") -> MapResult: ...
+
+    def unmap(self, buffer: "Buffer", attachment: "Attachment") -> None: ...
 
 
 REQUIRED_METHODS = ("check_offer", "check_match", "match", "finish", "map", "unmap", "describe")

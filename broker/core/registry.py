@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from broker.core.errors import (
     BrokerError,
@@ -21,7 +21,7 @@ from broker.core.errors import (
     PermissionDenied,
     ResourceExhausted,
 )
-from broker.core.mapping_type import MapResult, MappingType, MatchContext
+from broker.core.mapping_type import Converter, MapResult, MappingType, MatchContext
 from broker.core.negotiate import Negotiation, Spec, TraceStep, negotiate
 from broker.core.principals import SAME_UID, describe_peer, principal_allowed
 from broker.fd_ledger import FdLedger
@@ -53,6 +53,9 @@ class BufferFd:
     fd: int
     size: int
     writable: bool
+    kind: str = "memfd"   # or "dmabuf" (broker/fd_inspect.py)
+    seals: int = 0        # a memfd's F_GET_SEALS once the broker sealed it
+    exp_name: str = ""    # a dma-buf's exporter, from its fdinfo
 
 
 @dataclass
@@ -75,6 +78,10 @@ class Buffer:
     exporter_gone: bool = False
     generation: int = 1
     moving: Any = None   # set by the service while a move waits for unmaps
+    # What a mapping type's map keeps for this buffer across maps (udmabuf:
+    # its dma-buf), keyed by the type; handed back by the type's release()
+    # when the buffer is revoked or moved.
+    type_state: dict = field(default_factory=dict)
 
     @property
     def fd_sizes(self) -> tuple[int, ...]:
@@ -97,6 +104,7 @@ class Attachment:
     trace: tuple[TraceStep, ...]
     pinned: bool
     match: Optional[Spec] = None   # the accept entry that matched, for moves
+    converter: Optional[Converter] = None   # set when a converter produced map_type; it maps
     mappings: dict[int, "Mapping"] = field(default_factory=dict)
     non_compliant: bool = False
     invalid: str = ""   # why the attachment can no longer map, if it cannot
@@ -180,9 +188,18 @@ def _check_limit(held: int, limit: int, what: str, setting: str) -> None:
 class Registry:
     """The broker's state. Every method runs on the event loop."""
 
-    def __init__(self, ledger: FdLedger, notify: Optional[Notify] = None, limits: SessionLimits = SessionLimits()) -> None:
+    def __init__(
+        self,
+        ledger: FdLedger,
+        notify: Optional[Notify] = None,
+        limits: SessionLimits = SessionLimits(),
+        converters: Sequence[Converter] = (),
+        sysfs_root: str = "/sys",
+    ) -> None:
         self.ledger = ledger
         self.limits = limits
+        self.converters = tuple(converters)   # tried by negotiate() after every direct pair
+        self.sysfs_root = sysfs_root
         self.notify: Notify = notify or (lambda session, event: None)
         self.sessions: dict[int, Session] = {}
         self.sessions_by_token: dict[str, Session] = {}
@@ -314,6 +331,7 @@ class Registry:
         if buffer.state == REVOKED:
             return
         buffer.state = REVOKED
+        self._release_type_state(buffer)
         self.ledger.close_all([f.fd for f in buffer.fds])
         buffer.fds = []
         self._emit("revoked", session_id=buffer.exporter.id, buffer_id=buffer.id, detail={"reason": reason})
@@ -377,15 +395,25 @@ class Registry:
                 AttachmentInvalidatedEvent(attachment.id, "it did not unmap before the move deadline; map again"),
             )
         old = [f.fd for f in buffer.fds]
+        self._release_type_state(buffer)   # e.g. the udmabuf built from the old memfds
         buffer.fds, buffer.size, buffer.offers = fds, size, offers
         if layout is not None:
             buffer.layout = layout
         buffer.generation += 1
         self.ledger.close_all(old)
         for attachment in buffer.attachments.values():
-            same_type = [o for o in offers if o.type is attachment.map_type]
+            # The attachment keeps its type and how it got it: directly, or
+            # through the same converter.
+            converter = attachment.converter
+            source = converter.source if converter is not None else attachment.map_type
+            same_type = [o for o in offers if o.type is source]
             try:
-                again = negotiate(same_type, [attachment.match], self.match_context(attachment.session, buffer))
+                again = negotiate(
+                    same_type,
+                    [attachment.match],
+                    self.match_context(attachment.session, buffer),
+                    (converter,) if converter is not None else (),
+                )
                 attachment.map_params, attachment.invalid = again.map_params, ""
             except BrokerError as error:
                 attachment.invalid = f"after the move the buffer no longer offers it {attachment.map_type.name} ({error.message})"
@@ -398,6 +426,17 @@ class Registry:
         )
         return late
 
+    def _release_type_state(self, buffer: Buffer) -> None:
+        """Close what mapping types kept for the buffer across maps (its udmabuf).
+
+        Called on revoke and on move: a kept dma-buf pins the old pages, so
+        it must not outlive the backing it was built from. Importers keep
+        the copies they were sent.
+        """
+        for mapping_type in list(buffer.type_state):
+            self.ledger.close_all(mapping_type.release(buffer))
+        buffer.type_state.clear()
+
     # --- attachments ----------------------------------------------------------
 
     def match_context(self, session: Session, buffer: Buffer) -> MatchContext:
@@ -408,12 +447,14 @@ class Registry:
             fd_sizes=buffer.fd_sizes,
             fd_writable=tuple(f.writable for f in buffer.fds),
             exporter_uid=buffer.exporter.uid,
+            fd_seals=tuple(f.seals for f in buffer.fds),
+            sysfs_root=self.sysfs_root,
         )
 
     def explain_offers(self, session: Session, offers: list[Spec], accept: list[Spec]) -> Negotiation:
         """A pure dry run against an offers list, with no buffer behind it."""
-        ctx = MatchContext(session.uid, session.gid, 0, (0,), (True,))
-        return negotiate(offers, accept, ctx)
+        ctx = MatchContext(session.uid, session.gid, 0, (0,), (True,), sysfs_root=self.sysfs_root)
+        return negotiate(offers, accept, ctx, self.converters)
 
     def explain(self, session: Session, buffer: Buffer, accept: list[Spec], dry_run: bool = True) -> Negotiation:
         """Negotiate without attaching (a dry run); raises as attach would."""
@@ -426,7 +467,7 @@ class Registry:
             )
         facts = {"session_id": session.id, "buffer_id": buffer.id}
         try:
-            negotiation = negotiate(buffer.offers, accept, self.match_context(session, buffer))
+            negotiation = negotiate(buffer.offers, accept, self.match_context(session, buffer), self.converters)
         except NoCommonMappingType:
             self._emit("negotiated", **facts, detail={"result": "no-common-type", "map_type": "", "dry_run": dry_run})
             raise
@@ -451,6 +492,7 @@ class Registry:
             negotiation.trace,
             pinned,
             match=accept[negotiation.match_index],
+            converter=negotiation.converter,
         )
         self.attachments[attachment.id] = attachment
         buffer.attachments[attachment.id] = attachment
@@ -505,8 +547,9 @@ class Registry:
             raise FailedPrecondition(f"attachment {attachment.id} was invalidated: {attachment.invalid}; attach again")
         mappings = sum(len(a.mappings) for a in attachment.session.attachments.values())
         _check_limit(mappings, self.limits.max_mappings, "mappings", "max_mappings_per_session")
-        result = attachment.map_type.map(buffer, attachment)
-        for fd in result.temporary:
+        mapper = attachment.converter or attachment.map_type   # a converted attachment maps through its converter
+        result = mapper.map(buffer, attachment)
+        for fd in result.temporary + result.retained:
             self.ledger.adopt_opened(fd)
         mapping = Mapping(self._next_id(), attachment, len(result.fds))
         self.mappings[mapping.id] = mapping
@@ -531,7 +574,7 @@ class Registry:
 
     def unmap(self, mapping: Mapping) -> None:
         attachment = mapping.attachment
-        attachment.map_type.unmap(attachment.buffer, attachment)
+        (attachment.converter or attachment.map_type).unmap(attachment.buffer, attachment)
         self.mappings.pop(mapping.id, None)
         attachment.mappings.pop(mapping.id, None)
         self._emit(

@@ -20,7 +20,7 @@ from typing import Any
 from bufbroker.v1 import mapping_types_pb2 as pb
 
 from broker.core.errors import InvalidArgument
-from broker.core.mapping_type import MappingType, check_mapping_type
+from broker.core.mapping_type import Converter, MappingType, check_mapping_type
 from broker.core.negotiate import Spec
 from broker.core.principals import parse_principals
 
@@ -48,11 +48,15 @@ def register_mapping_type(mapping_type: Any) -> MappingType:
 
 def load_mapping_types() -> dict[str, MappingType]:
     """Register the built-ins and every installed entry point (idempotent)."""
+    from broker.mapping_types.dmabuf import DMABUF
     from broker.mapping_types.memfd import MEMFD
     from broker.mapping_types.segments import SEGMENTS
+    from broker.mapping_types.udmabuf import UDMABUF
 
     register_mapping_type(MEMFD)
     register_mapping_type(SEGMENTS)
+    register_mapping_type(UDMABUF)
+    register_mapping_type(DMABUF)
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         try:
             loaded = entry.load()
@@ -62,6 +66,35 @@ def load_mapping_types() -> dict[str, MappingType]:
             ) from error
         register_mapping_type(loaded)
     return MAPPING_TYPES
+
+
+def load_converters() -> tuple[Converter, ...]:
+    """The built-in converters (memfd/segments -> udmabuf, segments -> memfd), in trial order."""
+    from broker.mapping_types.converters import CONVERTERS
+
+    return CONVERTERS
+
+
+def offers_fd_kind(offers: Any) -> str:
+    """The kind of fd (``memfd`` or ``dmabuf``) a buffer with these wire offers needs.
+
+    Each type says which it takes (``fd_kind``, default memfd); empty
+    offers mean memfd. Offers of different kinds cannot share one buffer.
+    Unknown or empty arms are left for :func:`offers_from_wire` to refuse.
+    """
+    kinds: dict[str, list[str]] = {}
+    for wire in offers:
+        arm = wire.WhichOneof("kind")
+        name = wire.plugin.type_name if arm == "plugin" else arm
+        mapping_type = MAPPING_TYPES.get(name or "")
+        if mapping_type is not None:
+            kinds.setdefault(getattr(mapping_type, "fd_kind", "memfd"), []).append(name)
+    if len(kinds) > 1:
+        described = "; ".join(f"{', '.join(names)} take a {kind} fd" for kind, names in sorted(kinds.items()))
+        raise InvalidArgument(
+            f"these offers need different kinds of fd ({described}); register one buffer per kind of fd"
+        )
+    return next(iter(kinds), "memfd")
 
 
 def compat_type() -> MappingType:

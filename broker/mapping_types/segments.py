@@ -11,11 +11,11 @@ from typing import Any, Sequence
 
 from bufbroker.v1 import mapping_types_pb2 as pb
 
-from broker.core.errors import InvalidArgument
 from broker.core.mapping_type import MapResult, MatchContext, MatchResult, SoftMismatch
 from broker.mapping_types import _access
+from broker.mapping_types._extents import MAX_EXTENTS, normalise_extents
 
-MAX_EXTENTS = 4096
+__all__ = ["MAX_EXTENTS", "SEGMENTS", "SegmentsType"]
 
 
 class SegmentsType:
@@ -30,31 +30,8 @@ class SegmentsType:
     ) -> pb.SegmentsOffer:
         """Validate the extents; fill the default (each fd whole) when empty."""
         _access.check_access_value(offer.max_access, "segments offer")
-        if len(offer.extents) > MAX_EXTENTS:
-            raise InvalidArgument(
-                f"segments offer has {len(offer.extents)} extents; at most {MAX_EXTENTS} are allowed"
-            )
         normalised = pb.SegmentsOffer(max_access=offer.max_access)
-        if not offer.extents:
-            for index, fd_size in enumerate(fd_sizes):
-                length = size if index == 0 else fd_size
-                normalised.extents.add(fd_index=index, offset=0, length=length)
-            return normalised
-        for n, extent in enumerate(offer.extents):
-            if extent.fd_index >= len(fd_sizes):
-                raise InvalidArgument(
-                    f"segments extent {n} names fd {extent.fd_index}, but only "
-                    f"{len(fd_sizes)} fd(s) were sent with the buffer"
-                )
-            if extent.length == 0:
-                raise InvalidArgument(f"segments extent {n} has length 0; give every extent a length")
-            end = extent.offset + extent.length
-            if end > fd_sizes[extent.fd_index]:
-                raise InvalidArgument(
-                    f"segments extent {n} ends at byte {end}, past the end of fd "
-                    f"{extent.fd_index} ({fd_sizes[extent.fd_index]} bytes)"
-                )
-            normalised.extents.append(extent)
+        normalised.extents.extend(normalise_extents(offer.extents, fd_sizes, size, "segments"))
         return normalised
 
     def check_match(self, match: pb.SegmentsMatch) -> pb.SegmentsMatch:

@@ -4,8 +4,10 @@
 
 Attaches, maps, reads every byte and prints one JSON line: the negotiated
 type, the trace, the bytes read (as text, first 64), their length, whether
-a writable shared mmap of each received fd was refused, and the fds' open
-mode. On a broker error it prints {"error": class name, "message": ...}.
+a writable shared mmap of each received fd was refused, the fds' open
+mode and, for dma-bufs, their exporter's name from fdinfo (a dma-buf is
+read between DMA_BUF_IOCTL_SYNC START and END). On a broker error it
+prints {"error": class name, "message": ...}.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import mmap
 import os
 
 import bufbroker
+import bufbroker.dmabuf
 
 
 def drop_privileges(uid: int) -> None:
@@ -55,7 +58,12 @@ def main() -> None:
                               "trace": [dataclasses.asdict(s) for s in error.trace]}), flush=True)
             return
         with attachment.map() as mapping:
-            data = b"".join(bytes(v) for v in mapping.views())
+            if mapping.is_dmabuf:
+                with mapping.cpu_access() as view:
+                    data = bytes(view)
+            else:
+                data = b"".join(bytes(v) for v in mapping.views())
+            exp_names = [bufbroker.dmabuf.fdinfo(fd).get("exp_name", "") for fd in mapping.fds]
             writable_refused = []
             modes = []
             for fd in mapping.fds:
@@ -74,6 +82,7 @@ def main() -> None:
                 "extents": len(mapping.extents),
                 "writable_mmap_refused": writable_refused,
                 "fd_modes": modes,
+                "exp_names": exp_names,
             }
         attachment.detach()
         print(json.dumps(result), flush=True)

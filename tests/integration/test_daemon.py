@@ -211,7 +211,7 @@ def test_third_party_type_from_an_entry_point_is_negotiated(broker_factory, tmp_
 
     env = _install_plugin(tmp_path / "plugin", "echo_plugin:ECHO")
     broker = broker_factory(env=env)
-    assert "mapping types: memfd, segments, echo" in broker.log()
+    assert "mapping types: memfd, segments, udmabuf, dmabuf, echo" in broker.log()
     with broker.connect() as exp, broker.connect() as imp:
         key = wrappers_pb2.StringValue(value="k1")
         buffer = exp.export(4096, offers=[bufbroker.Plugin("echo", key), "memfd"])

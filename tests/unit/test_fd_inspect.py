@@ -10,7 +10,7 @@ import socket
 import pytest
 
 from broker.core.errors import InvalidArgument
-from broker.fd_inspect import inspect_memfd
+from broker.fd_inspect import inspect_fd, inspect_memfd
 
 SIZE = 8192
 
@@ -148,3 +148,37 @@ def test_an_accepted_memfd_is_writable_by_its_owner_only(opened):
     assert stat.S_IMODE(os.fstat(fd).st_mode) & 0o022   # a memfd starts 0777
     inspect_memfd(fd, 0, SIZE)
     assert stat.S_IMODE(os.fstat(fd).st_mode) & 0o022 == 0
+
+
+# --- dma-bufs (buffers offered as dmabuf) ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make, kind",
+    [(a_pipe, "a pipe"), (a_regular_file, "a regular file"), (dev_null, "/dev/null")],
+    ids=["pipe", "regular-file", "dev-null"],
+)
+def test_an_fd_that_is_not_a_dma_buf_is_refused_for_dmabuf_offers(make, kind, opened, tmp_path):
+    fd = make(opened, tmp_path)
+    with pytest.raises(InvalidArgument) as raised:
+        inspect_fd(fd, 0, "dmabuf")
+    assert kind in raised.value.message and "not a dma-buf" in raised.value.message
+    assert "bufbroker.dmabuf.heap_alloc()" in raised.value.message
+    os.fstat(fd)  # still the caller's
+
+
+def test_a_memfd_is_refused_for_dmabuf_offers_naming_the_types_that_take_one(opened):
+    with pytest.raises(InvalidArgument, match="is a memfd, not a dma-buf.*offer memfd, segments or udmabuf"):
+        inspect_fd(memfd(opened), 0, "dmabuf")
+
+
+def test_memfd_kind_keeps_every_memfd_check(opened):
+    fd = memfd(opened, flags=0)
+    with pytest.raises(InvalidArgument, match="without sealing support"):
+        inspect_fd(fd, 0, "memfd")
+
+
+def test_an_accepted_memfd_records_its_seals(opened):
+    buffer_fd = inspect_fd(memfd(opened), 0, "memfd")
+    assert buffer_fd.kind == "memfd"
+    assert buffer_fd.seals & (fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW) == fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW

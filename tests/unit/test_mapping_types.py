@@ -263,3 +263,30 @@ def test_memfd_read_attachment_cannot_gain_write_access_from_another_uid(memfd_b
     finally:
         for fd in result.temporary:
             os.close(fd)
+
+
+# --- which kind of fd a registration needs -----------------------------------------------
+
+
+def test_offers_say_which_kind_of_fd_the_buffer_needs(registry):
+    from broker.mapping_types import offers_fd_kind
+
+    assert offers_fd_kind([]) == "memfd"
+    assert offers_fd_kind([pb.Offer(udmabuf=pb.UdmabufOffer()), pb.Offer(segments=pb.SegmentsOffer())]) == "memfd"
+    assert offers_fd_kind([pb.Offer(dmabuf=pb.DmabufOffer())]) == "dmabuf"
+
+
+def test_offers_needing_different_kinds_of_fd_are_invalid(registry):
+    from broker.mapping_types import offers_fd_kind
+
+    with pytest.raises(InvalidArgument, match="dmabuf take a dmabuf fd; memfd take a memfd fd"):
+        offers_fd_kind([pb.Offer(memfd=pb.MemfdOffer()), pb.Offer(dmabuf=pb.DmabufOffer())])
+
+
+def test_load_mapping_types_registers_udmabuf_and_dmabuf(registry):
+    from broker.mapping_types.dmabuf import DMABUF
+    from broker.mapping_types.udmabuf import UDMABUF
+
+    assert registry["udmabuf"] is UDMABUF and registry["dmabuf"] is DMABUF
+    for mapping_type in (UDMABUF, DMABUF):
+        check_mapping_type(mapping_type)

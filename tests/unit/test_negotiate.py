@@ -318,3 +318,123 @@ def test_read_write_match_against_a_read_only_exporter_fd_is_an_access_soft_mism
     assert "read-only" in raised.value.trace[0].reason
     result = negotiate(offers, [Spec(MEMFD, pb.MemfdMatch(access=pb.ACCESS_READ))], ctx)
     assert result.map_params == pb.ACCESS_READ
+
+
+# --- converters: tried only after every direct pair --------------------------------
+
+
+class FakeConverter:
+    """Converts offers of ``source`` into matches of ``target``; verdicts as FakeType's."""
+
+    def __init__(self, source: FakeType, target: FakeType, copies: bool = False, soft: str = "") -> None:
+        self.name = f"{source.name}->{target.name}" + ("-copy" if copies else "")
+        self.source, self.target, self.copies, self.soft = source, target, copies, soft
+        self.finished: list[tuple[FakeOffer, FakeMatch]] = []
+
+    def match(self, offer: FakeOffer, match: FakeMatch, ctx: MatchContext):
+        if match.error:
+            raise InvalidArgument(match.error)
+        if self.soft or offer.soft or match.soft:
+            return SoftMismatch(self.soft or offer.soft or match.soft)
+        return Matched()
+
+    def finish(self, offer: FakeOffer, match: FakeMatch, ctx: MatchContext):
+        self.finished.append((offer, match))
+        return ("converted", self.name, offer.tag, match.tag)
+
+    def map(self, buffer, attachment):
+        return MapResult(handle={}, fds=[])
+
+    def unmap(self, buffer, attachment):
+        pass
+
+
+def test_converter_is_tried_only_after_every_direct_pair_failed():
+    a, b = FakeType("a"), FakeType("b")
+    a_to_b = FakeConverter(a, b)
+    # Offer 0 could be converted for match 0, but offer 1 matches directly: direct wins.
+    result = negotiate([offer(a), offer(b)], [match(b)], CTX, converters=[a_to_b])
+    assert (result.offer_index, result.converter) == (1, None)
+    assert [s.converter for s in result.trace] == ["", ""]
+    assert a_to_b.finished == []
+
+
+def test_converted_match_names_the_converter_in_the_trace_and_the_negotiation():
+    a, b = FakeType("a"), FakeType("b")
+    a_to_b = FakeConverter(a, b)
+    result = negotiate([offer(a, "o")], [match(b, "m")], CTX, converters=[a_to_b])
+    assert result.map_type is b
+    assert result.converter is a_to_b
+    assert result.map_params == ("converted", "a->b", "o", "m")
+    direct, converted = result.trace
+    assert (direct.verdict, direct.converter) == (TYPE_DIFFERS, "")
+    assert (converted.offer_type, converted.match_type, converted.verdict) == ("a", "b", MATCHED)
+    assert converted.converter == "a->b"
+    assert converted.reason == "a->b: converted from the exporter's a offer (zero-copy)"
+
+
+def test_zero_copy_converters_are_tried_before_copying_ones_whatever_the_importer_order():
+    a, b, c = FakeType("a"), FakeType("b"), FakeType("c")
+    copy_to_b, zero_copy_to_c = FakeConverter(a, b, copies=True), FakeConverter(a, c)
+    result = negotiate([offer(a)], [match(b), match(c)], CTX, converters=[copy_to_b, zero_copy_to_c])
+    assert result.converter is zero_copy_to_c
+    assert result.match_index == 1
+
+
+def test_importer_order_ranks_zero_copy_conversions_of_the_same_offer():
+    a, b, c = FakeType("a"), FakeType("b"), FakeType("c")
+    to_b, to_c = FakeConverter(a, b), FakeConverter(a, c)
+    result = negotiate([offer(a)], [match(c), match(b)], CTX, converters=[to_b, to_c])
+    assert result.converter is to_c
+
+
+def test_exporter_order_wins_among_conversions():
+    a, b, c = FakeType("a"), FakeType("b"), FakeType("c")
+    a_to_c, b_to_c = FakeConverter(a, c, copies=True), FakeConverter(b, c)
+    result = negotiate([offer(a), offer(b)], [match(c)], CTX, converters=[b_to_c, a_to_c])
+    assert result.converter is a_to_c   # offer 0's copy beats offer 1's zero-copy
+    assert result.offer_index == 0
+
+
+def test_converter_soft_mismatch_continues_with_its_name_in_the_reason():
+    a, b = FakeType("a"), FakeType("b")
+    refuses, accepts = FakeConverter(a, b, soft="udmabuf unavailable: no device"), FakeConverter(a, b, copies=True)
+    result = negotiate([offer(a)], [match(b)], CTX, converters=[refuses, accepts])
+    refused = result.trace[1]
+    assert (refused.verdict, refused.converter) == (SOFT_MISMATCH, "a->b")
+    assert refused.reason == "a->b: udmabuf unavailable: no device"
+    assert result.converter is accepts
+    assert result.trace[2].reason == "a->b-copy: converted from the exporter's a offer (a copy at each map)"
+
+
+def test_converter_error_aborts_the_whole_negotiation():
+    a, b = FakeType("a"), FakeType("b")
+    with pytest.raises(InvalidArgument) as raised:
+        negotiate([offer(a)], [match(b, error="bad"), match(b)], CTX, converters=[FakeConverter(a, b)])
+    assert [(s.verdict, s.converter) for s in raised.value.trace] == [
+        (TYPE_DIFFERS, ""), (TYPE_DIFFERS, ""), (ERROR, "a->b"),
+    ]
+
+
+def test_restricted_offer_stays_restricted_when_converted():
+    a, b = FakeType("a"), FakeType("b")
+    restricted = Spec(a, FakeOffer(), restricted_to=("uid:4242",))
+    with pytest.raises(NoCommonMappingType) as raised:
+        negotiate([restricted], [match(b)], CTX, converters=[FakeConverter(a, b)])
+    step = raised.value.trace[-1]
+    assert (step.verdict, step.converter) == (SOFT_MISMATCH, "a->b")
+    assert "restricted" in step.reason
+
+
+def test_no_common_type_lists_converter_refusals_by_converter_name():
+    a, b = FakeType("a"), FakeType("b")
+    with pytest.raises(NoCommonMappingType) as raised:
+        negotiate([offer(a)], [match(b)], CTX, converters=[FakeConverter(a, b, soft="needs a copy")])
+    assert "a->b: needs a copy" in str(raised.value)
+
+
+def test_converters_for_other_types_are_not_tried():
+    a, b, c = FakeType("a"), FakeType("b"), FakeType("c")
+    with pytest.raises(NoCommonMappingType) as raised:
+        negotiate([offer(a)], [match(b)], CTX, converters=[FakeConverter(c, b), FakeConverter(a, c)])
+    assert [s.verdict for s in raised.value.trace] == [TYPE_DIFFERS]

@@ -27,12 +27,13 @@ from bufbroker.errors import (
     Unavailable,
 )
 from bufbroker.session import Session, connect, default_socket_dir
-from bufbroker.specs import Extent, Memfd, Plugin, Segments
+from bufbroker.specs import Dmabuf, Extent, Memfd, Plugin, Segments, Udmabuf
 from bufbroker.trace import TraceStep, format_trace
 
 __all__ = [
     "Attachment",
     "BrokerError",
+    "Dmabuf",
     "ExportedBuffer",
     "Extent",
     "FailedPrecondition",
@@ -48,6 +49,7 @@ __all__ = [
     "Segments",
     "Session",
     "TraceStep",
+    "Udmabuf",
     "Unauthenticated",
     "Unavailable",
     "connect",

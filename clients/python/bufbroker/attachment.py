@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import mmap
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
-from bufbroker import errors, fdwire
+from bufbroker import dmabuf, errors, fdwire
 from bufbroker.errors import BrokerError, FailedPrecondition, NotFound
 from bufbroker.trace import TraceStep, trace_from_wire
 from bufbroker.v1 import broker_pb2 as pb
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 
 PAGE = mmap.PAGESIZE
 log = logging.getLogger("bufbroker")
+DMABUF_TYPES = ("udmabuf", "dmabuf")   # handles whose one fd is a kernel dma-buf
 
 
 @dataclass(frozen=True)
@@ -197,7 +199,12 @@ class Attachment:
             raise FailedPrecondition(f"buffer revoked: {self.revoked}; attach to a live buffer")
         if self.detached:
             raise ValueError(f"attachment {self.id} is detached; attach again")
-        response = self.session.call("Map", pb.MapRequest(attachment_id=self.id))
+        try:
+            response = self.session.call("Map", pb.MapRequest(attachment_id=self.id))
+        except NotFound:
+            if self.revoked:   # the SDK acknowledged a revocation while we asked
+                raise FailedPrecondition(f"buffer revoked: {self.revoked}; attach to a live buffer") from None
+            raise
         mapping = Mapping._from_response(self, response)
         with self._lock:
             self._mappings.add(mapping)
@@ -234,6 +241,10 @@ class Mapping:
     ``fds`` are this process's; ``close()`` unmaps at the broker, closes them
     and releases the views it handed out (a numpy array made from a view
     keeps its pages mapped until the array is dropped).
+
+    For ``udmabuf`` and ``dmabuf`` the one fd is a kernel dma-buf: hand it
+    to a driver (DRM, V4L2, VA-API, Vulkan), or read it on the CPU inside
+    ``cpu_access()``, which brackets the access with DMA_BUF_IOCTL_SYNC.
     """
 
     def __init__(self, attachment: Attachment, mapping_id: int, handle: mt.Handle, fds: list[int], size: int) -> None:
@@ -258,12 +269,17 @@ class Mapping:
         return getattr(inner, "access", mt.ACCESS_READ) == mt.ACCESS_READ_WRITE
 
     @property
+    def is_dmabuf(self) -> bool:
+        """True when the mapping's fd is a kernel dma-buf (udmabuf, dmabuf)."""
+        return self.type in DMABUF_TYPES
+
+    @property
     def extents(self) -> list[MappedExtent]:
-        """The extents (segments), or one extent for the whole memfd."""
+        """The extents (segments), or one extent for the whole memfd or dma-buf."""
         if self.type == "segments":
             return [MappedExtent(self.fds[e.fd_index], e.offset, e.length) for e in self.handle.segments.extents]
-        if self.type == "memfd":
-            return [MappedExtent(self.fds[0], 0, self.handle.memfd.size)]
+        if self.type in ("memfd", *DMABUF_TYPES):
+            return [MappedExtent(self.fds[0], 0, getattr(self.handle, self.type).size)]
         raise ValueError(f"mapping type {self.type!r} has no CPU extents")
 
     def views(self) -> list[memoryview]:
@@ -290,6 +306,25 @@ class Mapping:
         if len(views) != 1:
             raise ValueError(f"this {self.type} mapping has {len(views)} extents; use views() or extents")
         return views[0]
+
+    @contextlib.contextmanager
+    def cpu_access(self, write: bool = False) -> Iterator[memoryview]:
+        """The buffer as one memoryview, for CPU reads (and writes if ``write``).
+
+        For a dma-buf (udmabuf, dmabuf) the block runs between
+        DMA_BUF_IOCTL_SYNC START and END, as the kernel requires for CPU
+        access; for memfd and segments there is nothing to synchronise.
+        Use it for every CPU access to a dma-buf; ``memoryview()`` alone
+        skips the synchronisation.
+        """
+        if write and not self.writable:
+            raise ValueError(f"this {self.type} mapping is read-only (attach with access='read_write' to write)")
+        view = self.memoryview()
+        if not self.is_dmabuf:
+            yield view
+            return
+        with dmabuf.bracket(self.fds[0], write):
+            yield view
 
     def numpy(self, dtype: Any = "uint8", shape: Any = None, extent: int = 0) -> Any:
         """A numpy array over one extent, without copying (needs numpy)."""

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Sequence
 
-from bufbroker import fdwire
+from bufbroker import dmabuf, fdwire
 from bufbroker.v1 import broker_pb2 as pb
 
 if TYPE_CHECKING:
@@ -17,11 +18,15 @@ EXIT_POLICIES = {"revoke": pb.EXPORTER_EXIT_POLICY_REVOKE, "keep": pb.EXPORTER_E
 
 
 def make_memfd(name: str, size: int) -> int:
-    """A sealable memfd of ``size`` bytes (the broker seals shrink and grow)."""
+    """A sealable memfd for a buffer of ``size`` bytes (the broker seals shrink and grow).
+
+    The memfd is rounded up to whole pages (an mmap shows whole pages
+    anyway), so the broker can also hand it out as a udmabuf.
+    """
     fd = os.memfd_create(name[:200], os.MFD_ALLOW_SEALING | os.MFD_CLOEXEC)
     try:
         os.fchmod(fd, 0o644)   # only the owner may reopen it writable
-        os.ftruncate(fd, size)
+        os.ftruncate(fd, -(-size // mmap.PAGESIZE) * mmap.PAGESIZE)
     except BaseException:
         os.close(fd)
         raise
@@ -62,6 +67,7 @@ class ExportedBuffer:
         self.size = info.size
         self.fds = fds
         self._mmap: mmap.mmap | None = None
+        self._is_dmabuf: Optional[bool] = None
         self._closed = False
 
     @property
@@ -75,6 +81,23 @@ class ExportedBuffer:
         if self._mmap is None:
             self._mmap = mmap.mmap(self.fd, self.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         return memoryview(self._mmap)
+
+    @contextlib.contextmanager
+    def cpu_access(self, write: bool = True) -> Iterator[memoryview]:
+        """The exporter's view of the buffer for one CPU access.
+
+        When the buffer is a dma-buf (a ``dmabuf`` export) the block runs
+        between DMA_BUF_IOCTL_SYNC START and END; for a memfd it is just
+        ``memoryview()``.
+        """
+        view = self.memoryview()
+        if self._is_dmabuf is None:
+            self._is_dmabuf = dmabuf.is_dmabuf(self.fd)
+        if not self._is_dmabuf:
+            yield view
+            return
+        with dmabuf.bracket(self.fd, write):
+            yield view
 
     def move(
         self,
@@ -114,6 +137,7 @@ class ExportedBuffer:
         self._release_mapping()
         fdwire.close_fds(self.fds)
         self.fds, self.size, self.info = fds, response.buffer.size, response.buffer
+        self._is_dmabuf = None
         self.request.size = new_size
         if offers is not None:
             del self.request.offers[:]

@@ -58,7 +58,9 @@ def backing_fds(size: Optional[int], fd: int | Sequence[int] | None, name: str) 
     if not given:
         raise ValueError("fd= needs at least one memfd")
     fds = [os.dup(f) for f in given]
-    return fds, os.fstat(fds[0]).st_size
+    from bufbroker.dmabuf import fd_size
+
+    return fds, fd_size(fds[0])   # a memfd's size, or a dma-buf's
 
 
 def connect(socket_dir: str | os.PathLike | None = None, *, reconnect: bool = True) -> "Session":
@@ -392,8 +394,9 @@ class Session:
 
         Give ``size`` and the SDK makes a sealed memfd of that size, or give
         ``fd``: a memfd you made with MFD_ALLOW_SEALING (or a list of them,
-        one per plane, for ``segments``); the SDK sends a duplicate and you
-        keep yours. ``offers`` is the exporter's ordered list of mapping
+        one per plane, for ``segments``), or a dma-buf fd for ``dmabuf``
+        offers (``bufbroker.dmabuf.heap_alloc()``); the SDK sends a
+        duplicate and you keep yours. ``offers`` is the exporter's ordered list of mapping
         types (names or specs like ``bufbroker.Memfd(access="read")``); the
         default is ``["memfd"]``. ``allow`` lists who may attach
         (``uid:N``, ``gid:N``, ``same-uid``, ``any``; default ``same-uid``).
@@ -498,6 +501,14 @@ class Session:
         link = getattr(self, "_link", None)
         if link is not None:
             link.close()
+        # This process's side: the exporters' memfds and mappings, the
+        # importers' fds and views (numpy arrays made from them keep their
+        # pages until dropped).
+        for exported in list(getattr(self, "_exports", {}).values()):
+            exported.close()
+        for attachment in list(getattr(self, "_attachments", {}).values()):
+            attachment.detached = True
+            attachment._drop_mappings(tell_broker=False)
 
     @property
     def closed(self) -> bool:

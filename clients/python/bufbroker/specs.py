@@ -34,17 +34,21 @@ class Extent:
 @dataclass(frozen=True)
 class Memfd:
     """The whole memfd. As an offer, ``access`` is the most importers get;
-    ``restricted_to`` limits the offer to principals (uid:N, gid:N, same-uid, any)."""
+    ``restricted_to`` limits the offer to principals (uid:N, gid:N, same-uid, any).
+    As a match, ``allow_copy`` lets a read importer take a copy the broker
+    makes at each map when the exporter offers only segments that are not
+    one whole memfd."""
 
     access: str | None = None
     restricted_to: Sequence[str] = ()
+    allow_copy: bool = False
     name = "memfd"
 
     def offer(self) -> pb.Offer:
         return pb.Offer(memfd=pb.MemfdOffer(max_access=access_value(self.access)), restricted_to=list(self.restricted_to))
 
     def match(self, default_access: str) -> pb.Match:
-        return pb.Match(memfd=pb.MemfdMatch(access=access_value(self.access or default_access)))
+        return pb.Match(memfd=pb.MemfdMatch(access=access_value(self.access or default_access), allow_copy=self.allow_copy))
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,64 @@ class Segments:
 
 
 @dataclass(frozen=True)
+class Udmabuf:
+    """A kernel dma-buf the broker builds from the export's memfd(s) (/dev/udmabuf).
+
+    As an offer, ``extents`` (default: each fd whole) must start on page
+    boundaries; a udmabuf is always mappable writable, so ``access="read"``
+    offers never match. As a match, ``access`` is what the importer asks for.
+    """
+
+    extents: Sequence[Extent] = field(default_factory=tuple)
+    access: str | None = None
+    restricted_to: Sequence[str] = ()
+    name = "udmabuf"
+
+    def offer(self) -> pb.Offer:
+        return pb.Offer(
+            udmabuf=pb.UdmabufOffer(
+                extents=[pb.Extent(fd_index=e.fd_index, offset=e.offset, length=e.length) for e in self.extents],
+                max_access=access_value(self.access),
+            ),
+            restricted_to=list(self.restricted_to),
+        )
+
+    def match(self, default_access: str) -> pb.Match:
+        return pb.Match(udmabuf=pb.UdmabufMatch(access=access_value(self.access or default_access)))
+
+
+@dataclass(frozen=True)
+class Dmabuf:
+    """A dma-buf fd the exporter made (``bufbroker.dmabuf.heap_alloc`` or a driver).
+
+    As an offer, ``device`` is the PCI address whose memory backs it and
+    ``requires_p2p`` says only a peer device can reach it. As a match,
+    ``device`` is the importing PCI device (empty: the CPU) and
+    ``accepts_p2p`` whether it can do peer-to-peer DMA.
+    """
+
+    access: str | None = None
+    device: str = ""
+    requires_p2p: bool = False   # as an offer
+    accepts_p2p: bool = False    # as a match
+    restricted_to: Sequence[str] = ()
+    name = "dmabuf"
+
+    def offer(self) -> pb.Offer:
+        return pb.Offer(
+            dmabuf=pb.DmabufOffer(max_access=access_value(self.access), device=self.device, requires_p2p=self.requires_p2p),
+            restricted_to=list(self.restricted_to),
+        )
+
+    def match(self, default_access: str) -> pb.Match:
+        return pb.Match(
+            dmabuf=pb.DmabufMatch(
+                access=access_value(self.access or default_access), device=self.device, accepts_p2p=self.accepts_p2p
+            )
+        )
+
+
+@dataclass(frozen=True)
 class Plugin:
     """A third-party mapping type: its name and its own protobuf message."""
 
@@ -93,8 +155,8 @@ class Plugin:
         return match
 
 
-Spec = Union[str, Memfd, Segments, Plugin]
-_BY_NAME = {"memfd": Memfd, "segments": Segments}
+Spec = Union[str, Memfd, Segments, Udmabuf, Dmabuf, Plugin]
+_BY_NAME = {"memfd": Memfd, "segments": Segments, "udmabuf": Udmabuf, "dmabuf": Dmabuf}
 
 
 def _resolve(spec: Spec) -> Any:
@@ -103,10 +165,11 @@ def _resolve(spec: Spec) -> Any:
         if cls is None:
             raise ValueError(
                 f"unknown mapping type {spec!r}: use one of {sorted(_BY_NAME)} or a spec object "
-                "(bufbroker.Memfd(), bufbroker.Segments(), bufbroker.Plugin(...))"
+                "(bufbroker.Memfd(), bufbroker.Segments(), bufbroker.Udmabuf(), bufbroker.Dmabuf(), "
+                "bufbroker.Plugin(...))"
             )
         return cls()
-    if isinstance(spec, (Memfd, Segments, Plugin)):
+    if isinstance(spec, (Memfd, Segments, Udmabuf, Dmabuf, Plugin)):
         return spec
     raise TypeError(f"expected a mapping type name or spec, got {spec!r}")
 

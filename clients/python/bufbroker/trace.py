@@ -11,6 +11,8 @@ class TraceStep:
     """One (offer, match) pair the broker examined, and its verdict.
 
     ``verdict`` is one of type-differs, soft-mismatch, matched, error.
+    ``converter`` names the converter the broker tried for the pair (e.g.
+    ``segments->udmabuf``), empty for a pair of the same type.
     """
 
     offer_index: int
@@ -19,11 +21,12 @@ class TraceStep:
     match_type: str
     verdict: str
     reason: str = ""
+    converter: str = ""
 
 
 def trace_from_wire(steps: Iterable) -> list[TraceStep]:
     return [
-        TraceStep(s.offer_index, s.offer_type, s.match_index, s.match_type, s.verdict, s.reason)
+        TraceStep(s.offer_index, s.offer_type, s.match_index, s.match_type, s.verdict, s.reason, s.converter)
         for s in steps
     ]
 
@@ -33,7 +36,8 @@ def format_trace(trace: list[TraceStep]) -> str:
     lines = []
     for s in trace:
         reason = f"  ({s.reason})" if s.reason else ""
+        via = f" via {s.converter}" if s.converter else ""
         lines.append(
-            f"offer {s.offer_index} {s.offer_type:<10} x match {s.match_index} {s.match_type:<10} -> {s.verdict}{reason}"
+            f"offer {s.offer_index} {s.offer_type:<10} x match {s.match_index} {s.match_type:<10}{via} -> {s.verdict}{reason}"
         )
     return "\n".join(lines)

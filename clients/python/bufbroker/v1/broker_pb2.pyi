@@ -175,20 +175,22 @@ class UnregisterBufferResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class TraceStep(_message.Message):
-    __slots__ = ("offer_index", "offer_type", "match_index", "match_type", "verdict", "reason")
+    __slots__ = ("offer_index", "offer_type", "match_index", "match_type", "verdict", "reason", "converter")
     OFFER_INDEX_FIELD_NUMBER: _ClassVar[int]
     OFFER_TYPE_FIELD_NUMBER: _ClassVar[int]
     MATCH_INDEX_FIELD_NUMBER: _ClassVar[int]
     MATCH_TYPE_FIELD_NUMBER: _ClassVar[int]
     VERDICT_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    CONVERTER_FIELD_NUMBER: _ClassVar[int]
     offer_index: int
     offer_type: str
     match_index: int
     match_type: str
     verdict: str
     reason: str
-    def __init__(self, offer_index: _Optional[int] = ..., offer_type: _Optional[str] = ..., match_index: _Optional[int] = ..., match_type: _Optional[str] = ..., verdict: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    converter: str
+    def __init__(self, offer_index: _Optional[int] = ..., offer_type: _Optional[str] = ..., match_index: _Optional[int] = ..., match_type: _Optional[str] = ..., verdict: _Optional[str] = ..., reason: _Optional[str] = ..., converter: _Optional[str] = ...) -> None: ...
 
 class AttachRequest(_message.Message):
     __slots__ = ("buffer_id", "buffer_name", "accept", "access", "map")

@@ -25,35 +25,47 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n bufbroker/v1/mapping_types.proto\x12\x0c\x62ufbroker.v1\x1a\x19google/protobuf/any.proto\":\n\x06\x45xtent\x12\x10\n\x08\x66\x64_index\x18\x01 \x01(\r\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0e\n\x06length\x18\x03 \x01(\x04\"6\n\nMemfdOffer\x12(\n\nmax_access\x18\x01 \x01(\x0e\x32\x14.bufbroker.v1.Access\"2\n\nMemfdMatch\x12$\n\x06\x61\x63\x63\x65ss\x18\x01 \x01(\x0e\x32\x14.bufbroker.v1.Access\"A\n\x0bMemfdHandle\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12$\n\x06\x61\x63\x63\x65ss\x18\x02 \x01(\x0e\x32\x14.bufbroker.v1.Access\"`\n\rSegmentsOffer\x12%\n\x07\x65xtents\x18\x01 \x03(\x0b\x32\x14.bufbroker.v1.Extent\x12(\n\nmax_access\x18\x02 \x01(\x0e\x32\x14.bufbroker.v1.Access\"J\n\rSegmentsMatch\x12$\n\x06\x61\x63\x63\x65ss\x18\x01 \x01(\x0e\x32\x14.bufbroker.v1.Access\x12\x13\n\x0bmax_extents\x18\x02 \x01(\r\"]\n\x0eSegmentsHandle\x12%\n\x07\x65xtents\x18\x01 \x03(\x0b\x32\x14.bufbroker.v1.Extent\x12$\n\x06\x61\x63\x63\x65ss\x18\x02 \x01(\x0e\x32\x14.bufbroker.v1.Access\"C\n\nPluginSpec\x12\x11\n\ttype_name\x18\x01 \x01(\t\x12\"\n\x04\x62ody\x18\x02 \x01(\x0b\x32\x14.google.protobuf.Any\"\xae\x01\n\x05Offer\x12)\n\x05memfd\x18\x01 \x01(\x0b\x32\x18.bufbroker.v1.MemfdOfferH\x00\x12/\n\x08segments\x18\x02 \x01(\x0b\x32\x1b.bufbroker.v1.SegmentsOfferH\x00\x12*\n\x06plugin\x18\x0f \x01(\x0b\x32\x18.bufbroker.v1.PluginSpecH\x00\x12\x15\n\rrestricted_to\x18\x14 \x03(\tB\x06\n\x04kind\"\x97\x01\n\x05Match\x12)\n\x05memfd\x18\x01 \x01(\x0b\x32\x18.bufbroker.v1.MemfdMatchH\x00\x12/\n\x08segments\x18\x02 \x01(\x0b\x32\x1b.bufbroker.v1.SegmentsMatchH\x00\x12*\n\x06plugin\x18\x0f \x01(\x0b\x32\x18.bufbroker.v1.PluginSpecH\x00\x42\x06\n\x04kind\"\x9a\x01\n\x06Handle\x12*\n\x05memfd\x18\x01 \x01(\x0b\x32\x19.bufbroker.v1.MemfdHandleH\x00\x12\x30\n\x08segments\x18\x02 \x01(\x0b\x32\x1c.bufbroker.v1.SegmentsHandleH\x00\x12*\n\x06plugin\x18\x0f \x01(\x0b\x32\x18.bufbroker.v1.PluginSpecH\x00\x42\x06\n\x04kind*H\n\x06\x41\x63\x63\x65ss\x12\x16\n\x12\x41\x43\x43\x45SS_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x41\x43\x43\x45SS_READ\x10\x01\x12\x15\n\x11\x41\x43\x43\x45SS_READ_WRITE\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n bufbroker/v1/mapping_types.proto\x12\x0c\x62ufbroker.v1\x1a\x19google/protobuf/any.proto\":\n\x06\x45xtent\x12\x10\n\x08\x66\x64_index\x18\x01 \x01(\r\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0e\n\x06length\x18\x03 \x01(\x04\"6\n\nMemfdOffer\x12(\n\nmax_access\x18\x01 \x01(\x0e\x32\x14.bufbroker.v1.Access\"F\n\nMemfdMatch\x12$\n\x06\x61\x63\x63\x65ss\x18\x01 \x01(\x0e\x32\x14.bufbroker.v1.Access\x12\x12\n\nallow_copy\x18\x02 \x01(\x08\"A\n\x0bMemfdHandle\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12$\n\x06\x61\x63\x63\x65ss\x18\x02 \x01(\x0e\x32\x14.bufbroker.v1.Access\"`\n\rSegmentsOffer\x12%\n\x07\x65xtents\x18\x01 \x03(\x0b\x32\x14.bufbroker.v1.Extent\x12(\n\nmax_access\x18\x02 \x01(\x0e\x32\x14.bufbroker.v1.Access\"J\n\rSegmentsMatch\x12$\n\x06\x61\x63\x63\x65ss\x18\x01 \x01(\x0e\x32\x14.bufbroker.v1.Access\x12\x13\n\x0bmax_extents\x18\x02 \x01(\r\"]\n\x0eSegmentsHandle\x12%\n\x07\x65xtents\x18\x01 \x03(\x0b\x32\x14.bufbroker.v1.Extent\x12$\n\x06\x61\x63\x63\x65ss\x18\x02 \x01(\x0e\x32\x14.bufbroker.v1.Access\"_\n\x0cUdmabufOffer\x12%\n\x07\x65xtents\x18\x01 \x03(\x0b\x32\x14.bufbroker.v1.Extent\x12(\n\nmax_access\x18\x02 \x01(\x0e\x32\x14.bufbroker.v1.Access\"4\n\x0cUdmabufMatch\x12$\n\x06\x61\x63\x63\x65ss\x18\x01 \x01(\x0e\x32\x14.bufbroker.v1.Access\"C\n\rUdmabufHandle\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12$\n\x06\x61\x63\x63\x65ss\x18\x02 \x01(\x0e\x32\x14.bufbroker.v1.Access\"]\n\x0b\x44mabufOffer\x12(\n\nmax_access\x18\x01 \x01(\x0e\x32\x14.bufbroker.v1.Access\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x14\n\x0crequires_p2p\x18\x03 \x01(\x08\"X\n\x0b\x44mabufMatch\x12$\n\x06\x61\x63\x63\x65ss\x18\x01 \x01(\x0e\x32\x14.bufbroker.v1.Access\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x13\n\x0b\x61\x63\x63\x65pts_p2p\x18\x03 \x01(\x08\"z\n\x0c\x44mabufHandle\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12$\n\x06\x61\x63\x63\x65ss\x18\x02 \x01(\x0e\x32\x14.bufbroker.v1.Access\x12\x10\n\x08\x65xp_name\x18\x03 \x01(\t\x12\x17\n\x0f\x65xporter_device\x18\x04 \x01(\t\x12\x0b\n\x03p2p\x18\x05 \x01(\x08\"C\n\nPluginSpec\x12\x11\n\ttype_name\x18\x01 \x01(\t\x12\"\n\x04\x62ody\x18\x02 \x01(\x0b\x32\x14.google.protobuf.Any\"\x8a\x02\n\x05Offer\x12)\n\x05memfd\x18\x01 \x01(\x0b\x32\x18.bufbroker.v1.MemfdOfferH\x00\x12/\n\x08segments\x18\x02 \x01(\x0b\x32\x1b.bufbroker.v1.SegmentsOfferH\x00\x12-\n\x07udmabuf\x18\x03 \x01(\x0b\x32\x1a.bufbroker.v1.UdmabufOfferH\x00\x12+\n\x06\x64mabuf\x18\x04 \x01(\x0b\x32\x19.bufbroker.v1.DmabufOfferH\x00\x12*\n\x06plugin\x18\x0f \x01(\x0b\x32\x18.bufbroker.v1.PluginSpecH\x00\x12\x15\n\rrestricted_to\x18\x14 \x03(\tB\x06\n\x04kind\"\xf3\x01\n\x05Match\x12)\n\x05memfd\x18\x01 \x01(\x0b\x32\x18.bufbroker.v1.MemfdMatchH\x00\x12/\n\x08segments\x18\x02 \x01(\x0b\x32\x1b.bufbroker.v1.SegmentsMatchH\x00\x12-\n\x07udmabuf\x18\x03 \x01(\x0b\x32\x1a.bufbroker.v1.UdmabufMatchH\x00\x12+\n\x06\x64mabuf\x18\x04 \x01(\x0b\x32\x19.bufbroker.v1.DmabufMatchH\x00\x12*\n\x06plugin\x18\x0f \x01(\x0b\x32\x18.bufbroker.v1.PluginSpecH\x00\x42\x06\n\x04kind\"\xf8\x01\n\x06Handle\x12*\n\x05memfd\x18\x01 \x01(\x0b\x32\x19.bufbroker.v1.MemfdHandleH\x00\x12\x30\n\x08segments\x18\x02 \x01(\x0b\x32\x1c.bufbroker.v1.SegmentsHandleH\x00\x12.\n\x07udmabuf\x18\x03 \x01(\x0b\x32\x1b.bufbroker.v1.UdmabufHandleH\x00\x12,\n\x06\x64mabuf\x18\x04 \x01(\x0b\x32\x1a.bufbroker.v1.DmabufHandleH\x00\x12*\n\x06plugin\x18\x0f \x01(\x0b\x32\x18.bufbroker.v1.PluginSpecH\x00\x42\x06\n\x04kind*H\n\x06\x41\x63\x63\x65ss\x12\x16\n\x12\x41\x43\x43\x45SS_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x41\x43\x43\x45SS_READ\x10\x01\x12\x15\n\x11\x41\x43\x43\x45SS_READ_WRITE\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bufbroker.v1.mapping_types_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ACCESS']._serialized_start=1138
-  _globals['_ACCESS']._serialized_end=1210
+  _globals['_ACCESS']._serialized_start=1965
+  _globals['_ACCESS']._serialized_end=2037
   _globals['_EXTENT']._serialized_start=77
   _globals['_EXTENT']._serialized_end=135
   _globals['_MEMFDOFFER']._serialized_start=137
   _globals['_MEMFDOFFER']._serialized_end=191
   _globals['_MEMFDMATCH']._serialized_start=193
-  _globals['_MEMFDMATCH']._serialized_end=243
-  _globals['_MEMFDHANDLE']._serialized_start=245
-  _globals['_MEMFDHANDLE']._serialized_end=310
-  _globals['_SEGMENTSOFFER']._serialized_start=312
-  _globals['_SEGMENTSOFFER']._serialized_end=408
-  _globals['_SEGMENTSMATCH']._serialized_start=410
-  _globals['_SEGMENTSMATCH']._serialized_end=484
-  _globals['_SEGMENTSHANDLE']._serialized_start=486
-  _globals['_SEGMENTSHANDLE']._serialized_end=579
-  _globals['_PLUGINSPEC']._serialized_start=581
-  _globals['_PLUGINSPEC']._serialized_end=648
-  _globals['_OFFER']._serialized_start=651
-  _globals['_OFFER']._serialized_end=825
-  _globals['_MATCH']._serialized_start=828
-  _globals['_MATCH']._serialized_end=979
-  _globals['_HANDLE']._serialized_start=982
-  _globals['_HANDLE']._serialized_end=1136
+  _globals['_MEMFDMATCH']._serialized_end=263
+  _globals['_MEMFDHANDLE']._serialized_start=265
+  _globals['_MEMFDHANDLE']._serialized_end=330
+  _globals['_SEGMENTSOFFER']._serialized_start=332
+  _globals['_SEGMENTSOFFER']._serialized_end=428
+  _globals['_SEGMENTSMATCH']._serialized_start=430
+  _globals['_SEGMENTSMATCH']._serialized_end=504
+  _globals['_SEGMENTSHANDLE']._serialized_start=506
+  _globals['_SEGMENTSHANDLE']._serialized_end=599
+  _globals['_UDMABUFOFFER']._serialized_start=601
+  _globals['_UDMABUFOFFER']._serialized_end=696
+  _globals['_UDMABUFMATCH']._serialized_start=698
+  _globals['_UDMABUFMATCH']._serialized_end=750
+  _globals['_UDMABUFHANDLE']._serialized_start=752
+  _globals['_UDMABUFHANDLE']._serialized_end=819
+  _globals['_DMABUFOFFER']._serialized_start=821
+  _globals['_DMABUFOFFER']._serialized_end=914
+  _globals['_DMABUFMATCH']._serialized_start=916
+  _globals['_DMABUFMATCH']._serialized_end=1004
+  _globals['_DMABUFHANDLE']._serialized_start=1006
+  _globals['_DMABUFHANDLE']._serialized_end=1128
+  _globals['_PLUGINSPEC']._serialized_start=1130
+  _globals['_PLUGINSPEC']._serialized_end=1197
+  _globals['_OFFER']._serialized_start=1200
+  _globals['_OFFER']._serialized_end=1466
+  _globals['_MATCH']._serialized_start=1469
+  _globals['_MATCH']._serialized_end=1712
+  _globals['_HANDLE']._serialized_start=1715
+  _globals['_HANDLE']._serialized_end=1963
 # @@protoc_insertion_point(module_scope)

@@ -34,10 +34,12 @@ class MemfdOffer(_message.Message):
     def __init__(self, max_access: _Optional[_Union[Access, str]] = ...) -> None: ...
 
 class MemfdMatch(_message.Message):
-    __slots__ = ("access",)
+    __slots__ = ("access", "allow_copy")
     ACCESS_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_COPY_FIELD_NUMBER: _ClassVar[int]
     access: Access
-    def __init__(self, access: _Optional[_Union[Access, str]] = ...) -> None: ...
+    allow_copy: bool
+    def __init__(self, access: _Optional[_Union[Access, str]] = ..., allow_copy: _Optional[bool] = ...) -> None: ...
 
 class MemfdHandle(_message.Message):
     __slots__ = ("size", "access")
@@ -71,6 +73,62 @@ class SegmentsHandle(_message.Message):
     access: Access
     def __init__(self, extents: _Optional[_Iterable[_Union[Extent, _Mapping]]] = ..., access: _Optional[_Union[Access, str]] = ...) -> None: ...
 
+class UdmabufOffer(_message.Message):
+    __slots__ = ("extents", "max_access")
+    EXTENTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_ACCESS_FIELD_NUMBER: _ClassVar[int]
+    extents: _containers.RepeatedCompositeFieldContainer[Extent]
+    max_access: Access
+    def __init__(self, extents: _Optional[_Iterable[_Union[Extent, _Mapping]]] = ..., max_access: _Optional[_Union[Access, str]] = ...) -> None: ...
+
+class UdmabufMatch(_message.Message):
+    __slots__ = ("access",)
+    ACCESS_FIELD_NUMBER: _ClassVar[int]
+    access: Access
+    def __init__(self, access: _Optional[_Union[Access, str]] = ...) -> None: ...
+
+class UdmabufHandle(_message.Message):
+    __slots__ = ("size", "access")
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_FIELD_NUMBER: _ClassVar[int]
+    size: int
+    access: Access
+    def __init__(self, size: _Optional[int] = ..., access: _Optional[_Union[Access, str]] = ...) -> None: ...
+
+class DmabufOffer(_message.Message):
+    __slots__ = ("max_access", "device", "requires_p2p")
+    MAX_ACCESS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    REQUIRES_P2P_FIELD_NUMBER: _ClassVar[int]
+    max_access: Access
+    device: str
+    requires_p2p: bool
+    def __init__(self, max_access: _Optional[_Union[Access, str]] = ..., device: _Optional[str] = ..., requires_p2p: _Optional[bool] = ...) -> None: ...
+
+class DmabufMatch(_message.Message):
+    __slots__ = ("access", "device", "accepts_p2p")
+    ACCESS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTS_P2P_FIELD_NUMBER: _ClassVar[int]
+    access: Access
+    device: str
+    accepts_p2p: bool
+    def __init__(self, access: _Optional[_Union[Access, str]] = ..., device: _Optional[str] = ..., accepts_p2p: _Optional[bool] = ...) -> None: ...
+
+class DmabufHandle(_message.Message):
+    __slots__ = ("size", "access", "exp_name", "exporter_device", "p2p")
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_FIELD_NUMBER: _ClassVar[int]
+    EXP_NAME_FIELD_NUMBER: _ClassVar[int]
+    EXPORTER_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    P2P_FIELD_NUMBER: _ClassVar[int]
+    size: int
+    access: Access
+    exp_name: str
+    exporter_device: str
+    p2p: bool
+    def __init__(self, size: _Optional[int] = ..., access: _Optional[_Union[Access, str]] = ..., exp_name: _Optional[str] = ..., exporter_device: _Optional[str] = ..., p2p: _Optional[bool] = ...) -> None: ...
+
 class PluginSpec(_message.Message):
     __slots__ = ("type_name", "body")
     TYPE_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -80,33 +138,45 @@ class PluginSpec(_message.Message):
     def __init__(self, type_name: _Optional[str] = ..., body: _Optional[_Union[_any_pb2.Any, _Mapping]] = ...) -> None: ...
 
 class Offer(_message.Message):
-    __slots__ = ("memfd", "segments", "plugin", "restricted_to")
+    __slots__ = ("memfd", "segments", "udmabuf", "dmabuf", "plugin", "restricted_to")
     MEMFD_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    UDMABUF_FIELD_NUMBER: _ClassVar[int]
+    DMABUF_FIELD_NUMBER: _ClassVar[int]
     PLUGIN_FIELD_NUMBER: _ClassVar[int]
     RESTRICTED_TO_FIELD_NUMBER: _ClassVar[int]
     memfd: MemfdOffer
     segments: SegmentsOffer
+    udmabuf: UdmabufOffer
+    dmabuf: DmabufOffer
     plugin: PluginSpec
     restricted_to: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, memfd: _Optional[_Union[MemfdOffer, _Mapping]] = ..., segments: _Optional[_Union[SegmentsOffer, _Mapping]] = ..., plugin: _Optional[_Union[PluginSpec, _Mapping]] = ..., restricted_to: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, memfd: _Optional[_Union[MemfdOffer, _Mapping]] = ..., segments: _Optional[_Union[SegmentsOffer, _Mapping]] = ..., udmabuf: _Optional[_Union[UdmabufOffer, _Mapping]] = ..., dmabuf: _Optional[_Union[DmabufOffer, _Mapping]] = ..., plugin: _Optional[_Union[PluginSpec, _Mapping]] = ..., restricted_to: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Match(_message.Message):
-    __slots__ = ("memfd", "segments", "plugin")
+    __slots__ = ("memfd", "segments", "udmabuf", "dmabuf", "plugin")
     MEMFD_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    UDMABUF_FIELD_NUMBER: _ClassVar[int]
+    DMABUF_FIELD_NUMBER: _ClassVar[int]
     PLUGIN_FIELD_NUMBER: _ClassVar[int]
     memfd: MemfdMatch
     segments: SegmentsMatch
+    udmabuf: UdmabufMatch
+    dmabuf: DmabufMatch
     plugin: PluginSpec
-    def __init__(self, memfd: _Optional[_Union[MemfdMatch, _Mapping]] = ..., segments: _Optional[_Union[SegmentsMatch, _Mapping]] = ..., plugin: _Optional[_Union[PluginSpec, _Mapping]] = ...) -> None: ...
+    def __init__(self, memfd: _Optional[_Union[MemfdMatch, _Mapping]] = ..., segments: _Optional[_Union[SegmentsMatch, _Mapping]] = ..., udmabuf: _Optional[_Union[UdmabufMatch, _Mapping]] = ..., dmabuf: _Optional[_Union[DmabufMatch, _Mapping]] = ..., plugin: _Optional[_Union[PluginSpec, _Mapping]] = ...) -> None: ...
 
 class Handle(_message.Message):
-    __slots__ = ("memfd", "segments", "plugin")
+    __slots__ = ("memfd", "segments", "udmabuf", "dmabuf", "plugin")
     MEMFD_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    UDMABUF_FIELD_NUMBER: _ClassVar[int]
+    DMABUF_FIELD_NUMBER: _ClassVar[int]
     PLUGIN_FIELD_NUMBER: _ClassVar[int]
     memfd: MemfdHandle
     segments: SegmentsHandle
+    udmabuf: UdmabufHandle
+    dmabuf: DmabufHandle
     plugin: PluginSpec
-    def __init__(self, memfd: _Optional[_Union[MemfdHandle, _Mapping]] = ..., segments: _Optional[_Union[SegmentsHandle, _Mapping]] = ..., plugin: _Optional[_Union[PluginSpec, _Mapping]] = ...) -> None: ...
+    def __init__(self, memfd: _Optional[_Union[MemfdHandle, _Mapping]] = ..., segments: _Optional[_Union[SegmentsHandle, _Mapping]] = ..., udmabuf: _Optional[_Union[UdmabufHandle, _Mapping]] = ..., dmabuf: _Optional[_Union[DmabufHandle, _Mapping]] = ..., plugin: _Optional[_Union[PluginSpec, _Mapping]] = ...) -> None: ...

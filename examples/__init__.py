@@ -1,0 +1,1 @@
+"""Runnable examples of bufbroker (`bufbroker example NAME`)."""

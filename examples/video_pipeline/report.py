@@ -1,0 +1,107 @@
+"""The report: speed, what crossed process boundaries, what was negotiated."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+from bufbroker import format_trace
+
+from examples.video_pipeline.source import SourceFrame
+
+
+def _size(count: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if count < 1000 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    raise AssertionError
+
+
+def bufbroker_crossings(result: dict[str, Any]) -> dict[str, int]:
+    """Bytes and fds that crossed a process boundary in the bufbroker run."""
+    meters = [result[name]["meter"] for name in ("decoder", "analyser", "encoder")]
+    return {
+        "handoff": sum(result[name]["handoff_bytes"] for name in ("decoder", "analyser", "encoder")),
+        "handoff_messages": sum(result[name]["handoff_messages"] for name in ("decoder", "analyser", "encoder")),
+        "rpc": sum(m["rpc_bytes"] for m in meters),
+        "rpc_calls": sum(sum(m["calls"].values()) for m in meters),
+        "events": sum(m["event_bytes"] for m in meters),
+        "event_count": sum(m["events"] for m in meters),
+        "fds": sum(m["fds"] for m in meters),
+    }
+
+
+def format_report(
+    source: Sequence[SourceFrame],
+    source_seconds: float,
+    result: dict[str, Any],
+    piped: Optional[dict[str, Any]],
+    fds: tuple[int, int, int],
+    problems: list[str],
+) -> str:
+    frames = len(source)
+    first, last = (source[0].width, source[0].height), (source[-1].width, source[-1].height)
+    switch = next((f.number for f in source if (f.width, f.height) != first), None)
+    decoder, ready = result["decoder"], result["ready"]
+    pixel_bytes = decoder["pixel_bytes"]
+    lines = [
+        f"bufbroker example video: {frames} frames, {first[0]}x{first[1]} -> {last[0]}x{last[1]} at frame {switch}, "
+        f"pool of {len(ready['names'])} {ready['layout']['fourcc']} buffers",
+        f"  source: test pattern with the frame number as a barcode, encoded by PyAV (libx264) in {source_seconds:.1f} s",
+        f"  decoder offers: {', '.join(ready['offers'])}; udmabuf: {ready['udmabuf']}",
+    ]
+    for name, attached in result["attached"].items():
+        lines.append(f"  {name} accepts segments, memfd (read-only) -> negotiated {attached['map_type']}")
+        lines.extend("      " + line for line in format_trace(attached["trace"]).splitlines())
+    moves = decoder["moves"]
+    if moves:
+        ms = [m["ms"] for m in moves]
+        lines.append(
+            f"  resolution change: {len(moves)} slots moved with the new layout as each came free "
+            f"(frames {moves[0]['frame']}-{moves[-1]['frame']}), {min(ms):.1f}-{max(ms):.1f} ms per move, "
+            f"{sum(len(m['non_compliant']) for m in moves)} importers late to unmap"
+        )
+        pool = len(ready["names"])
+        lines.append(
+            f"      the SDK re-mapped: analyser {result['analyser']['maps'] - pool} times, encoder "
+            f"{result['encoder']['maps'] - pool} times; regions still mapping the pool at the end: "
+            f"{result['analyser']['mapped_regions']} and {result['encoder']['mapped_regions']} (one per slot: old pages let go)"
+        )
+    output = result["encoder"]["output"]
+    in_order = sum(1 for i, s in enumerate(result["analyser"]["stats"]) if s["seq"] == i and s["number"] == i)
+    lines.append(
+        f"  checked: analyser read {in_order}/{frames} barcodes in order; encoded file ({_size(result['encoder']['output_bytes'])}) "
+        f"decodes to {sum(1 for i, o in enumerate(output) if o['number'] == i)}/{frames} frames in order"
+    )
+    crossed = bufbroker_crossings(result)
+    bb_fps = frames / result["seconds"]
+    lines += [
+        "",
+        f"  {'':<38}{'bufbroker':>14}{'pipes (copy)':>16}",
+    ]
+    pipe_fps = piped and frames / piped["seconds"]
+    pipe_bytes = piped and piped["decoder"]["pipe_bytes"] + piped["analyser"]["pipe_bytes"]
+    bb_bytes = crossed["handoff"] + crossed["rpc"] + crossed["events"]
+    lines += [
+        f"  {'frames per second, end to end':<38}{bb_fps:>14.1f}{(f'{pipe_fps:.1f}' if piped else '-'):>16}",
+        f"  {'pixel bytes decoded and handed over':<38}{_size(pixel_bytes):>14}{(_size(pixel_bytes) if piped else '-'):>16}",
+        f"  {'bytes across process boundaries':<38}{_size(bb_bytes):>14}{(_size(pipe_bytes) if piped else '-'):>16}",
+        f"  {'  of which pixels':<38}{'0 B':>14}{(_size(2 * pixel_bytes) if piped else '-'):>16}",
+    ]
+    if piped:
+        lines.append(
+            f"  bufbroker vs pipes: {bb_fps / pipe_fps:.2f}x the frame rate, "
+            f"{pipe_bytes / max(bb_bytes, 1):.0f}x fewer bytes across processes"
+        )
+    lines += [
+        f"  bufbroker's crossings: hand-off ids {_size(crossed['handoff'])} in {crossed['handoff_messages']} messages; "
+        f"gRPC payloads {_size(crossed['rpc'])} in {crossed['rpc_calls']} calls; events {_size(crossed['events'])} "
+        f"({crossed['event_count']}); {crossed['fds']} fds passed",
+        f"  broker fds: {fds[0]} before, {fds[1]} after; its ledger holds {fds[2]} client fds",
+    ]
+    if problems:
+        lines.append("  PROBLEMS:")
+        lines.extend(f"    - {p}" for p in problems)
+    else:
+        lines.append("  every check passed")
+    return "\n".join(lines)
