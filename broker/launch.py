@@ -11,8 +11,14 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 
-def wait_until_serving(socket_dir: Path, process: Optional[subprocess.Popen] = None, timeout: float = 15.0) -> None:
-    """Return once DIR/fd.sock accepts connections and DIR/grpc.sock exists."""
+def wait_until_serving(socket_dir: Path, process: Optional[subprocess.Popen] = None, timeout: Optional[float] = None) -> None:
+    """Return once DIR/fd.sock accepts connections and DIR/grpc.sock exists.
+
+    ``timeout`` defaults to $BUFBROKER_START_TIMEOUT, else 15 s (slow
+    machines, such as the emulated kernel-test VM, set it higher).
+    """
+    if timeout is None:
+        timeout = float(os.environ.get("BUFBROKER_START_TIMEOUT", "15"))
     deadline = time.monotonic() + timeout
     fd_path, grpc_path = socket_dir / "fd.sock", socket_dir / "grpc.sock"
     while time.monotonic() < deadline:

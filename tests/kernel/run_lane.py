@@ -266,6 +266,8 @@ def job_script(python: str, pytest_args: list[str]) -> str:
     return f"""set -u
 cd {shlex.quote(str(REPO_ROOT))}
 export HOME=/tmp PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 BUFBROKER_KERNEL_LANE=1 TMPDIR=/tmp
+# Python under TCG emulation starts slowly, more so on a loaded host.
+export BUFBROKER_START_TIMEOUT=120
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 echo "bufbroker-lane: guest kernel $(uname -r), up $(cut -d' ' -f1 /proc/uptime) s; $(ls /dev/udmabuf /dev/dma_heap/* 2>&1 | tr '\\n' ' ')"
 # Plugins the kernel tests do not use cost seconds of start-up under TCG.
