@@ -36,6 +36,9 @@ METAVARS = {
     "log_level": "LEVEL",
     "pending_fd_timeout": "SECONDS",
     "drain_timeout": "SECONDS",
+    "move_timeout": "SECONDS",
+    "fd_send_timeout": "SECONDS",
+    "sysfs_root": "DIR",
     "admin_token_file": "FILE",
     "http_event_queue": "EVENTS",
 }
@@ -175,6 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
     example.add_argument("--switch-to", default=None, metavar="WxH", help="size of the second half (default 1.5 times the first)")
     example.add_argument("--quick", action="store_true", help="48 frames, 320x180 then 480x270")
     example.add_argument("--no-compare", action="store_true", help="skip the run with frames copied through pipes")
+
+    bench = commands.add_parser(
+        "bench",
+        help="benchmark bufbroker against gRPC bytes and shared_memory, side by side",
+        description="Control-plane latency, zero-copy hand-off, scale and concurrency, each as a ratio "
+        "to a baseline measured in the same run (see bench/ and issue 7). Prints a table.",
+    )
+    bench.add_argument("--quick", action="store_true", help="few samples, small sizes: a smoke run (~15 s), not numbers to quote")
+    bench.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the results as JSON to PATH")
     return parser
 
 
@@ -204,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
         from examples.video_pipeline.example import run_from_args
 
         return run_from_args(args)
+    if args.command == "bench":
+        from bench.runner import main as run_bench
+
+        return run_bench(args)
     raise AssertionError(args.command)
 
 
