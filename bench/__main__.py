@@ -1,0 +1,5 @@
+import sys
+
+from bench.runner import cli
+
+sys.exit(cli())
