@@ -81,11 +81,18 @@ def prepare_socket_dir(path: Path, stack: ExitStack | AsyncExitStack) -> None:
             stale.unlink()
 
 
+# Pending fd-channel connections the kernel queues before a connect fails
+# with EAGAIN (the SDK connects with a timeout, so it does not wait for room).
+# 128 was too few when a few hundred clients start at once (the load test);
+# the kernel caps it at net.core.somaxconn.
+FD_LISTEN_BACKLOG = 4096
+
+
 def bind_fd_socket(path: Path) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     sock.bind(str(path))
     os.chmod(path, 0o660)
-    sock.listen(128)
+    sock.listen(FD_LISTEN_BACKLOG)
     return sock
 
 

@@ -24,6 +24,16 @@ from broker.launch import start_broker, stop_broker
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--soak",
+        type=float,
+        default=None,
+        metavar="MINUTES",
+        help="run tests/adversarial's load test for this many minutes instead of the CI bound (30 s)",
+    )
+
+
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
