@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 from bufbroker import dmabuf, errors, fdwire
-from bufbroker.errors import BrokerError, FailedPrecondition, NotFound
+from bufbroker.errors import BrokerError, FailedPrecondition, NotFound, Unavailable
 from bufbroker.trace import TraceStep, trace_from_wire
 from bufbroker.v1 import broker_pb2 as pb
 from bufbroker.v1 import mapping_types_pb2 as mt
@@ -364,8 +364,8 @@ class Mapping:
         if not self.attachment.detached and not self.attachment.session.closed:
             try:
                 self.attachment.session.call("Unmap", pb.UnmapRequest(mapping_id=self.id))
-            except NotFound:
-                pass  # the broker already dropped it (move, revoke, restart)
+            except (NotFound, Unavailable):
+                pass  # the broker already dropped it (move, revoke, restart) or is gone
 
     def __enter__(self) -> "Mapping":
         return self
