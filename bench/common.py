@@ -113,16 +113,6 @@ def start_echo_server(path: Path) -> subprocess.Popen:
     return process
 
 
-def stop_process(process: subprocess.Popen, timeout: float = 10.0) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def proc_status(pid: int, field: str) -> int:
     """A /proc/PID/status field in bytes (kB fields) or as a count."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

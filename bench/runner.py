@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import tempfile
 import time
@@ -34,17 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--only", action="append", choices=list(REQUIRED), default=None, help="run only this group (repeatable)")
 
 
-def _raise_fd_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
 def run(quick: bool = False, json_path: Optional[Path] = None, only: Optional[list[str]] = None,
         log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)) -> dict[str, Any]:
     from bench import common, groups
+    from broker.daemon import raise_fd_limit
+    from broker.launch import stop_broker
 
-    _raise_fd_limit()
+    raise_fd_limit()   # 10,000 buffers in the scale group
     started = time.monotonic()
     machine = common.machine_info()
     results: list[dict] = []
@@ -75,7 +70,7 @@ def run(quick: bool = False, json_path: Optional[Path] = None, only: Optional[li
                 results.extend(got)
                 log(f"{group} done in {time.monotonic() - t0:.1f} s")
         finally:
-            common.stop_process(echo)
+            stop_broker(echo)   # SIGTERM, then SIGKILL if it hangs
     machine["bench_seconds"] = round(time.monotonic() - started, 1)
     report = {"machine": machine, "quick": quick, "results": results}
     if json_path is not None:

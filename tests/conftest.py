@@ -34,6 +34,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def json_line(process: subprocess.Popen) -> dict:
+    """The next JSON line a client process printed (fails if it exited instead)."""
+    line = process.stdout.readline()
+    assert line, f"the client exited with status {process.wait()}"
+    return json.loads(line)
+
+
+def follower_read(follower: subprocess.Popen) -> dict:
+    """Ask a tests.clients.follower process to read its current mapping."""
+    follower.stdin.write("read\n")
+    follower.stdin.flush()
+    return json_line(follower)
+
+
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 

@@ -45,6 +45,7 @@ from broker.core.registry import (
 )
 from broker.fd_inspect import inspect_fd
 from broker.fd_ledger import FdLedger
+from broker import introspection
 from broker.introspection import buffer_info, list_attachments, list_mapping_types, list_sessions
 
 log = logging.getLogger(__name__)
@@ -302,17 +303,11 @@ class BrokerService(pb_grpc.BrokerServicer):
     @expected_errors
     async def Explain(self, request: pb.ExplainRequest, context: Any) -> pb.ExplainResponse:
         session = self.authenticate(context)
-        accept, _ = mapping_types.accept_from_wire(request.accept, request.access)
-        try:
-            if request.WhichOneof("buffer") is None and request.offers:
-                negotiation = self.registry.explain_offers(session, mapping_types.offers_from_wire(request.offers, (MAX_SIZE,), MAX_SIZE), accept)
-            else:
-                negotiation = self.registry.explain(session, self._find_buffer(request), accept)
-        except (NotFound, InvalidArgument):
-            raise
-        except BrokerError as error:
-            return pb.ExplainResponse(trace=trace_to_wire(getattr(error, "trace", ())), error=error.message)
-        return pb.ExplainResponse(map_type=negotiation.map_type.name, trace=trace_to_wire(negotiation.trace))
+        bare_offers = request.WhichOneof("buffer") is None and bool(request.offers)
+        buffer = None if bare_offers else self._find_buffer(request)
+        return introspection.explain(
+            self.registry, session, request.accept, request.access, buffer=buffer, offers=request.offers
+        )
 
     @expected_errors
     async def GetStats(self, request: pb.GetStatsRequest, context: Any) -> pb.GetStatsResponse:

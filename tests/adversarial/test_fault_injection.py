@@ -13,7 +13,6 @@ import os
 import signal
 import time
 
-import grpc
 import pytest
 
 import bufbroker

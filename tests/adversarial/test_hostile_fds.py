@@ -142,7 +142,7 @@ def test_messages_cut_short_are_refused_and_their_fds_closed(broker, reliability
             fdwire.close_fds(fds)
             cases += 1
             _drain(raw, 0.02)
-        code = _answered_without_internal(lambda: raw.register("a-fairly-long-nonce-0123456789", 4096))
+        _answered_without_internal(lambda: raw.register("a-fairly-long-nonce-0123456789", 4096))
         _still_serves(raw, "after-cut")
     leaked = broker.wait_for_fds(before, timeout=5) - before
     assert leaked == 0 and broker.stats().fds_held == 0

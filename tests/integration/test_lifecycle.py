@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -13,19 +12,8 @@ import pytest
 import bufbroker
 from bufbroker.v1 import broker_pb2 as pb
 from bufbroker.v1 import mapping_types_pb2 as mt
+from tests.conftest import follower_read, json_line
 from tests.raw_client import RawClient
-
-
-def _line(process) -> dict:
-    line = process.stdout.readline()
-    assert line, f"the client exited with status {process.wait()}"
-    return json.loads(line)
-
-
-def _read(follower) -> dict:
-    follower.stdin.write("read\n")
-    follower.stdin.flush()
-    return _line(follower)
 
 
 def test_move_notifies_importers_who_unmap_remap_and_read_the_new_backing(broker):
@@ -33,14 +21,14 @@ def test_move_notifies_importers_who_unmap_remap_and_read_the_new_backing(broker
         buffer = exp.export(4096, name="moving", offers=["segments", "memfd"])
         buffer.memoryview()[:8] = b"backing1"
         follower = broker.spawn("follower", "moving")
-        assert _line(follower)["map_type"] == "segments"
-        assert _read(follower) == {"head": "backing1" + "\x00" * 8, "size": 4096, "moves": 0}
+        assert json_line(follower)["map_type"] == "segments"
+        assert follower_read(follower) == {"head": "backing1" + "\x00" * 8, "size": 4096, "moves": 0}
         non_compliant = buffer.move(8192, layout={"fourcc": "NV12", "width": 64, "height": 64}, reason="resolution change")
         assert non_compliant == []
         assert buffer.size == 8192
         buffer.memoryview()[:8] = b"backing2"
-        assert _line(follower)["moved"] == "resolution change"
-        assert _read(follower) == {"head": "backing2" + "\x00" * 8, "size": 8192, "moves": 1}
+        assert json_line(follower)["moved"] == "resolution change"
+        assert follower_read(follower) == {"head": "backing2" + "\x00" * 8, "size": 8192, "moves": 1}
         info = exp.buffers(name="moving")[0]
         assert info.generation == 2 and info.layout.width == 64
         follower.stdin.close()
@@ -81,9 +69,9 @@ def test_revoke_tells_importers_and_their_mappings_stay_readable(broker):
         buffer = exp.export(4096, name="withdrawn", offers=["memfd"])
         buffer.memoryview()[:9] = b"bufbroker"
         holder = broker.spawn("holder", "withdrawn")
-        assert _line(holder) == {"ready": True}
+        assert json_line(holder) == {"ready": True}
         buffer.revoke("camera unplugged")
-        assert _line(holder) == {"revoked": "camera unplugged", "head": "bufbroker"}
+        assert json_line(holder) == {"revoked": "camera unplugged", "head": "bufbroker"}
         assert holder.wait(10) == 0
         assert exp.buffers()[0].fd_count == 0
 
@@ -91,10 +79,10 @@ def test_revoke_tells_importers_and_their_mappings_stay_readable(broker):
 def test_exporter_killed_with_revoke_policy_revokes_its_buffers(broker):
     exporter, info = broker.exporter("--name", "doomed", "--offers", "memfd")
     holder = broker.spawn("holder", "doomed")
-    assert _line(holder) == {"ready": True}
+    assert json_line(holder) == {"ready": True}
     exporter.send_signal(signal.SIGKILL)
     exporter.wait()
-    assert _line(holder) == {"revoked": "exporter session ended", "head": "bufbroker"}
+    assert json_line(holder) == {"revoked": "exporter session ended", "head": "bufbroker"}
     assert holder.wait(10) == 0
     with broker.connect() as session:
         assert session.buffers() == []
@@ -103,11 +91,11 @@ def test_exporter_killed_with_revoke_policy_revokes_its_buffers(broker):
 def test_exporter_killed_with_keep_policy_leaves_the_buffer_until_its_last_importer_detaches(broker):
     exporter, info = broker.exporter("--name", "kept", "--offers", "segments,memfd", "--on-exit", "keep", "--fill", "last-words|")
     follower = broker.spawn("follower", "kept")
-    assert _line(follower)["ready"]
+    assert json_line(follower)["ready"]
     exporter.send_signal(signal.SIGKILL)
     exporter.wait()
     time.sleep(0.2)
-    assert _read(follower)["head"] == "last-words|last-"
+    assert follower_read(follower)["head"] == "last-words|last-"
     # Still registered: another importer can attach and read it too.
     result = broker.run("importer", "kept", "--accept", "memfd")
     assert result["head"].startswith("last-words|")
@@ -126,7 +114,7 @@ def test_exporter_killed_with_keep_policy_leaves_the_buffer_until_its_last_impor
 @pytest.mark.parametrize("step", ["attached", "fds-sent-not-read", "mapped"])
 def test_importer_killed_at_any_step_releases_everything_within_a_second(broker, step):
     with broker.connect() as exp, broker.connect() as bystander:
-        buffer = exp.export(4096, name="shared", offers=["memfd"])
+        exp.export(4096, name="shared", offers=["memfd"])
         watched = bystander.attach("shared", accept=["memfd"], map=True)
         script = {
             "attached": "s.attach('shared', accept=['memfd'])",

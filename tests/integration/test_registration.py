@@ -11,7 +11,6 @@ import grpc
 import pytest
 
 import bufbroker
-from bufbroker.v1 import broker_pb2 as pb
 from bufbroker.v1 import mapping_types_pb2 as mt
 from tests.raw_client import RawClient
 

@@ -9,11 +9,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import bufbroker
 from broker.launch import start_broker, stop_broker
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, follower_read, json_line
 
 NO_HTTP = ["--http", "none"]
 ARTIFACTS = REPO_ROOT / "test-artifacts"
@@ -29,18 +28,6 @@ def _client(module: str, *args: str) -> subprocess.Popen:
     )
 
 
-def _line(process) -> dict:
-    line = process.stdout.readline()
-    assert line, f"the client exited with status {process.wait()}"
-    return json.loads(line)
-
-
-def _read(follower) -> dict:
-    follower.stdin.write("read\n")
-    follower.stdin.flush()
-    return _line(follower)
-
-
 def test_clients_survive_a_broker_restart_and_the_gap_is_measured(tmp_path):
     socket_dir = tmp_path / "run"
     broker = start_broker(socket_dir, NO_HTTP)
@@ -48,26 +35,26 @@ def test_clients_survive_a_broker_restart_and_the_gap_is_measured(tmp_path):
     try:
         exporter = _client("exporter", str(socket_dir), "--name", "survivor", "--offers", "segments,memfd", "--fill", "frame-data|")
         clients.append(exporter)
-        assert _line(exporter)["name"] == "survivor"
+        assert json_line(exporter)["name"] == "survivor"
         follower = _client("follower", str(socket_dir), "survivor")
         clients.append(follower)
-        first = _line(follower)
-        assert _read(follower)["head"] == "frame-data|frame"
+        first = json_line(follower)
+        assert follower_read(follower)["head"] == "frame-data|frame"
 
         broker.send_signal(signal.SIGKILL)
         broker.wait()
         killed_at = time.monotonic()
         # With no broker at all, the mapping the importer holds still reads.
-        assert _read(follower)["head"] == "frame-data|frame"
+        assert follower_read(follower)["head"] == "frame-data|frame"
 
         broker = start_broker(socket_dir, NO_HTTP)
-        reconnected = _line(follower)
+        reconnected = json_line(follower)
         assert "reconnected" in reconnected and first["map_type"] == "segments"
         gap = time.monotonic() - killed_at
         with bufbroker.connect(socket_dir) as observer:
             (buffer,) = observer.buffers(name="survivor")
             assert buffer.attachment_count == 1   # the importer is attached again
-        assert _read(follower) == {"head": "frame-data|frame", "size": 4096, "moves": 0}
+        assert follower_read(follower) == {"head": "frame-data|frame", "size": 4096, "moves": 0}
         with bufbroker.connect(socket_dir) as late:   # a newcomer reads the same bytes
             attachment = late.attach("survivor", accept=["memfd"], map=True)
             assert bytes(attachment.mapping.memoryview()[:11]) == b"frame-data|"

@@ -123,7 +123,7 @@ def test_segments_with_one_memfd_per_plane(broker):
 
 
 def test_numpy_view_reads_without_copy(broker):
-    numpy = pytest.importorskip("numpy")
+    pytest.importorskip("numpy")
     with broker.connect() as exp, broker.connect() as imp:
         buffer = exp.export(4096, offers=["memfd"])
         buffer.memoryview()[:4] = bytes([1, 2, 3, 4])
