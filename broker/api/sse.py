@@ -34,18 +34,25 @@ SEND_TIMEOUT = 5.0      # a client that accepts nothing this long is dropped
 RETRY_MS = 2000         # what EventSource waits before reconnecting
 
 
-def encode_change(seq: int, change: Change) -> bytes:
-    """One SSE message: ``id``, ``event`` (the change's kind) and JSON ``data``."""
+# One encoder for every message: json.dumps with options builds a new one per call.
+_JSON = json.JSONEncoder(separators=(",", ":"), default=str)
+
+
+def encode_change(seq: int, change: Change, when: Optional[float] = None) -> bytes:
+    """One SSE message: ``id``, ``event`` (the change's kind) and JSON ``data``.
+
+    ``when`` is the change's time.time() (default: now).
+    """
     data = {
         "seq": seq,
         "kind": change.kind,
-        "time": round(time.time(), 6),
+        "time": round(time.time() if when is None else when, 6),
         "session_id": change.session_id,
         "buffer_id": change.buffer_id,
         "attachment_id": change.attachment_id,
         "detail": change.detail,
     }
-    text = json.dumps(data, separators=(",", ":"), default=str)
+    text = _JSON.encode(data)
     return f"id: {seq}\nevent: {change.kind}\ndata: {text}\n\n".encode()
 
 
@@ -89,17 +96,26 @@ class EventHub:
     def __init__(self, registry: Registry, queue_limit: int = 1024, history: int = HISTORY) -> None:
         self.queue_limit = queue_limit
         self.clients: set[EventClient] = set()
-        self.history: deque[tuple[int, bytes]] = deque(maxlen=history)
+        # (seq, time, change): encoded when a client reads it, not when it happens.
+        self.history: deque[tuple[int, float, Change]] = deque(maxlen=history)
         self.seq = 0
         self.dropped = 0
         self.closed = False
         registry.observe(self.publish)
 
     def publish(self, change: Change) -> None:
-        """Registry observer: number the change and queue it for every client."""
+        """Registry observer: number the change and queue it for every client.
+
+        This runs on every attach, map, unmap and detach, and encoding is
+        most of its cost: a change is encoded only when a client is
+        connected (once for all of them), or when one replays it.
+        """
         self.seq += 1
-        message = encode_change(self.seq, change)
-        self.history.append((self.seq, message))
+        stamped = (self.seq, time.time(), change)
+        self.history.append(stamped)
+        if not self.clients:
+            return
+        message = encode_change(self.seq, change, stamped[1])
         for client in list(self.clients):
             if not client.offer(message):
                 self.drop(client, f"{client.limit} events queued")
@@ -119,8 +135,8 @@ class EventHub:
             client.end()
             return client
         if last_event_id is not None:
-            for seq, message in self.history:
-                if seq > last_event_id and not client.offer(message):
+            for seq, when, change in self.history:
+                if seq > last_event_id and not client.offer(encode_change(seq, change, when)):
                     break
         self.clients.add(client)
         return client

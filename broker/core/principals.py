@@ -34,12 +34,17 @@ def parse_principals(principals: Iterable[str], what: str) -> tuple[str, ...]:
 
 def principal_allowed(principals: Iterable[str], uid: int, gid: int, exporter_uid: int) -> bool:
     """True when a peer with ``uid``/``gid`` is one of ``principals``."""
+    as_uid = as_gid = ""   # "uid:N" / "gid:N", formatted once, when first needed
     for principal in principals:
         if principal == ANY:
             return True
-        if principal == SAME_UID and uid == exporter_uid:
-            return True
-        if principal == f"uid:{uid}" or principal == f"gid:{gid}":
+        if principal == SAME_UID:
+            if uid == exporter_uid:
+                return True
+            continue
+        if not as_uid:
+            as_uid, as_gid = f"uid:{uid}", f"gid:{gid}"
+        if principal == as_uid or principal == as_gid:
             return True
     return False
 

@@ -46,6 +46,9 @@ class Session:
     buffers: dict[int, "Buffer"] = field(default_factory=dict)
     attachments: dict[int, "Attachment"] = field(default_factory=dict)
     closed: bool = False
+    # Live mappings over all its attachments, kept by Registry.map/unmap so
+    # the per-session limit check on every map does not walk them.
+    mapping_count: int = 0
 
 
 @dataclass
@@ -82,10 +85,27 @@ class Buffer:
     # its dma-buf), keyed by the type; handed back by the type's release()
     # when the buffer is revoked or moved.
     type_state: dict = field(default_factory=dict)
+    # (fds, sizes, writable, seals) for match_context(), which every attach
+    # needs: worked out once per backing. ``fds`` is only ever replaced (on
+    # move and revoke), never edited in place, so its identity is the key.
+    _fd_facts: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def fd_facts(self) -> tuple[tuple[int, ...], tuple[bool, ...], tuple[int, ...]]:
+        """The fds' sizes, writability and seals, in fd order."""
+        facts = self._fd_facts
+        if facts is None or facts[0] is not self.fds:
+            fds = self.fds
+            facts = self._fd_facts = (
+                fds,
+                tuple(f.size for f in fds),
+                tuple(f.writable for f in fds),
+                tuple(f.seals for f in fds),
+            )
+        return facts[1:]
 
     @property
     def fd_sizes(self) -> tuple[int, ...]:
-        return tuple(f.size for f in self.fds)
+        return self.fd_facts()[0]
 
     @property
     def pinned_by(self) -> list["Attachment"]:
@@ -215,6 +235,8 @@ class Registry:
         self.observers.append(observer)
 
     def _emit(self, kind: str, **facts: Any) -> None:
+        if not self.observers:   # a broker without HTTP: no one to tell
+            return
         change = Change(kind, **facts)
         for observer in self.observers:
             observer(change)
@@ -440,14 +462,15 @@ class Registry:
     # --- attachments ----------------------------------------------------------
 
     def match_context(self, session: Session, buffer: Buffer) -> MatchContext:
+        fd_sizes, fd_writable, fd_seals = buffer.fd_facts()
         return MatchContext(
             importer_uid=session.uid,
             importer_gid=session.gid,
             buffer_size=buffer.size,
-            fd_sizes=buffer.fd_sizes,
-            fd_writable=tuple(f.writable for f in buffer.fds),
+            fd_sizes=fd_sizes,
+            fd_writable=fd_writable,
             exporter_uid=buffer.exporter.uid,
-            fd_seals=tuple(f.seals for f in buffer.fds),
+            fd_seals=fd_seals,
             sysfs_root=self.sysfs_root,
         )
 
@@ -545,8 +568,8 @@ class Registry:
         self._check_active(buffer, "map")
         if attachment.invalid:
             raise FailedPrecondition(f"attachment {attachment.id} was invalidated: {attachment.invalid}; attach again")
-        mappings = sum(len(a.mappings) for a in attachment.session.attachments.values())
-        _check_limit(mappings, self.limits.max_mappings, "mappings", "max_mappings_per_session")
+        session = attachment.session
+        _check_limit(session.mapping_count, self.limits.max_mappings, "mappings", "max_mappings_per_session")
         mapper = attachment.converter or attachment.map_type   # a converted attachment maps through its converter
         result = mapper.map(buffer, attachment)
         for fd in result.temporary + result.retained:
@@ -554,9 +577,10 @@ class Registry:
         mapping = Mapping(self._next_id(), attachment, len(result.fds))
         self.mappings[mapping.id] = mapping
         attachment.mappings[mapping.id] = mapping
+        session.mapping_count += 1
         self._emit(
             "mapped",
-            session_id=attachment.session.id,
+            session_id=session.id,
             buffer_id=buffer.id,
             attachment_id=attachment.id,
             detail={"fds": len(result.fds)},
@@ -576,7 +600,8 @@ class Registry:
         attachment = mapping.attachment
         (attachment.converter or attachment.map_type).unmap(attachment.buffer, attachment)
         self.mappings.pop(mapping.id, None)
-        attachment.mappings.pop(mapping.id, None)
+        if attachment.mappings.pop(mapping.id, None) is not None:
+            attachment.session.mapping_count -= 1
         self._emit(
             "unmapped",
             session_id=attachment.session.id,

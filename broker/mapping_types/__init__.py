@@ -102,31 +102,34 @@ def compat_type() -> MappingType:
     return MAPPING_TYPES["memfd"]
 
 
-def _lookup(name: str, what: str) -> MappingType:
+def _lookup(name: str, role: str, index: int) -> MappingType:
     mapping_type = MAPPING_TYPES.get(name)
     if mapping_type is None:
         known = ", ".join(sorted(MAPPING_TYPES))
         raise InvalidArgument(
-            f"{what} names unknown mapping type {name!r}; this broker knows [{known}]"
+            f"{role} {index} names unknown mapping type {name!r}; this broker knows [{known}]"
         )
     return mapping_type
 
 
-def _spec_from_wire(wire: Any, role: str, message_attr: str, index: int) -> Spec:
+def _type_and_message(wire: Any, role: str, message_attr: str, index: int) -> tuple[MappingType, Any]:
+    """The mapping type a wire offer or match names, and its type's message.
+
+    Runs on every Attach: error text is only formatted when it is raised.
+    """
     arm = wire.WhichOneof("kind")
-    what = f"{role} {index}"
     if arm is None:
-        raise InvalidArgument(f"{what} is empty: set one mapping type arm (e.g. memfd)")
+        raise InvalidArgument(f"{role} {index} is empty: set one mapping type arm (e.g. memfd)")
     if arm != "plugin":
-        return Spec(_lookup(arm, what), getattr(wire, arm))
-    mapping_type = _lookup(wire.plugin.type_name, what)
+        return _lookup(arm, role, index), getattr(wire, arm)
+    mapping_type = _lookup(wire.plugin.type_name, role, index)
     message = getattr(mapping_type, message_attr)()
     if not wire.plugin.body.Unpack(message):
         raise InvalidArgument(
-            f"{what}: the plugin body is a {wire.plugin.body.TypeName()!r}, but mapping type "
+            f"{role} {index}: the plugin body is a {wire.plugin.body.TypeName()!r}, but mapping type "
             f"{mapping_type.name!r} expects {message.DESCRIPTOR.full_name!r}"
         )
-    return Spec(mapping_type, message)
+    return mapping_type, message
 
 
 def offers_from_wire(offers: Any, fd_sizes: tuple[int, ...], size: int) -> list[Spec]:
@@ -135,9 +138,9 @@ def offers_from_wire(offers: Any, fd_sizes: tuple[int, ...], size: int) -> list[
         return [Spec(compat_type(), compat_type().check_offer(pb.MemfdOffer(), fd_sizes, size))]
     specs = []
     for index, wire in enumerate(offers):
-        spec = _spec_from_wire(wire, "offer", "offer_message", index)
+        mapping_type, message = _type_and_message(wire, "offer", "offer_message", index)
         restricted = parse_principals(wire.restricted_to, f"offer {index} restricted_to")
-        specs.append(Spec(spec.type, spec.type.check_offer(spec.message, fd_sizes, size), restricted))
+        specs.append(Spec(mapping_type, mapping_type.check_offer(message, fd_sizes, size), restricted))
     return specs
 
 
@@ -151,8 +154,8 @@ def accept_from_wire(accept: Any, access: int) -> tuple[list[Spec], bool]:
         return [Spec(compat_type(), compat_type().check_match(match))], True
     specs = []
     for index, wire in enumerate(accept):
-        spec = _spec_from_wire(wire, "match", "match_message", index)
-        specs.append(Spec(spec.type, spec.type.check_match(spec.message)))
+        mapping_type, message = _type_and_message(wire, "match", "match_message", index)
+        specs.append(Spec(mapping_type, mapping_type.check_match(message)))
     return specs, False
 
 
