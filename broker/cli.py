@@ -185,8 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Control-plane latency, zero-copy hand-off, scale and concurrency, each as a ratio "
         "to a baseline measured in the same run (see bench/ and issue 7). Prints a table.",
     )
-    bench.add_argument("--quick", action="store_true", help="few samples, small sizes: a smoke run (~15 s), not numbers to quote")
-    bench.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the results as JSON to PATH")
+    from bench.runner import add_arguments as add_bench_arguments
+
+    add_bench_arguments(bench)
     return parser
 
 

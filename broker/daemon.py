@@ -28,6 +28,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from broker import __version__, capabilities, mapping_types
+from broker.api.call_channel import CallServer
 from broker.api.fd_channel import FdChannelServer, Limits
 from broker.api.grpc_metrics import RpcTimingInterceptor, RpcTimings
 from broker.api.grpc_service import BrokerService
@@ -146,6 +147,7 @@ async def serve(settings: BrokerSettings) -> None:
         readiness = Readiness()
 
         rpc_timings = RpcTimings()
+        CallServer(service, channels, rpc_timings)   # answers the SDK's fast path on call channels
         server = grpc.aio.server(
             interceptors=[RpcTimingInterceptor(rpc_timings)],
             options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", settings.max_request_bytes)],

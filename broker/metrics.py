@@ -197,13 +197,13 @@ class BrokerCollector(Collector):
 
     def _rpcs(self, timings: RpcTimings) -> Iterator:
         duration = HistogramMetricFamily(
-            "bufbroker_rpc_duration_seconds", "Seconds to serve a unary gRPC call, by service and method.", labels=["service", "method"]
+            "bufbroker_rpc_duration_seconds", "Seconds to serve a unary call, by service and method (gRPC; call channels as bufbroker.v1.CallChannel).", labels=["service", "method"]
         )
         for (service, method), histogram in sorted(timings.durations.items()):
             duration.add_metric([service, method], histogram.cumulative(), sum_value=histogram.sum)
         yield duration
         calls = CounterMetricFamily(
-            "bufbroker_rpcs", "Unary gRPC calls served, by service, method and status code.", labels=["service", "method", "code"]
+            "bufbroker_rpcs", "Unary calls served, by service, method and status code (gRPC; call channels as bufbroker.v1.CallChannel).", labels=["service", "method", "code"]
         )
         for (service, method, code), count in sorted(timings.codes.items()):
             calls.add_metric([service, method, code], count)

@@ -50,6 +50,19 @@ class RawClient:
     def register(self, nonce: str, size: int, **fields) -> pb.RegisterBufferResponse:
         return self.call("RegisterBuffer", pb.RegisterBufferRequest(nonce=nonce, size=size, **fields))
 
+    def open_call_channel(self) -> socket.socket:
+        """A call channel of this session: OpenCallChannel, then its socket from the fd channel."""
+        ticket = self.call("OpenCallChannel", pb.OpenCallChannelRequest()).fd_ticket
+        while True:
+            received = self.receive()
+            message = received.message
+            if message is not None and message.HasField("deliver_fds") and message.deliver_fds.ticket == ticket:
+                [fd] = received.fds
+                sock = socket.socket(fileno=fd)
+                sock.settimeout(5)
+                return sock
+            fdwire.close_fds(received.fds)
+
     def close(self) -> None:
         self.channel.close()
         self.sock.close()
@@ -59,3 +72,14 @@ class RawClient:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def call_on(sock: socket.socket, kind: str, request, call_id: int = 1) -> tuple[fdpb.CallReply, list[int]]:
+    """Send one call on a call channel; its reply and the fds that came with it."""
+    message = fdpb.FdMessage()
+    message.call.call_id = call_id
+    getattr(message.call, kind).CopyFrom(request)
+    sock.sendmsg([message.SerializeToString()])
+    received = fdwire.receive(sock, fdwire.MAX_CALL_BYTES)
+    assert received.message is not None and received.message.HasField("reply"), received
+    return received.message.reply, received.fds

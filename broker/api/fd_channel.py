@@ -5,6 +5,11 @@ answers with a HELLO carrying the session token. Exporters send fds under a
 nonce that RegisterBuffer later names; the broker sends an importer's fds
 under the ticket that the Map reply names. Everything runs on the event
 loop through add_reader/add_writer, so a slow client never blocks anyone.
+
+A session may also open call channels (OpenCallChannel): socketpairs whose
+far end the client holds, carrying Attach/Map/Unmap/Detach as one datagram
+each way with the fds in the reply. They skip gRPC and the fd hand-off
+between the SDK's threads; ``on_call`` (broker.api.call_channel) answers them.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import select
 import socket
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from bufbroker import fdwire
 from bufbroker.v1 import fd_channel_pb2 as pb
@@ -37,6 +42,7 @@ class Limits:
     max_pending_fds: int = 1024        # per session, sent but not yet claimed
     max_send_queue: int = 256          # datagrams queued for a slow reader
     send_timeout: float = 5.0          # Map waits this long for its fds to go out
+    max_call_channels: int = 16        # per session
 
 
 @dataclass
@@ -55,10 +61,16 @@ class _Outgoing:
 
 @dataclass
 class Connection:
-    """One fd-channel connection and the session it carries."""
+    """One fd-channel connection and the session it carries.
+
+    A call channel is a Connection too, with ``main`` naming the session's
+    own connection; ending it does not end the session.
+    """
 
     sock: socket.socket
     session: Session
+    main: Optional["Connection"] = None
+    call_channels: list["Connection"] = field(default_factory=list)
     pending: dict[str, _Pending] = field(default_factory=dict)
     failed: dict[str, BrokerError] = field(default_factory=dict)
     waiters: dict[str, asyncio.Future] = field(default_factory=dict)
@@ -88,6 +100,8 @@ class FdChannelServer:
         self.limits = limits
         self.version = version
         self.on_session_end = on_session_end
+        # Answers a Call on a call channel: on_call(connection, call).
+        self.on_call: Callable[[Connection, Any], None] = lambda connection, call: None
         self.connections: dict[int, Connection] = {}
         self._listener: Optional[socket.socket] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
@@ -153,6 +167,62 @@ class FdChannelServer:
         )
         self._enqueue(connection, fdwire.encode(hello), [], [])
         log.debug("session %d opened by pid %d uid %d", session.id, pid, uid)
+
+    # --- call channels ----------------------------------------------------------
+
+    def open_call_channel(self, session: Session) -> int:
+        """A new call channel for ``session``; returns the client's end (ledger-adopted)."""
+        main = self.connection(session)
+        limit = self.limits.max_call_channels
+        if len(main.call_channels) >= limit:
+            raise ResourceExhausted(
+                f"this session already has {limit} call channels (limit max_call_channels); "
+                "share them between threads, as the SDK does"
+            )
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        ours.setblocking(False)
+        channel = Connection(ours, session, main=main)
+        main.call_channels.append(channel)
+        self._loop.add_reader(ours.fileno(), self._on_call_readable, channel)
+        return self.ledger.adopt_opened(theirs.detach())
+
+    def _on_call_readable(self, channel: Connection) -> None:
+        while not channel.closed:
+            try:
+                received = fdwire.receive(channel.sock, fdwire.MAX_CALL_BYTES)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:
+                self.end(channel, f"call channel read failed: {error}")
+                return
+            self.ledger.adopt_received(received.fds)
+            if received.eof and _peer_hung_up(channel.sock):
+                self.end(channel, "client closed its call channel")
+                return
+            message = received.message
+            problem = ""
+            if received.fds or received.truncated:
+                self.ledger.close_all(received.fds)
+                problem = "calls carry no fds; send fds on the session's fd channel (send_fds)"
+            elif received.eof:
+                problem = "empty call-channel message; send a serialized FdMessage with a call"
+            elif message is None:
+                problem = f"malformed call-channel message ({received.error}); use the bufbroker SDK"
+            elif message.WhichOneof("kind") != "call":
+                problem = f"a call channel carries only calls, not {message.WhichOneof('kind')}"
+            if problem:
+                call_id = message.call.call_id if message is not None and message.HasField("call") else 0
+                refusal = pb.FdMessage(reply=pb.CallReply(call_id=call_id, error=pb.CallError(
+                    code="INVALID_ARGUMENT", kind="invalid-argument", message=problem)))
+                self.reply(channel, fdwire.encode(refusal))
+                continue
+            self.on_call(channel, message.call)
+
+    def reply(
+        self, channel: Connection, data: bytes, fds: Optional[list[int]] = None, temporary: Optional[list[int]] = None
+    ) -> asyncio.Future:
+        """Send a call's encoded reply, with ``fds`` attached; the future says when it is out."""
+        return self._enqueue(channel, data, fds or [], temporary or [])
 
     # --- receiving ------------------------------------------------------------
 
@@ -317,7 +387,8 @@ class FdChannelServer:
             sent.set_exception(Unavailable("the session's fd channel send queue is full"))
             sent.exception()
             log.warning(
-                "ending session %d (pid %d): it stopped reading its fd channel (%d messages queued)",
+                "ending %s of session %d (pid %d): it stopped reading (%d messages queued)",
+                "a call channel" if connection.main is not None else "the fd channel",
                 connection.session.id,
                 connection.session.pid,
                 self.limits.max_send_queue,
@@ -354,12 +425,17 @@ class FdChannelServer:
     # --- ending ---------------------------------------------------------------
 
     def end(self, connection: Connection, reason: str) -> None:
-        """End the session: release everything it held, in reverse order."""
+        """End the session (or just the call channel): release everything it held, in reverse order."""
         if connection.closed:
             return
         connection.closed = True
         session = connection.session
-        log.debug("session %d (pid %d) ended: %s", session.id, session.pid, reason)
+        if connection.main is not None:
+            log.debug("session %d: a call channel closed: %s", session.id, reason)
+        else:
+            log.debug("session %d (pid %d) ended: %s", session.id, session.pid, reason)
+            for channel in list(connection.call_channels):
+                self.end(channel, reason)
         self._loop.remove_reader(connection.sock.fileno())
         if connection.writing:
             self._loop.remove_writer(connection.sock.fileno())
@@ -377,6 +453,9 @@ class FdChannelServer:
             if not waiter.done():
                 waiter.set_result(None)
         connection.sock.close()
+        if connection.main is not None:
+            connection.main.call_channels.remove(connection)
+            return
         self.connections.pop(session.id, None)
         self.registry.session_close(session)
         self.on_session_end(session)

@@ -38,11 +38,13 @@ from broker.core.registry import (
     AttachmentInvalidatedEvent,
     Buffer,
     ExporterGoneEvent,
+    Mapping,
     MoveNotifyEvent,
     Registry,
     RevokedEvent,
     Session,
 )
+from broker.core.mapping_type import MapResult
 from broker.fd_inspect import inspect_fd
 from broker.fd_ledger import FdLedger
 from broker import introspection
@@ -210,9 +212,8 @@ class BrokerService(pb_grpc.BrokerServicer):
             return self.registry.buffer_find(name=request.buffer_name)
         return self.registry.buffer_find(request.buffer_id)
 
-    @expected_errors
-    async def Attach(self, request: pb.AttachRequest, context: Any) -> pb.AttachResponse:
-        session = self.authenticate(context)
+    def attach_now(self, session: Session, request: pb.AttachRequest) -> tuple[Attachment, pb.AttachResponse]:
+        """Negotiate and attach (no mapping); shared by the Attach RPC and the call channel."""
         buffer = self._find_buffer(request)
         accept, compat = mapping_types.accept_from_wire(request.accept, request.access)
         if not compat and not session.events_open:
@@ -223,13 +224,38 @@ class BrokerService(pb_grpc.BrokerServicer):
                 "compat importer, which pins the buffer"
             )
         attachment = self.registry.attach(session, buffer, accept, pinned=compat)
-        response = pb.AttachResponse(
+        return attachment, pb.AttachResponse(
             attachment_id=attachment.id,
             buffer_id=buffer.id,
             map_type=attachment.map_type.name,
             trace=trace_to_wire(attachment.trace),
             pinned=attachment.pinned,
         )
+
+    def map_now(self, attachment: Attachment) -> tuple[Mapping, MapResult, pb.MapResponse]:
+        """Map a buffer that is not moving; the caller sends ``result.fds`` (and unmaps if it cannot)."""
+        mapping, result = self.registry.map(attachment)
+        return mapping, result, pb.MapResponse(
+            mapping_id=mapping.id,
+            handle=mapping_types.handle_to_wire(attachment.map_type, result.handle),
+            fd_count=len(result.fds),
+            size=attachment.buffer.size,
+        )
+
+    async def wait_out_move(self, buffer: Buffer) -> None:
+        """Mapping during a move gets the new backing: wait for the swap."""
+        moving = buffer.moving
+        if moving is None:
+            return
+        try:
+            await asyncio.wait_for(moving.wait(), self.move_timeout + 1)
+        except asyncio.TimeoutError:
+            raise Unavailable(f"buffer {buffer.id} is still moving; map again") from None
+
+    @expected_errors
+    async def Attach(self, request: pb.AttachRequest, context: Any) -> pb.AttachResponse:
+        session = self.authenticate(context)
+        attachment, response = self.attach_now(session, request)
         if request.map:
             try:
                 response.mapping.CopyFrom(await self._map(session, attachment))
@@ -251,35 +277,30 @@ class BrokerService(pb_grpc.BrokerServicer):
         return await self._map(session, attachment)
 
     async def _map(self, session: Session, attachment: Attachment) -> pb.MapResponse:
-        moving = attachment.buffer.moving
-        if moving is not None:
-            # Mapping during a move gets the new backing: wait for the swap.
-            try:
-                await asyncio.wait_for(moving.wait(), self.move_timeout + 1)
-            except asyncio.TimeoutError:
-                raise Unavailable(f"buffer {attachment.buffer.id} is still moving; map again") from None
+        if attachment.buffer.moving is not None:
+            await self.wait_out_move(attachment.buffer)
             if attachment.id not in session.attachments:
                 raise NotFound(f"attachment {attachment.id} was detached while its buffer moved")
-        mapping, result = self.registry.map(attachment)
+        mapping, result, response = self.map_now(attachment)
         try:
-            ticket = await self.channels.deliver(session, result.fds, result.temporary)
+            response.fd_ticket = await self.channels.deliver(session, result.fds, result.temporary)
         except BrokerError:
             if mapping.id in self.registry.mappings:
                 self.registry.unmap(mapping)
             raise
-        return pb.MapResponse(
-            mapping_id=mapping.id,
-            handle=mapping_types.handle_to_wire(attachment.map_type, result.handle),
-            fd_ticket=ticket,
-            fd_count=len(result.fds),
-            size=attachment.buffer.size,
-        )
+        return response
 
     @expected_errors
     async def Unmap(self, request: pb.UnmapRequest, context: Any) -> pb.UnmapResponse:
         session = self.authenticate(context)
         self.registry.unmap(self.registry.mapping_find(session, request.mapping_id))
         return pb.UnmapResponse()
+
+    @expected_errors
+    async def OpenCallChannel(self, request: pb.OpenCallChannelRequest, context: Any) -> pb.OpenCallChannelResponse:
+        session = self.authenticate(context)
+        client_end = self.channels.open_call_channel(session)
+        return pb.OpenCallChannelResponse(fd_ticket=await self.channels.deliver(session, [client_end], [client_end]))
 
     # --- introspection -------------------------------------------------------
 

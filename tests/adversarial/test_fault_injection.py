@@ -57,6 +57,7 @@ def _settles_within_a_second(broker, before: int) -> int:
 def test_exporter_killed_at_each_step_loses_no_data_held_by_importers(broker, reliability, step):
     with broker.connect() as bystander:
         bystander_buffer = bystander.export(4096, name="bystander", offers=["memfd"])
+        bystander.attach(bystander_buffer.id, accept=["memfd"]).detach()   # its call channel is part of the baseline
         before = broker.settled_fd_count()
         victim = broker.spawn_code(PRELUDE + EXPORTER_STEPS[step] + EPILOGUE)
         assert victim.stdout.readline().strip() == "ready"

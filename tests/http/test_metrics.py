@@ -68,8 +68,10 @@ def test_metrics_count_sessions_buffers_negotiations_fds_moves_and_rpcs(http_bro
     assert samples["bufbroker_fds_sent_total"] >= 2 and samples["bufbroker_fds_received_total"] >= 5
     assert all(value == 0 for name, value in samples.items() if name.startswith("bufbroker_converter_uses_total"))
     assert samples["bufbroker_non_compliant_sessions"] == 0
-    assert samples['bufbroker_rpc_duration_seconds_count{method="Attach",service="bufbroker.v1.Broker"}'] >= 3
-    assert samples['bufbroker_rpcs_total{code="FAILED_PRECONDITION",method="Attach",service="bufbroker.v1.Broker"}'] == 1
+    # The SDK attaches, maps and detaches on call channels; those count under their own service name.
+    assert samples['bufbroker_rpc_duration_seconds_count{method="Attach",service="bufbroker.v1.CallChannel"}'] >= 3
+    assert samples['bufbroker_rpcs_total{code="FAILED_PRECONDITION",method="Attach",service="bufbroker.v1.CallChannel"}'] == 1
+    assert samples['bufbroker_rpcs_total{code="OK",method="OpenCallChannel",service="bufbroker.v1.Broker"}'] >= 1
     assert samples['bufbroker_rpcs_total{code="OK",method="MoveBuffer",service="bufbroker.v1.Broker"}'] == 1
 
 

@@ -41,7 +41,13 @@ class Attachment:
     examined. ``detach()`` unmaps and ends it.
     """
 
-    def __init__(self, session: "Session", response: pb.AttachResponse, request: Optional[pb.AttachRequest] = None) -> None:
+    def __init__(
+        self,
+        session: "Session",
+        response: pb.AttachResponse,
+        request: Optional[pb.AttachRequest] = None,
+        fds: Optional[list[int]] = None,
+    ) -> None:
         self.session = session
         self.request = request or pb.AttachRequest()   # replayed after a broker restart
         self.id = response.attachment_id
@@ -61,7 +67,7 @@ class Attachment:
         self._mapped = threading.Event()
         self.mapping: Optional[Mapping] = None
         if response.HasField("mapping"):
-            self.mapping = Mapping._from_response(self, response.mapping)
+            self.mapping = Mapping._from_response(self, response.mapping, fds)
             self._mappings.add(self.mapping)
             self._mapped.set()
 
@@ -116,7 +122,7 @@ class Attachment:
             mapping._release()
             if tell_broker and not self.session.closed:
                 try:
-                    self.session.call("Unmap", pb.UnmapRequest(mapping_id=mapping.id))
+                    self.session.fast_call("Unmap", pb.UnmapRequest(mapping_id=mapping.id))
                 except BrokerError:
                     pass  # already dropped at the broker
         return bool(mappings)
@@ -155,7 +161,7 @@ class Attachment:
         request.map = self.mapping is not None or bool(self._mappings)
         while True:
             try:
-                response = self.session.call("Attach", request)
+                response, fds = self.session.fast_call("Attach", request)
                 break
             except errors.NotFound:
                 # The exporter has not registered it again yet.
@@ -173,7 +179,7 @@ class Attachment:
         self.id, self.buffer_id = response.attachment_id, response.buffer_id
         attachments[self.id] = self
         if response.HasField("mapping"):
-            mapping = Mapping._from_response(self, response.mapping)
+            mapping = Mapping._from_response(self, response.mapping, fds)
             with self._lock:
                 self._mappings.add(mapping)
                 self.mapping = mapping
@@ -189,7 +195,7 @@ class Attachment:
         if not self.detached:
             self.detached = True
             try:
-                self.session.call("Detach", pb.DetachRequest(attachment_id=self.id))
+                self.session.fast_call("Detach", pb.DetachRequest(attachment_id=self.id))
             except BrokerError:
                 pass  # already gone at the broker: the acknowledgement is moot
 
@@ -200,12 +206,12 @@ class Attachment:
         if self.detached:
             raise ValueError(f"attachment {self.id} is detached; attach again")
         try:
-            response = self.session.call("Map", pb.MapRequest(attachment_id=self.id))
+            response, fds = self.session.fast_call("Map", pb.MapRequest(attachment_id=self.id))
         except NotFound:
             if self.revoked:   # the SDK acknowledged a revocation while we asked
                 raise FailedPrecondition(f"buffer revoked: {self.revoked}; attach to a live buffer") from None
             raise
-        mapping = Mapping._from_response(self, response)
+        mapping = Mapping._from_response(self, response, fds)
         with self._lock:
             self._mappings.add(mapping)
             if self.mapping is None:
@@ -220,7 +226,7 @@ class Attachment:
         self.detached = True
         self._drop_mappings(tell_broker=False)   # Detach drops them at the broker
         try:
-            self.session.call("Detach", pb.DetachRequest(attachment_id=self.id))
+            self.session.fast_call("Detach", pb.DetachRequest(attachment_id=self.id))
         except NotFound:
             pass  # the broker already dropped it (its buffer was unregistered)
 
@@ -259,8 +265,11 @@ class Mapping:
         self.closed = False
 
     @classmethod
-    def _from_response(cls, attachment: Attachment, response: pb.MapResponse) -> "Mapping":
-        fds = attachment.session.take_fds(response.fd_ticket, response.fd_count)
+    def _from_response(cls, attachment: Attachment, response: pb.MapResponse, fds: list[int]) -> "Mapping":
+        """A Mapping from a MapResponse and the fds that came with it (Session.fast_call)."""
+        if len(fds) != response.fd_count:
+            fdwire.close_fds(fds)
+            raise Unavailable(f"mapping {response.mapping_id}: expected {response.fd_count} fds, got {len(fds)}")
         return cls(attachment, response.mapping_id, response.handle, fds, response.size)
 
     @property
@@ -363,7 +372,7 @@ class Mapping:
                 self.attachment.mapping = None
         if not self.attachment.detached and not self.attachment.session.closed:
             try:
-                self.attachment.session.call("Unmap", pb.UnmapRequest(mapping_id=self.id))
+                self.attachment.session.fast_call("Unmap", pb.UnmapRequest(mapping_id=self.id))
             except (NotFound, Unavailable):
                 pass  # the broker already dropped it (move, revoke, restart) or is gone
 

@@ -81,3 +81,12 @@ def from_rpc_error(error: grpc.RpcError) -> BrokerError:
     if code == grpc.StatusCode.UNAVAILABLE and cls is Unavailable and not kind:
         details = f"the broker is unreachable ({details}); is `bufbroker serve` running?"
     return cls(details, code, trace)
+
+
+def from_call_error(error: Any) -> BrokerError:
+    """The SDK exception for a call-channel CallError (the same as for the RPC)."""
+    from bufbroker.trace import trace_from_wire
+
+    code = grpc.StatusCode.__members__.get(error.code, grpc.StatusCode.UNKNOWN)
+    cls = NoCommonMappingType if error.kind == "no-common-mapping-type" else _BY_CODE.get(code, BrokerError)
+    return cls(error.message or error.code, code, trace_from_wire(error.trace))

@@ -19,6 +19,8 @@ from bufbroker.v1 import fd_channel_pb2 as pb
 MAX_FDS_PER_MESSAGE = 253
 # Control messages are small; anything larger is not ours.
 MAX_MESSAGE_BYTES = 4096
+# Calls and replies on a call channel carry accept lists, traces and handles.
+MAX_CALL_BYTES = 65536
 _ANCILLARY_BYTES = socket.CMSG_SPACE(MAX_FDS_PER_MESSAGE * array.array("i").itemsize)
 
 SESSION_METADATA_KEY = "bufbroker-session"
@@ -39,10 +41,10 @@ class Received:
     error: str = ""     # why ``message`` is None although data arrived
 
 
-def decode(data: bytes) -> pb.FdMessage:
+def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> pb.FdMessage:
     """Parse one datagram; raises FdWireError with what was wrong."""
-    if len(data) > MAX_MESSAGE_BYTES:
-        raise FdWireError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    if len(data) > max_bytes:
+        raise FdWireError(f"message of {len(data)} bytes exceeds {max_bytes}")
     message = pb.FdMessage()
     try:
         message.ParseFromString(data)
@@ -66,20 +68,20 @@ def fds_from_ancillary(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
     return fds
 
 
-def receive(sock: socket.socket) -> Received:
-    """Read one datagram; never leaks an fd that arrived with it.
+def receive(sock: socket.socket, max_bytes: int = MAX_MESSAGE_BYTES) -> Received:
+    """Read one datagram of at most ``max_bytes``; never leaks an fd that arrived with it.
 
     Raises BlockingIOError on a non-blocking socket with nothing to read.
     """
-    data, ancdata, flags, _ = sock.recvmsg(MAX_MESSAGE_BYTES + 1, _ANCILLARY_BYTES, socket.MSG_CMSG_CLOEXEC)
+    data, ancdata, flags, _ = sock.recvmsg(max_bytes + 1, _ANCILLARY_BYTES, socket.MSG_CMSG_CLOEXEC)
     fds = fds_from_ancillary(ancdata)
     truncated = bool(flags & socket.MSG_CTRUNC)
     if not data and not fds:
         return Received(None, [], truncated, eof=True)
     if flags & socket.MSG_TRUNC:
-        return Received(None, fds, truncated, False, f"message longer than {MAX_MESSAGE_BYTES} bytes")
+        return Received(None, fds, truncated, False, f"message longer than {max_bytes} bytes")
     try:
-        return Received(decode(data), fds, truncated, False)
+        return Received(decode(data, max_bytes), fds, truncated, False)
     except FdWireError as error:
         return Received(None, fds, truncated, False, str(error))
 

@@ -262,6 +262,16 @@ class UnmapResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class OpenCallChannelRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class OpenCallChannelResponse(_message.Message):
+    __slots__ = ("fd_ticket",)
+    FD_TICKET_FIELD_NUMBER: _ClassVar[int]
+    fd_ticket: int
+    def __init__(self, fd_ticket: _Optional[int] = ...) -> None: ...
+
 class EventsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -74,6 +74,11 @@ class BrokerStub:
                 request_serializer=bufbroker_dot_v1_dot_broker__pb2.UnmapRequest.SerializeToString,
                 response_deserializer=bufbroker_dot_v1_dot_broker__pb2.UnmapResponse.FromString,
                 _registered_method=True)
+        self.OpenCallChannel = channel.unary_unary(
+                '/bufbroker.v1.Broker/OpenCallChannel',
+                request_serializer=bufbroker_dot_v1_dot_broker__pb2.OpenCallChannelRequest.SerializeToString,
+                response_deserializer=bufbroker_dot_v1_dot_broker__pb2.OpenCallChannelResponse.FromString,
+                _registered_method=True)
         self.Events = channel.unary_stream(
                 '/bufbroker.v1.Broker/Events',
                 request_serializer=bufbroker_dot_v1_dot_broker__pb2.EventsRequest.SerializeToString,
@@ -170,6 +175,16 @@ class BrokerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OpenCallChannel(self, request, context):
+        """A call channel for this session: a SEQPACKET socket (one fd, under
+        `fd_ticket` on the fd channel) that carries Attach, Map, Unmap and
+        Detach as single datagrams, with the fds in the reply itself. It is the
+        fast path the SDK uses; see fd_channel.proto (Call, CallReply).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Events(self, request, context):
         """Session events (MoveNotify, Revoked, ...). The first event is `ready`.
         A session must hold this stream open to attach as a dynamic importer.
@@ -257,6 +272,11 @@ def add_BrokerServicer_to_server(servicer, server):
                     servicer.Unmap,
                     request_deserializer=bufbroker_dot_v1_dot_broker__pb2.UnmapRequest.FromString,
                     response_serializer=bufbroker_dot_v1_dot_broker__pb2.UnmapResponse.SerializeToString,
+            ),
+            'OpenCallChannel': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenCallChannel,
+                    request_deserializer=bufbroker_dot_v1_dot_broker__pb2.OpenCallChannelRequest.FromString,
+                    response_serializer=bufbroker_dot_v1_dot_broker__pb2.OpenCallChannelResponse.SerializeToString,
             ),
             'Events': grpc.unary_stream_rpc_method_handler(
                     servicer.Events,
@@ -510,6 +530,33 @@ class Broker:
             '/bufbroker.v1.Broker/Unmap',
             bufbroker_dot_v1_dot_broker__pb2.UnmapRequest.SerializeToString,
             bufbroker_dot_v1_dot_broker__pb2.UnmapResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenCallChannel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bufbroker.v1.Broker/OpenCallChannel',
+            bufbroker_dot_v1_dot_broker__pb2.OpenCallChannelRequest.SerializeToString,
+            bufbroker_dot_v1_dot_broker__pb2.OpenCallChannelResponse.FromString,
             options,
             channel_credentials,
             insecure,
