@@ -184,6 +184,10 @@ def test_session_limits_answer_resource_exhausted_naming_the_limit(broker_factor
         with pytest.raises(bufbroker.ResourceExhausted, match=r"max_attachments_per_session = 1"):
             imp.attach(first.id, accept=["memfd"])
         attachment.detach()
+        again = imp.attach(first.id, accept=["memfd"], map=True)   # detach freed the attachment and its mapping
+        again.mapping.close()
+        again.map().close()   # unmap frees a mapping too
+        again.detach()
         imp.attach(first.id, accept=["memfd"]).detach()   # freed: allowed again
     assert broker.stats().buffers == 0
 
