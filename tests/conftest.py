@@ -48,6 +48,15 @@ def follower_read(follower: subprocess.Popen) -> dict:
     return json_line(follower)
 
 
+def call_channels(*sessions: bufbroker.Session) -> int:
+    """Call channels these SDK sessions hold: one broker fd each, for as long as the session lives.
+
+    A session opens a second one when two of its threads call at once (say,
+    its events thread acknowledging a revoke while the main thread detaches).
+    """
+    return sum(len(session._link.calls._all) for session in sessions)
+
+
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 

@@ -23,7 +23,7 @@ import pytest
 REPORT_ENV = "BUFBROKER_RELIABILITY_REPORT"
 
 CATEGORIES = {
-    "protocol fuzzing": "hypothesis-built requests for every RPC, wrong tokens; the fd-channel decoder fuzzed",
+    "protocol fuzzing": "hypothesis-built requests for every RPC and call-channel call, wrong tokens; the fd-channel decoder fuzzed",
     "hostile fds": "253/254 fds in one message, random bytes with and without fds, cut-short messages, resealing",
     "fault injection": "kill -9 of exporter, importer and broker at protocol steps",
     "slow and stuck clients": "fd channel never read, many sessions, MoveNotify ignored; a bystander's p99",
