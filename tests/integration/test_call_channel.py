@@ -182,3 +182,46 @@ def test_call_channel_sockets_are_seqpacket_and_close_on_exec(broker, shared):
         with raw.open_call_channel() as channel:
             assert channel.type == socket.SOCK_SEQPACKET
             assert os.get_inheritable(channel.fileno()) is False
+
+
+def test_a_map_during_a_move_waits_for_the_swap_and_gets_the_new_backing(broker_factory):
+    import threading
+
+    broker = broker_factory("--move-timeout", "30")
+    with broker.connect() as exporter, RawClient(broker.socket_dir) as raw:
+        buffer = exporter.export(4096, name="moving", offers=["memfd"])
+        events = raw.stub.Events(pb.EventsRequest(), metadata=raw.metadata)
+        assert next(events).HasField("ready")
+        first, second = raw.open_call_channel(), raw.open_call_channel()
+        try:
+            request = pb.AttachRequest(buffer_name="moving", accept=specs.accept_to_wire(["memfd"], "read"), map=True)
+            reply, fds = call_on(first, "attach", request)
+            fdwire.close_fds(fds)
+            attachment_id, old_mapping = reply.attach.attachment_id, reply.attach.mapping.mapping_id
+
+            def move() -> None:
+                buffer.move(8192, reason="bigger")
+                buffer.memoryview()[:5] = b"moved"
+
+            mover = threading.Thread(target=move)
+            mover.start()
+            assert next(events).move_notify.attachment_id == attachment_id
+            # Map while the move waits for our unmap: the reply must wait for the swap.
+            waiting = fdpb.FdMessage(call=fdpb.Call(call_id=2, map=pb.MapRequest(attachment_id=attachment_id)))
+            first.sendmsg([waiting.SerializeToString()])
+            first.settimeout(0.3)
+            with pytest.raises(TimeoutError):
+                first.recv(16)
+            first.settimeout(10)
+            reply, _ = call_on(second, "unmap", pb.UnmapRequest(mapping_id=old_mapping))   # lets the move finish
+            assert reply.WhichOneof("reply") == "unmap"
+            mover.join(10)
+            received = fdwire.receive(first, fdwire.MAX_CALL_BYTES)
+            mapped = received.message.reply
+            assert mapped.call_id == 2 and mapped.map.size == 8192 and len(received.fds) == 1
+            assert os.fstat(received.fds[0]).st_size == 8192 and os.pread(received.fds[0], 5, 0) == b"moved"
+            fdwire.close_fds(received.fds)
+        finally:
+            first.close()
+            second.close()
+            events.cancel()
