@@ -235,12 +235,17 @@ class BrokerService(pb_grpc.BrokerServicer):
     def map_now(self, attachment: Attachment) -> tuple[Mapping, MapResult, pb.MapResponse]:
         """Map a buffer that is not moving; the caller sends ``result.fds`` (and unmaps if it cannot)."""
         mapping, result = self.registry.map(attachment)
-        return mapping, result, pb.MapResponse(
+        buffer = attachment.buffer
+        response = pb.MapResponse(
             mapping_id=mapping.id,
             handle=mapping_types.handle_to_wire(attachment.map_type, result.handle),
             fd_count=len(result.fds),
-            size=attachment.buffer.size,
+            size=buffer.size,
+            generation=buffer.generation,
         )
+        if buffer.layout is not None:
+            response.layout.CopyFrom(buffer.layout)
+        return mapping, result, response
 
     async def wait_out_move(self, buffer: Buffer) -> None:
         """Mapping during a move gets the new backing: wait for the swap."""

@@ -2,18 +2,16 @@
 
 ``frame(slot, generation)`` gives the bytes of a slot (a read-only
 memoryview of this process's mapping) and their layout, as the decoder
-wrote them at that buffer generation. After a move the SDK
-re-maps by itself; what the consumer must add is (1) waiting until the
-re-map of *that* generation is in place, and (2) the new layout, which
-the mapping does not carry, so it is read from the broker's BufferInfo.
+wrote them at that buffer generation. After a move the SDK re-maps by
+itself; the consumer only waits until the mapping of *that* generation is
+in place, and takes the layout from it (``Mapping.generation``,
+``Mapping.layout``).
 """
 
 from __future__ import annotations
 
 import time
 from typing import Any, Sequence
-
-from bufbroker.planes import layout_from_wire
 
 ACCEPT = ["segments", "memfd"]
 
@@ -24,12 +22,6 @@ class PoolReader:
         self.names = list(names)
         self.meter = meter
         self.attachments = [session.attach(name, accept=list(accept), access="read", map=True) for name in names]
-        # The decoder moves a slot only after both consumers attached, so
-        # each attachment starts at this generation and its SDK move count
-        # says which generation its mapping shows.
-        infos = [session.buffers(name)[0] for name in names]
-        self.base_generation = [info.generation for info in infos]
-        self.layouts = {(slot, info.generation): layout_from_wire(info.layout) for slot, info in enumerate(infos)}
         self.mappings_seen: set[int] = set()
         self.maps = 0
 
@@ -40,18 +32,21 @@ class PoolReader:
     def frame(self, slot: int, generation: int, timeout: float = 5.0) -> tuple[memoryview, dict]:
         """The mapped bytes of ``slot`` and their layout. Drop the view (and arrays over it) after use."""
         mapping = self._mapping(slot, generation, timeout)
-        return mapping.memoryview(), self._layout(slot, generation)
+        return mapping.memoryview(), mapping.layout
 
     def _mapping(self, slot: int, generation: int, timeout: float) -> Any:
         attachment = self.attachments[slot]
-        moves_needed = generation - self.base_generation[slot]
         deadline = time.monotonic() + timeout
         while True:
             mapping = attachment.wait_mapped(max(deadline - time.monotonic(), 0.0))
-            # The SDK publishes the new mapping a moment before it counts the
-            # move; an older mapping would show the old backing.
-            if attachment.moves >= moves_needed:
+            if mapping.generation == generation:
                 break
+            if mapping.generation > generation:
+                raise RuntimeError(
+                    f"slot {slot} is at generation {mapping.generation}, the decoder wrote generation {generation}: "
+                    "it moved a buffer this consumer had not released"
+                )
+            # Not re-mapped yet: the SDK is still handling the move.
             if time.monotonic() > deadline:
                 raise TimeoutError(f"slot {slot} was not re-mapped for generation {generation} within {timeout} s")
             time.sleep(0.0005)
@@ -60,18 +55,6 @@ class PoolReader:
             self.maps += 1
             self.meter.fds += len(mapping.fds)
         return mapping
-
-    def _layout(self, slot: int, generation: int) -> dict:
-        layout = self.layouts.get((slot, generation))
-        if layout is None:
-            info = self.session.buffers(self.names[slot])[0]
-            if info.generation != generation:
-                raise RuntimeError(
-                    f"slot {slot} is at generation {info.generation}, the decoder wrote generation {generation}: "
-                    "it moved a buffer this consumer had not released"
-                )
-            layout = self.layouts[(slot, generation)] = layout_from_wire(info.layout)
-        return layout
 
     def mapped_regions(self) -> int:
         """How many regions of this process's address space map the pool's memfds.

@@ -204,3 +204,20 @@ def test_restricted_offer_falls_through_for_everyone_else(open_base, broker_fact
         assert mine["trace"][0]["verdict"] == "soft-mismatch" and mine["trace"][0]["reason"].startswith("restricted")
         theirs = broker.run("importer", "locked", "--accept", "memfd,segments", "--as-uid", "65534")
         assert theirs["map_type"] == "memfd"
+
+
+def test_mappings_carry_the_generation_and_layout_they_show_across_a_move(broker):
+    small = {"fourcc": "GREY", "width": 64, "height": 32, "planes": [{"offset": 0, "stride": 64}]}
+    large = {"fourcc": "GREY", "width": 128, "height": 64, "planes": [{"offset": 0, "stride": 128}]}
+    with broker.connect() as exp, broker.connect() as imp:
+        buffer = exp.export(4096, name="frames", offers=["memfd"], layout=small)
+        plain = exp.export(4096, name="plain", offers=["memfd"])
+        attachment = imp.attach("frames", accept=["memfd"], map=True)
+        assert (attachment.mapping.generation, attachment.mapping.layout) == (1, small)
+        buffer.move(8192, layout=large, reason="resolution change")
+        deadline = time.monotonic() + 5
+        while attachment.moves < 1 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        mapping = attachment.wait_mapped(5)
+        assert (mapping.generation, mapping.layout, mapping.size) == (2, large, 8192)
+        assert imp.attach("plain", accept=["memfd"], map=True).mapping.layout is None

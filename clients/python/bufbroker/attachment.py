@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 from bufbroker import dmabuf, errors, fdwire
 from bufbroker.errors import BrokerError, FailedPrecondition, NotFound, Unavailable
+from bufbroker.planes import layout_from_wire
 from bufbroker.trace import TraceStep, trace_from_wire
 from bufbroker.v1 import broker_pb2 as pb
 from bufbroker.v1 import mapping_types_pb2 as mt
@@ -248,17 +249,33 @@ class Mapping:
     and releases the views it handed out (a numpy array made from a view
     keeps its pages mapped until the array is dropped).
 
+    ``generation`` says which backing it shows (1, then one more per move)
+    and ``layout`` the exporter's layout at that generation (a dict as
+    ``export(layout=...)`` takes, or None): after a resolution change the
+    new mapping carries the new layout, with no extra call.
+
     For ``udmabuf`` and ``dmabuf`` the one fd is a kernel dma-buf: hand it
     to a driver (DRM, V4L2, VA-API, Vulkan), or read it on the CPU inside
     ``cpu_access()``, which brackets the access with DMA_BUF_IOCTL_SYNC.
     """
 
-    def __init__(self, attachment: Attachment, mapping_id: int, handle: mt.Handle, fds: list[int], size: int) -> None:
+    def __init__(
+        self,
+        attachment: Attachment,
+        mapping_id: int,
+        handle: mt.Handle,
+        fds: list[int],
+        size: int,
+        generation: int = 0,
+        layout: Optional[dict[str, Any]] = None,
+    ) -> None:
         self.attachment = attachment
         self.id = mapping_id
         self.handle = handle
         self.fds = fds
         self.size = size
+        self.generation = generation   # the buffer's backing it shows: 1, then +1 per move
+        self.layout = layout           # the exporter's layout at that generation, or None
         self.type = handle.WhichOneof("kind") or ""
         self._mmaps: list[mmap.mmap] = []
         self._views: Optional[list[memoryview]] = None
@@ -270,7 +287,8 @@ class Mapping:
         if len(fds) != response.fd_count:
             fdwire.close_fds(fds)
             raise Unavailable(f"mapping {response.mapping_id}: expected {response.fd_count} fds, got {len(fds)}")
-        return cls(attachment, response.mapping_id, response.handle, fds, response.size)
+        layout = layout_from_wire(response.layout) if response.HasField("layout") else None
+        return cls(attachment, response.mapping_id, response.handle, fds, response.size, response.generation, layout)
 
     @property
     def writable(self) -> bool:

@@ -239,18 +239,22 @@ class MapRequest(_message.Message):
     def __init__(self, attachment_id: _Optional[int] = ...) -> None: ...
 
 class MapResponse(_message.Message):
-    __slots__ = ("mapping_id", "handle", "fd_ticket", "fd_count", "size")
+    __slots__ = ("mapping_id", "handle", "fd_ticket", "fd_count", "size", "generation", "layout")
     MAPPING_ID_FIELD_NUMBER: _ClassVar[int]
     HANDLE_FIELD_NUMBER: _ClassVar[int]
     FD_TICKET_FIELD_NUMBER: _ClassVar[int]
     FD_COUNT_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
     mapping_id: int
     handle: _mapping_types_pb2.Handle
     fd_ticket: int
     fd_count: int
     size: int
-    def __init__(self, mapping_id: _Optional[int] = ..., handle: _Optional[_Union[_mapping_types_pb2.Handle, _Mapping]] = ..., fd_ticket: _Optional[int] = ..., fd_count: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
+    generation: int
+    layout: Layout
+    def __init__(self, mapping_id: _Optional[int] = ..., handle: _Optional[_Union[_mapping_types_pb2.Handle, _Mapping]] = ..., fd_ticket: _Optional[int] = ..., fd_count: _Optional[int] = ..., size: _Optional[int] = ..., generation: _Optional[int] = ..., layout: _Optional[_Union[Layout, _Mapping]] = ...) -> None: ...
 
 class UnmapRequest(_message.Message):
     __slots__ = ("mapping_id",)
