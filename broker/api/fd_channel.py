@@ -21,7 +21,7 @@ import select
 import socket
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from bufbroker import fdwire
 from bufbroker.v1 import fd_channel_pb2 as pb
@@ -187,18 +187,7 @@ class FdChannelServer:
         return self.ledger.adopt_opened(theirs.detach())
 
     def _on_call_readable(self, channel: Connection) -> None:
-        while not channel.closed:
-            try:
-                received = fdwire.receive(channel.sock, fdwire.MAX_CALL_BYTES)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as error:
-                self.end(channel, f"call channel read failed: {error}")
-                return
-            self.ledger.adopt_received(received.fds)
-            if received.eof and _peer_hung_up(channel.sock):
-                self.end(channel, "client closed its call channel")
-                return
+        for received in self._datagrams(channel, fdwire.MAX_CALL_BYTES, "call channel"):
             message = received.message
             problem = ""
             if received.fds or received.truncated:
@@ -226,19 +215,28 @@ class FdChannelServer:
 
     # --- receiving ------------------------------------------------------------
 
-    def _on_readable(self, connection: Connection) -> None:
+    def _datagrams(self, connection: Connection, max_bytes: int, what: str) -> Iterator[fdwire.Received]:
+        """Each datagram waiting on ``connection``, its fds adopted by the ledger.
+
+        Ends the connection when the client hung up or the socket broke,
+        and stops once the connection is ended (by us or by the caller).
+        """
         while not connection.closed:
             try:
-                received = fdwire.receive(connection.sock)
+                received = fdwire.receive(connection.sock, max_bytes)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as error:
-                self.end(connection, f"fd channel read failed: {error}")
+                self.end(connection, f"{what} read failed: {error}")
                 return
             self.ledger.adopt_received(received.fds)
             if received.eof and _peer_hung_up(connection.sock):
-                self.end(connection, "client closed its fd channel")
+                self.end(connection, f"client closed its {what}")
                 return
+            yield received
+
+    def _on_readable(self, connection: Connection) -> None:
+        for received in self._datagrams(connection, fdwire.MAX_MESSAGE_BYTES, "fd channel"):
             if received.eof:  # an empty datagram reads like EOF on SEQPACKET
                 self._refuse(connection, "", InvalidArgument("empty fd-channel message; send a serialized FdMessage"))
                 continue

@@ -211,7 +211,7 @@ def test_mappings_carry_the_generation_and_layout_they_show_across_a_move(broker
     large = {"fourcc": "GREY", "width": 128, "height": 64, "planes": [{"offset": 0, "stride": 128}]}
     with broker.connect() as exp, broker.connect() as imp:
         buffer = exp.export(4096, name="frames", offers=["memfd"], layout=small)
-        plain = exp.export(4096, name="plain", offers=["memfd"])
+        exp.export(4096, name="plain", offers=["memfd"])
         attachment = imp.attach("frames", accept=["memfd"], map=True)
         assert (attachment.mapping.generation, attachment.mapping.layout) == (1, small)
         buffer.move(8192, layout=large, reason="resolution change")
