@@ -19,8 +19,7 @@ from bufbroker import fdwire
 from bufbroker.v1 import broker_pb2 as bpb
 from bufbroker.v1 import fd_channel_pb2 as pb
 
-from broker.api.fd_channel import Connection, FdChannelServer
-from broker.api.grpc_errors import trace_to_wire
+from broker.api.fd_channel import Connection, FdChannelServer, call_error
 from broker.api.grpc_metrics import RpcTimings
 from broker.api.grpc_service import BrokerService
 from broker.core.errors import BrokerError, InvalidArgument, ResourceExhausted
@@ -63,7 +62,7 @@ class CallServer:
             return
         except BrokerError as error:
             code = error.status
-            reply, fds, temporary, undo = _error_reply(call.call_id, error), [], [], None
+            reply, fds, temporary, undo = call_error(call.call_id, error), [], [], None
         except Exception:
             log.exception("bug answering a %s call; the client got INTERNAL", kind)
             code = "INTERNAL"
@@ -76,7 +75,7 @@ class CallServer:
                 undo()
             self.channels.ledger.close_all(temporary)
             code, fds, temporary, undo = "RESOURCE_EXHAUSTED", [], [], None
-            data = fdwire.encode(_error_reply(call.call_id, ResourceExhausted(
+            data = fdwire.encode(call_error(call.call_id, ResourceExhausted(
                 f"the reply would be {len(data)} bytes, more than a call channel carries ({fdwire.MAX_CALL_BYTES}); "
                 "use the gRPC call, or shorten the accept list"
             )))
@@ -90,7 +89,7 @@ class CallServer:
         try:
             await self.service.wait_out_move(buffer)
         except BrokerError as error:
-            self.channels.reply(channel, fdwire.encode(_error_reply(call.call_id, error)))
+            self.channels.reply(channel, fdwire.encode(call_error(call.call_id, error)))
             return
         if not channel.closed:
             self.handle(channel, call)   # from the start: the attachment may be gone by now
@@ -102,11 +101,10 @@ class CallServer:
         session, registry = channel.session, self.registry
         if kind == "attach":
             request = call.attach
-            if request.map:
-                buffer = self.service._find_buffer(request)
-                if buffer.moving is not None:
-                    raise _MustWait(buffer)
-            attachment, response = self.service.attach_now(session, request)
+            buffer = self.service.find_buffer(request)
+            if request.map and buffer.moving is not None:
+                raise _MustWait(buffer)
+            attachment, response = self.service.attach_now(session, request, buffer)
             if not request.map:
                 return pb.FdMessage(reply=pb.CallReply(call_id=call.call_id, attach=response)), [], [], None
             try:
@@ -138,12 +136,6 @@ class CallServer:
             self.registry.unmap(mapping)
         if detach and attachment.id in self.registry.attachments:
             self.registry.detach(attachment)
-
-
-def _error_reply(call_id: int, error: BrokerError) -> pb.FdMessage:
-    return pb.FdMessage(reply=pb.CallReply(call_id=call_id, error=pb.CallError(
-        code=error.status, kind=error.kind, message=error.message, trace=trace_to_wire(getattr(error, "trace", ())),
-    )))
 
 
 def _internal_reply(call_id: int, kind: Optional[str]) -> pb.FdMessage:

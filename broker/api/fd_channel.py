@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator, Optional
 from bufbroker import fdwire
 from bufbroker.v1 import fd_channel_pb2 as pb
 
+from broker.api.grpc_errors import trace_to_wire
 from broker.core.errors import BrokerError, InvalidArgument, ResourceExhausted, Unavailable
 from broker.core.registry import Registry, Session
 from broker.fd_ledger import FdLedger
@@ -201,9 +202,7 @@ class FdChannelServer:
                 problem = f"a call channel carries only calls, not {message.WhichOneof('kind')}"
             if problem:
                 call_id = message.call.call_id if message is not None and message.HasField("call") else 0
-                refusal = pb.FdMessage(reply=pb.CallReply(call_id=call_id, error=pb.CallError(
-                    code="INVALID_ARGUMENT", kind="invalid-argument", message=problem)))
-                self.reply(channel, fdwire.encode(refusal))
+                self.reply(channel, fdwire.encode(call_error(call_id, InvalidArgument(problem))))
                 continue
             self.on_call(channel, message.call)
 
@@ -457,6 +456,13 @@ class FdChannelServer:
         self.connections.pop(session.id, None)
         self.registry.session_close(session)
         self.on_session_end(session)
+
+
+def call_error(call_id: int, error: BrokerError) -> pb.FdMessage:
+    """The reply to a failed call: what the RPC of the same name would have aborted with."""
+    return pb.FdMessage(reply=pb.CallReply(call_id=call_id, error=pb.CallError(
+        code=error.status, kind=error.kind, message=error.message, trace=trace_to_wire(getattr(error, "trace", ()))
+    )))
 
 
 def _peer_hung_up(sock: socket.socket) -> bool:

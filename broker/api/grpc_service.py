@@ -204,7 +204,7 @@ class BrokerService(pb_grpc.BrokerServicer):
 
     # --- attachments and mappings ----------------------------------------------
 
-    def _find_buffer(self, request: Any) -> Buffer:
+    def find_buffer(self, request: Any) -> Buffer:
         which = request.WhichOneof("buffer")
         if which is None:
             raise InvalidArgument("name the buffer: set buffer_id or buffer_name")
@@ -212,9 +212,10 @@ class BrokerService(pb_grpc.BrokerServicer):
             return self.registry.buffer_find(name=request.buffer_name)
         return self.registry.buffer_find(request.buffer_id)
 
-    def attach_now(self, session: Session, request: pb.AttachRequest) -> tuple[Attachment, pb.AttachResponse]:
-        """Negotiate and attach (no mapping); shared by the Attach RPC and the call channel."""
-        buffer = self._find_buffer(request)
+    def attach_now(
+        self, session: Session, request: pb.AttachRequest, buffer: Buffer
+    ) -> tuple[Attachment, pb.AttachResponse]:
+        """Negotiate and attach to ``buffer`` (no mapping); shared by the Attach RPC and the call channel."""
         accept, compat = mapping_types.accept_from_wire(request.accept, request.access)
         if not compat and not session.events_open:
             raise FailedPrecondition(
@@ -260,7 +261,7 @@ class BrokerService(pb_grpc.BrokerServicer):
     @expected_errors
     async def Attach(self, request: pb.AttachRequest, context: Any) -> pb.AttachResponse:
         session = self.authenticate(context)
-        attachment, response = self.attach_now(session, request)
+        attachment, response = self.attach_now(session, request, self.find_buffer(request))
         if request.map:
             try:
                 response.mapping.CopyFrom(await self._map(session, attachment))
@@ -330,7 +331,7 @@ class BrokerService(pb_grpc.BrokerServicer):
     async def Explain(self, request: pb.ExplainRequest, context: Any) -> pb.ExplainResponse:
         session = self.authenticate(context)
         bare_offers = request.WhichOneof("buffer") is None and bool(request.offers)
-        buffer = None if bare_offers else self._find_buffer(request)
+        buffer = None if bare_offers else self.find_buffer(request)
         return introspection.explain(
             self.registry, session, request.accept, request.access, buffer=buffer, offers=request.offers
         )

@@ -234,8 +234,7 @@ def test_register_and_move_with_real_fds_answer_arbitrary_offers_and_layouts_wit
                 if rpc == "MoveBuffer" and aim:
                     request.buffer_id = own
                 _check_answer(raw, rpc, request, tally)
-                for received in _drain_notices(raw):
-                    pass
+                _drain_notices(raw)   # closes any fds that came back
 
             answer()
             _serving(raw)

@@ -74,6 +74,7 @@ class CallPool:
         self._lock = threading.Lock()
         self._free: list[CallChannel] = []
         self._all: list[CallChannel] = []
+        self._opening = 0   # channels being opened, outside the lock
         self._usable = True
         self._closed = False
 
@@ -82,25 +83,24 @@ class CallPool:
         with self._lock:
             if self._free:
                 return self._free.pop()
-            if not self._usable or self._closed or len(self._all) >= MAX_CHANNELS:
+            if not self._usable or self._closed or len(self._all) + self._opening >= MAX_CHANNELS:
                 return None
-            self._all.append(None)   # reserve the slot while opening outside the lock
+            self._opening += 1
         channel: Optional[CallChannel] = None
         try:
             channel = CallChannel(self._open_one())
-        except errors.BrokerError as error:
+        except (errors.BrokerError, OSError) as error:
             log.debug("bufbroker: no call channel (%s); using gRPC calls", error)
-            with self._lock:
-                self._usable = False
         with self._lock:
-            self._all.remove(None)
-            if channel is not None:
+            self._opening -= 1
+            if channel is None:
+                self._usable = False
+            elif not self._closed:
                 self._all.append(channel)
-                if self._closed:
-                    self._all.remove(channel)
-                    channel.close()
-                    return None
-        return channel
+                return channel
+        if channel is not None:   # the pool closed while it opened
+            channel.close()
+        return None
 
     def give_back(self, channel: CallChannel) -> None:
         with self._lock:
@@ -118,7 +118,7 @@ class CallPool:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            channels = [c for c in self._all if c is not None]
+            channels = list(self._all)
             self._all.clear()
             self._free.clear()
         for channel in channels:

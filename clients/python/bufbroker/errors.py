@@ -61,6 +61,10 @@ _BY_CODE = {
 }
 
 
+def _error_class(code: grpc.StatusCode, kind: str) -> type[BrokerError]:
+    return NoCommonMappingType if kind == "no-common-mapping-type" else _BY_CODE.get(code, BrokerError)
+
+
 def from_rpc_error(error: grpc.RpcError) -> BrokerError:
     """The SDK exception for a failed RPC, with the trace if the broker sent one."""
     from bufbroker.trace import trace_from_wire
@@ -76,7 +80,7 @@ def from_rpc_error(error: grpc.RpcError) -> BrokerError:
             explained = broker_pb2.ExplainResponse()
             explained.ParseFromString(value)
             trace = trace_from_wire(explained.trace)
-    cls = NoCommonMappingType if kind == "no-common-mapping-type" else _BY_CODE.get(code, BrokerError)
+    cls = _error_class(code, kind)
     details = error.details() or str(code)
     if code == grpc.StatusCode.UNAVAILABLE and cls is Unavailable and not kind:
         details = f"the broker is unreachable ({details}); is `bufbroker serve` running?"
@@ -88,5 +92,4 @@ def from_call_error(error: Any) -> BrokerError:
     from bufbroker.trace import trace_from_wire
 
     code = grpc.StatusCode.__members__.get(error.code, grpc.StatusCode.UNKNOWN)
-    cls = NoCommonMappingType if error.kind == "no-common-mapping-type" else _BY_CODE.get(code, BrokerError)
-    return cls(error.message or error.code, code, trace_from_wire(error.trace))
+    return _error_class(code, error.kind)(error.message or error.code, code, trace_from_wire(error.trace))
