@@ -17,7 +17,7 @@ import grpc
 import bufbroker
 from bench import common
 from bench.common import ECHO_METHOD, FRAME_METHOD, UNLIMITED, now, p50, p99, read_all, size_label
-from broker.launch import start_broker, stop_broker
+from bufbroker_broker.cli.launch import start_broker, stop_broker
 
 BROKER_ARGS = ["--http", "none", "--log-level", "warning"]
 US = 1e6

@@ -27,17 +27,11 @@ REQUIRED = {
 RESULT_KEYS = ("name", "value", "unit", "baseline", "baseline_value", "ratio")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="few samples, small sizes (a smoke run, ~30 s); numbers are not meaningful")
-    parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the results as JSON to PATH")
-    parser.add_argument("--only", action="append", choices=list(REQUIRED), default=None, help="run only this group (repeatable)")
-
-
 def run(quick: bool = False, json_path: Optional[Path] = None, only: Optional[list[str]] = None,
         log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)) -> dict[str, Any]:
     from bench import common, groups
-    from broker.daemon import raise_fd_limit
-    from broker.launch import stop_broker
+    from bufbroker_broker.server.daemon import raise_fd_limit
+    from bufbroker_broker.cli.launch import stop_broker
 
     raise_fd_limit()   # 10,000 buffers in the scale group
     started = time.monotonic()
@@ -136,9 +130,10 @@ def main(args: argparse.Namespace) -> int:
 
 
 def cli(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="bufbroker bench", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return main(parser.parse_args(argv))
+    """`python -m bench ARGS` is `bufbroker bench ARGS` (one parser: bufbroker_broker.cli.bench)."""
+    from bufbroker_broker.cli import main as bufbroker_main
+
+    return bufbroker_main(["bench", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

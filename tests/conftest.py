@@ -19,7 +19,7 @@ from typing import Callable, Optional
 import pytest
 
 import bufbroker
-from broker.launch import start_broker, stop_broker
+from bufbroker_broker.cli.launch import start_broker, stop_broker
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -44,7 +44,7 @@ def _warm_up(socket_dir: Path) -> None:
 def run_example(frames: int, first: tuple[int, int], second: tuple[int, int], compare: bool = True) -> int:
     from bufbroker.planes import packed_layout
 
-    from broker.launch import start_broker, stop_broker
+    from bufbroker_broker.cli.launch import start_broker, stop_broker
     from examples.video_pipeline import checks, report
     from examples.video_pipeline.decoder import ALIGN, FOURCC
     from examples.video_pipeline.run import run_bufbroker, run_piped

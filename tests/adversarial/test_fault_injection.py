@@ -16,7 +16,7 @@ import time
 import pytest
 
 import bufbroker
-from broker.launch import start_broker, stop_broker
+from bufbroker_broker.cli.launch import start_broker, stop_broker
 from tests.conftest import call_channels, warm_up
 
 CATEGORY = "fault injection"

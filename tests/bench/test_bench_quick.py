@@ -26,7 +26,7 @@ def test_bench_quick_writes_a_complete_report(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     started = time.monotonic()
     script = Path(sys.executable).parent / "bufbroker"   # the installed console script, as users run it
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "broker"]
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "bufbroker_broker"]
     # This checkout's bench/ first, so an editable install made before bench/
     # became a package (pyproject) still runs it.
     path = os.environ.get("PYTHONPATH", "")

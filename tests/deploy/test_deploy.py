@@ -32,8 +32,8 @@ import jsonschema
 import pytest
 import yaml
 
-from broker.cli import build_parser
-from broker.launch import wait_until_serving
+from bufbroker_broker.cli import build_parser
+from bufbroker_broker.cli.launch import wait_until_serving
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = REPO_ROOT / "deploy"
@@ -732,7 +732,7 @@ def test_broker_and_sdk_run_with_memory_deny_write_execute(tmp_path):
         "libc = ctypes.CDLL(None, use_errno=True)\n"
         "if libc.prctl(65, 1, 0, 0, 0) != 0:  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN\n"
         "    sys.exit(77)\n"
-        "os.execv(sys.executable, [sys.executable, '-m', 'broker', 'demo', '--frames', '20'])\n"
+        "os.execv(sys.executable, [sys.executable, '-m', 'bufbroker_broker', 'demo', '--frames', '20'])\n"
     )
     result = run([sys.executable, "-c", wrapper], cwd=tmp_path)
     if result.returncode == 77:

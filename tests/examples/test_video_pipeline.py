@@ -74,7 +74,7 @@ def test_decoder_offers_udmabuf_first_only_when_the_broker_registers_it(broker):
 
 def test_example_video_command_prints_the_report_and_exits_0(tmp_path):
     process = subprocess.run(
-        [sys.executable, "-m", "broker", "example", "video", "--quick"],
+        [sys.executable, "-m", "bufbroker_broker", "example", "video", "--quick"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

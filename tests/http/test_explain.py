@@ -83,7 +83,7 @@ def test_explain_refuses_bad_questions_with_a_clear_message(http_broker: HttpBro
 
 def _cli(broker, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "broker", *args, "--socket-dir", str(broker.socket_dir)],
+        [sys.executable, "-m", "bufbroker_broker", *args, "--socket-dir", str(broker.socket_dir)],
         capture_output=True,
         text=True,
         timeout=30,

@@ -8,7 +8,7 @@ import sys
 
 def _cli(broker, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "broker", *args, "--socket-dir", str(broker.socket_dir)],
+        [sys.executable, "-m", "bufbroker_broker", *args, "--socket-dir", str(broker.socket_dir)],
         capture_output=True,
         text=True,
         timeout=30,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import bufbroker
-from broker.launch import start_broker, stop_broker
+from bufbroker_broker.cli.launch import start_broker, stop_broker
 from tests.conftest import REPO_ROOT
 
 NO_HTTP = ["--http", "none"]
@@ -37,7 +37,7 @@ def test_start_logs_one_line_with_paths_and_version(broker):
 
 def test_a_second_broker_on_a_live_dir_refuses_to_start(broker):
     second = subprocess.run(
-        [sys.executable, "-m", "broker", "serve", "--socket-dir", str(broker.socket_dir), *NO_HTTP],
+        [sys.executable, "-m", "bufbroker_broker", "serve", "--socket-dir", str(broker.socket_dir), *NO_HTTP],
         capture_output=True,
         text=True,
         timeout=30,
@@ -94,7 +94,7 @@ def test_connect_without_a_broker_says_how_to_start_one(tmp_path):
 
 
 def test_default_socket_dir_follows_the_environment(monkeypatch):
-    from broker.settings import default_socket_dir
+    from bufbroker_broker.server.settings import default_socket_dir
 
     monkeypatch.setenv("XDG_RUNTIME_DIR", "/tmp/xdg-test")
     expected = Path("/run/bufbroker") if os.geteuid() == 0 else Path("/tmp/xdg-test/bufbroker")
@@ -107,7 +107,7 @@ def test_ls_lists_buffers_with_exporter_pid_and_offers(broker):
     with broker.connect() as session:
         session.export(8192, name="listed", offers=["segments", "memfd"])
         out = subprocess.run(
-            [sys.executable, "-m", "broker", "ls", "--socket-dir", str(broker.socket_dir)],
+            [sys.executable, "-m", "bufbroker_broker", "ls", "--socket-dir", str(broker.socket_dir)],
             capture_output=True,
             text=True,
             timeout=30,
@@ -118,7 +118,7 @@ def test_ls_lists_buffers_with_exporter_pid_and_offers(broker):
 
 
 def test_help_explains_every_command():
-    out = subprocess.run([sys.executable, "-m", "broker", "--help"], capture_output=True, text=True, timeout=30)
+    out = subprocess.run([sys.executable, "-m", "bufbroker_broker", "--help"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0
     for command in ("serve", "ls", "demo"):
         assert command in out.stdout
@@ -127,7 +127,7 @@ def test_help_explains_every_command():
 def test_demo_completes_prints_the_negotiated_type_and_leaves_nothing_behind():
     before = set(Path(tempfile.gettempdir()).glob("bufbroker-demo-*"))
     out = subprocess.run(
-        [sys.executable, "-m", "broker", "demo", "--frames", "60"],
+        [sys.executable, "-m", "bufbroker_broker", "demo", "--frames", "60"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -140,7 +140,7 @@ def test_demo_completes_prints_the_negotiated_type_and_leaves_nothing_behind():
 
 PLUGIN = '''
 from google.protobuf import wrappers_pb2
-from broker.core.mapping_type import Matched, MapResult, SoftMismatch
+from bufbroker_broker.core.mapping_type import Matched, MapResult, SoftMismatch
 
 
 class EchoType:
@@ -229,7 +229,7 @@ def test_third_party_type_from_an_entry_point_is_negotiated(broker_factory, tmp_
 def test_incomplete_third_party_type_stops_the_broker_at_start(tmp_path):
     env = _install_plugin(tmp_path / "plugin", "echo_plugin:INCOMPLETE")
     out = subprocess.run(
-        [sys.executable, "-m", "broker", "serve", "--socket-dir", str(tmp_path / "run"), *NO_HTTP],
+        [sys.executable, "-m", "bufbroker_broker", "serve", "--socket-dir", str(tmp_path / "run"), *NO_HTTP],
         capture_output=True,
         text=True,
         timeout=30,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.launch import wait_until_serving
+from bufbroker_broker.cli.launch import wait_until_serving
 from tests.conftest import REPO_ROOT, settled_fd_count, wait_for_fds, warm_up
 
 ISOLATE = ["unshare", "--mount", "--pid", "--net", "--fork", "--mount-proc", "--"]
@@ -55,7 +55,7 @@ def _isolated(module: str, *args: str) -> subprocess.Popen:
 
 def test_clients_in_other_namespaces_share_a_buffer_through_the_socket_dir(tmp_path):
     socket_dir = tmp_path / "shared"
-    broker = _isolated("broker", "serve", "--socket-dir", str(socket_dir), "--http", "none")
+    broker = _isolated("bufbroker_broker", "serve", "--socket-dir", str(socket_dir), "--http", "none")
     exporter = importer = None
     try:
         wait_until_serving(socket_dir, broker)

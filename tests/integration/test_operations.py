@@ -21,7 +21,7 @@ from tests.raw_client import RawClient
 
 def _config_show(*args: str, env: dict | None = None) -> dict[str, tuple[str, str]]:
     out = subprocess.run(
-        [sys.executable, "-m", "broker", "config", "show", *args],
+        [sys.executable, "-m", "bufbroker_broker", "config", "show", *args],
         capture_output=True,
         text=True,
         timeout=30,
@@ -58,7 +58,7 @@ def test_settings_precedence_is_flags_then_environment_then_file_then_defaults(t
 )
 def test_invalid_settings_fail_at_start_naming_field_value_and_why(tmp_path, args, env, expected):
     out = subprocess.run(
-        [sys.executable, "-m", "broker", "serve", "--socket-dir", str(tmp_path / "run"), *args],
+        [sys.executable, "-m", "bufbroker_broker", "serve", "--socket-dir", str(tmp_path / "run"), *args],
         capture_output=True,
         text=True,
         timeout=30,
@@ -73,7 +73,7 @@ def test_unknown_setting_in_the_config_file_is_refused(tmp_path):
     config = tmp_path / "bad.toml"
     config.write_text("socket_dirr = '/tmp/x'\n")
     out = subprocess.run(
-        [sys.executable, "-m", "broker", "config", "show", "--config", str(config)],
+        [sys.executable, "-m", "bufbroker_broker", "config", "show", "--config", str(config)],
         capture_output=True,
         text=True,
         timeout=30,
@@ -82,9 +82,9 @@ def test_unknown_setting_in_the_config_file_is_refused(tmp_path):
 
 
 def test_health_command_exits_0_when_serving_and_1_when_not(broker, tmp_path):
-    ok = subprocess.run([sys.executable, "-m", "broker", "health", "--socket-dir", str(broker.socket_dir)], capture_output=True, text=True, timeout=30)
+    ok = subprocess.run([sys.executable, "-m", "bufbroker_broker", "health", "--socket-dir", str(broker.socket_dir)], capture_output=True, text=True, timeout=30)
     assert ok.returncode == 0 and "SERVING" in ok.stdout
-    missing = subprocess.run([sys.executable, "-m", "broker", "health", "--socket-dir", str(tmp_path / "none"), "--timeout", "0.5"], capture_output=True, text=True, timeout=30)
+    missing = subprocess.run([sys.executable, "-m", "bufbroker_broker", "health", "--socket-dir", str(tmp_path / "none"), "--timeout", "0.5"], capture_output=True, text=True, timeout=30)
     assert missing.returncode == 1
 
 
@@ -159,7 +159,7 @@ def test_http_address_in_use_fails_at_start_and_cleans_up(tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         out = subprocess.run(
-            [sys.executable, "-m", "broker", "serve", "--socket-dir", str(tmp_path / "run"), "--http", f"127.0.0.1:{port}"],
+            [sys.executable, "-m", "bufbroker_broker", "serve", "--socket-dir", str(tmp_path / "run"), "--http", f"127.0.0.1:{port}"],
             capture_output=True,
             text=True,
             timeout=30,

@@ -11,7 +11,7 @@ import sys
 import time
 
 import bufbroker
-from broker.launch import start_broker, stop_broker
+from bufbroker_broker.cli.launch import start_broker, stop_broker
 from tests.conftest import REPO_ROOT, follower_read, json_line
 
 NO_HTTP = ["--http", "none"]
@@ -79,7 +79,7 @@ def test_clients_survive_a_broker_restart_and_the_gap_is_measured(tmp_path):
 
 def test_demo_keeps_running_across_a_broker_restart():
     out = subprocess.run(
-        [sys.executable, "-m", "broker", "demo", "--frames", "400", "--restart-broker-at", "100"],
+        [sys.executable, "-m", "bufbroker_broker", "demo", "--frames", "400", "--restart-broker-at", "100"],
         capture_output=True,
         text=True,
         timeout=180,

@@ -150,7 +150,7 @@ def test_dma_heap_exporter_is_imported_with_sync_and_p2p_is_decided_by_the_topol
 
 
 def test_doctor_finds_udmabuf_and_the_system_heap(udmabuf, system_heap):
-    from broker.doctor import doctor_report
+    from bufbroker_broker.cli.doctor import doctor_report
 
     lines, status = doctor_report()
     text = "\n".join(lines)

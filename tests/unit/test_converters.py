@@ -15,20 +15,20 @@ import pytest
 
 from bufbroker.v1 import mapping_types_pb2 as pb
 
-from broker.core.errors import NoCommonMappingType
-from broker.core.mapping_type import Matched, MatchContext, SoftMismatch
-from broker.core.negotiate import MATCHED, SOFT_MISMATCH, TYPE_DIFFERS, Spec, negotiate
-from broker.core.registry import Attachment, Buffer, BufferFd, Session
-from broker.mapping_types.converters import (
+from bufbroker_broker.core.errors import NoCommonMappingType
+from bufbroker_broker.core.mapping_type import Matched, MatchContext, SoftMismatch
+from bufbroker_broker.core.negotiate import MATCHED, SOFT_MISMATCH, TYPE_DIFFERS, Spec, negotiate
+from bufbroker_broker.core.registry import Attachment, Buffer, BufferFd, Session
+from bufbroker_broker.mapping_types.converters import (
     CONVERTERS,
     MEMFD_TO_UDMABUF,
     SEGMENTS_TO_MEMFD,
     SEGMENTS_TO_MEMFD_COPY,
     SEGMENTS_TO_UDMABUF,
 )
-from broker.mapping_types.memfd import MEMFD
-from broker.mapping_types.segments import SEGMENTS
-from broker.mapping_types.udmabuf import UDMABUF
+from bufbroker_broker.mapping_types.memfd import MEMFD
+from bufbroker_broker.mapping_types.segments import SEGMENTS
+from bufbroker_broker.mapping_types.udmabuf import UDMABUF
 
 PAGE = mmap.PAGESIZE
 READ, READ_WRITE = pb.ACCESS_READ, pb.ACCESS_READ_WRITE

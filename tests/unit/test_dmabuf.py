@@ -13,9 +13,9 @@ import pytest
 from bufbroker import dmabuf
 from bufbroker.v1 import mapping_types_pb2 as pb
 
-from broker.core.errors import InvalidArgument
-from broker.core.mapping_type import Matched, MatchContext, SoftMismatch
-from broker.mapping_types.dmabuf import DMABUF
+from bufbroker_broker.core.errors import InvalidArgument
+from bufbroker_broker.core.mapping_type import Matched, MatchContext, SoftMismatch
+from bufbroker_broker.mapping_types.dmabuf import DMABUF
 
 READ, READ_WRITE = pb.ACCESS_READ, pb.ACCESS_READ_WRITE
 

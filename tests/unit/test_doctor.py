@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from broker import capabilities
-from broker.capabilities import HostPaths, check_dma_heaps, check_udmabuf
-from broker.doctor import BROKEN, OK, PARTIAL, doctor_report
+from bufbroker_broker.host import capabilities
+from bufbroker_broker.host.capabilities import HostPaths, check_dma_heaps, check_udmabuf
+from bufbroker_broker.cli.doctor import BROKEN, OK, PARTIAL, doctor_report
 
 HOST_HAS_UDMABUF = os.path.exists("/dev/udmabuf")
 
@@ -98,7 +98,7 @@ def test_doctor_status_is_ok_partial_or_broken():
 
 
 def test_bufbroker_doctor_prints_the_report_and_exits_with_its_status(capsys):
-    from broker.cli import main
+    from bufbroker_broker.cli import main
 
     status = main(["doctor"])
     printed = capsys.readouterr().out

@@ -9,8 +9,8 @@ import socket
 
 import pytest
 
-from broker.core.errors import InvalidArgument
-from broker.fd_inspect import inspect_fd, inspect_memfd
+from bufbroker_broker.core.errors import InvalidArgument
+from bufbroker_broker.host.fd_inspect import inspect_fd, inspect_memfd
 
 SIZE = 8192
 

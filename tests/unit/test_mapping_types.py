@@ -9,18 +9,18 @@ import pytest
 
 from bufbroker.v1 import mapping_types_pb2 as pb
 
-from broker.core.errors import InvalidArgument
-from broker.core.mapping_type import MappingType, Matched, MatchContext, SoftMismatch, check_mapping_type
-from broker.core.registry import Attachment, Buffer, BufferFd, Session
-from broker.mapping_types import (
+from bufbroker_broker.core.errors import InvalidArgument
+from bufbroker_broker.core.mapping_type import MappingType, Matched, MatchContext, SoftMismatch, check_mapping_type
+from bufbroker_broker.core.registry import Attachment, Buffer, BufferFd, Session
+from bufbroker_broker.mapping_types import (
     MAPPING_TYPES,
     accept_from_wire,
     load_mapping_types,
     offers_from_wire,
     register_mapping_type,
 )
-from broker.mapping_types.memfd import MEMFD
-from broker.mapping_types.segments import MAX_EXTENTS, SEGMENTS
+from bufbroker_broker.mapping_types.memfd import MEMFD
+from bufbroker_broker.mapping_types.segments import MAX_EXTENTS, SEGMENTS
 
 SIZE = 4096
 
@@ -252,7 +252,7 @@ def _reopen_as_nobody(fd: int, flags: int) -> str:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another uid")
 def test_memfd_read_attachment_cannot_gain_write_access_from_another_uid(memfd_buffer):
-    from broker.fd_inspect import inspect_memfd
+    from bufbroker_broker.host.fd_inspect import inspect_memfd
 
     inspect_memfd(memfd_buffer.fds[0].fd, 0)   # what registration does
     result = MEMFD.map(memfd_buffer, attach_memfd(memfd_buffer, pb.ACCESS_READ))
@@ -269,7 +269,7 @@ def test_memfd_read_attachment_cannot_gain_write_access_from_another_uid(memfd_b
 
 
 def test_offers_say_which_kind_of_fd_the_buffer_needs(registry):
-    from broker.mapping_types import offers_fd_kind
+    from bufbroker_broker.mapping_types import offers_fd_kind
 
     assert offers_fd_kind([]) == "memfd"
     assert offers_fd_kind([pb.Offer(udmabuf=pb.UdmabufOffer()), pb.Offer(segments=pb.SegmentsOffer())]) == "memfd"
@@ -277,15 +277,15 @@ def test_offers_say_which_kind_of_fd_the_buffer_needs(registry):
 
 
 def test_offers_needing_different_kinds_of_fd_are_invalid(registry):
-    from broker.mapping_types import offers_fd_kind
+    from bufbroker_broker.mapping_types import offers_fd_kind
 
     with pytest.raises(InvalidArgument, match="dmabuf take a dmabuf fd; memfd take a memfd fd"):
         offers_fd_kind([pb.Offer(memfd=pb.MemfdOffer()), pb.Offer(dmabuf=pb.DmabufOffer())])
 
 
 def test_load_mapping_types_registers_udmabuf_and_dmabuf(registry):
-    from broker.mapping_types.dmabuf import DMABUF
-    from broker.mapping_types.udmabuf import UDMABUF
+    from bufbroker_broker.mapping_types.dmabuf import DMABUF
+    from bufbroker_broker.mapping_types.udmabuf import UDMABUF
 
     assert registry["udmabuf"] is UDMABUF and registry["dmabuf"] is DMABUF
     for mapping_type in (UDMABUF, DMABUF):

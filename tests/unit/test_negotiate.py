@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 from bufbroker.v1 import mapping_types_pb2 as pb
 
-from broker.core.errors import InvalidArgument, NoCommonMappingType
-from broker.core.mapping_type import MapResult, MatchContext, Matched, SoftMismatch, check_mapping_type
-from broker.core.negotiate import (
+from bufbroker_broker.core.errors import InvalidArgument, NoCommonMappingType
+from bufbroker_broker.core.mapping_type import MapResult, MatchContext, Matched, SoftMismatch, check_mapping_type
+from bufbroker_broker.core.negotiate import (
     ERROR,
     MATCHED,
     SOFT_MISMATCH,
@@ -24,8 +24,8 @@ from broker.core.negotiate import (
     Spec,
     negotiate,
 )
-from broker.mapping_types.memfd import MEMFD
-from broker.mapping_types.segments import SEGMENTS
+from bufbroker_broker.mapping_types.memfd import MEMFD
+from bufbroker_broker.mapping_types.segments import SEGMENTS
 
 CTX = MatchContext(
     importer_uid=1000, importer_gid=1000, buffer_size=4096, fd_sizes=(4096,), fd_writable=(True,)

@@ -14,10 +14,10 @@ import pytest
 
 from bufbroker.v1 import mapping_types_pb2 as pb
 
-from broker.core.errors import InvalidArgument
-from broker.core.mapping_type import Matched, MatchContext, SoftMismatch
-from broker.mapping_types.dmabuf import DMABUF
-from broker.pci import check_pci_address, device_path, p2p_reach
+from bufbroker_broker.core.errors import InvalidArgument
+from bufbroker_broker.core.mapping_type import Matched, MatchContext, SoftMismatch
+from bufbroker_broker.mapping_types.dmabuf import DMABUF
+from bufbroker_broker.host.pci import check_pci_address, device_path, p2p_reach
 
 GPU = "0000:03:00.0"       # behind switch 0000:01:00.0, downstream port 0000:02:01.0
 NIC = "0000:04:00.0"       # behind the same switch, downstream port 0000:02:02.0

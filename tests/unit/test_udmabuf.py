@@ -18,10 +18,10 @@ import pytest
 
 from bufbroker.v1 import mapping_types_pb2 as pb
 
-from broker.core.errors import FailedPrecondition
-from broker.core.mapping_type import Matched, MatchContext, SoftMismatch, check_mapping_type
-from broker.core.registry import Attachment, Buffer, BufferFd, Session
-from broker.mapping_types.udmabuf import (
+from bufbroker_broker.core.errors import FailedPrecondition
+from bufbroker_broker.core.mapping_type import Matched, MatchContext, SoftMismatch, check_mapping_type
+from bufbroker_broker.core.registry import Attachment, Buffer, BufferFd, Session
+from bufbroker_broker.mapping_types.udmabuf import (
     UDMABUF,
     UDMABUF_CREATE,
     UDMABUF_CREATE_LIST,

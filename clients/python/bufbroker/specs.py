@@ -157,6 +157,8 @@ class Plugin:
 
 Spec = Union[str, Memfd, Segments, Udmabuf, Dmabuf, Plugin]
 _BY_NAME = {"memfd": Memfd, "segments": Segments, "udmabuf": Udmabuf, "dmabuf": Dmabuf}
+# The built-in types' names, for clients that build accept lists from text (`bufbroker explain`).
+TYPE_NAMES: tuple[str, ...] = tuple(_BY_NAME)
 
 
 def _resolve(spec: Spec) -> Any:

@@ -1,1 +1,0 @@
-"""The broker's faces: the gRPC service and the fd channel server."""

@@ -1,0 +1,74 @@
+"""`bufbroker doctor`: what this host supports, and what to do about each missing piece.
+
+The same probes as the broker's start-up capability line
+(broker/capabilities.py), then each mapping type's own verdict
+(``host_support``), as the broker would list them.
+
+Exit status: 0 when every piece is there, 1 when the broker runs but some
+optional piece is missing (it serves fewer mapping types), 2 when a
+required piece is missing and the broker cannot work here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from bufbroker_broker import mapping_types
+from bufbroker_broker.host.capabilities import Check, HostPaths, probe_host
+
+OK, PARTIAL, BROKEN = 0, 1, 2
+
+
+def doctor_report(paths: HostPaths = HostPaths()) -> tuple[list[str], int]:
+    """The report's lines and the exit status (see the module docstring)."""
+    checks = probe_host(paths)
+    lines = [f"bufbroker doctor: kernel {os.uname().release}, uid {os.geteuid()}"]
+    for check in checks:
+        lines.extend(_check_lines(check))
+    lines.append("mapping types:")
+    for name, mapping_type in sorted(mapping_types.load_mapping_types().items()):
+        support = getattr(mapping_type, "host_support", None)
+        supported, reason = support() if callable(support) else (True, "")
+        verdict = "yes" if supported else "no"
+        lines.append(f"  {name:<10} {verdict:<4} {reason}".rstrip())
+    missing_required = [c.name for c in checks if c.required and not c.ok]
+    missing_optional = [c.name for c in checks if not c.required and not c.ok]
+    if missing_required:
+        lines.append(f"result: the broker cannot work here: {', '.join(missing_required)} missing")
+        return lines, BROKEN
+    if missing_optional:
+        lines.append(f"result: the broker runs here without: {', '.join(missing_optional)} (see the fixes above)")
+        return lines, PARTIAL
+    lines.append("result: everything bufbroker can use is here")
+    return lines, OK
+
+
+def _check_lines(check: Check) -> list[str]:
+    state = "ok" if check.ok else ("MISSING" if check.required else "missing")
+    lines = [f"  {state:<8} {check.name:<14} {check.detail}"]
+    if not check.ok and check.fix:
+        lines.append(f"  {'':<8} {'':<14} fix: {check.fix}")
+    return lines
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    commands.add_parser(
+        "doctor",
+        help="what this host's kernel supports, and what to do about each missing piece",
+        description="Probe memfd sealing, the fd limit, /dev/udmabuf, dma-heaps and the PCI topology, then "
+        "each mapping type's verdict, printing a fix for whatever is missing. Exit 0 when everything is "
+        "there, 1 when an optional piece is missing, 2 when the broker cannot work here.",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_doctor()
+
+
+def run_doctor() -> int:
+    """Print the report for this host (honouring BUFBROKER_SYSFS_ROOT); return the status."""
+    sysfs = os.environ.get("BUFBROKER_SYSFS_ROOT") or "/sys"
+    lines, status = doctor_report(HostPaths(sysfs=sysfs))
+    print("\n".join(lines))
+    return status

@@ -1,0 +1,179 @@
+"""MappingType: one way to hand a buffer out (the kernel's
+``struct dma_buf_mapping_type``).
+
+Each type is a singleton object with its own offer, match and handle
+protobuf messages. Types are compared by identity, never by name. A type
+module under broker/mapping_types/ exports exactly one instance; the
+registry (broker/mapping_types/__init__.py) validates every type once, at
+start-up, with :func:`check_mapping_type`, so an incomplete type is refused
+before the first RPC rather than on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, Sequence, Union, runtime_checkable
+
+if TYPE_CHECKING:
+    from bufbroker_broker.core.registry import Attachment, Buffer
+
+
+@dataclass(frozen=True)
+class Matched:
+    """The pair matches; negotiation stops here."""
+
+
+@dataclass(frozen=True)
+class SoftMismatch:
+    """The pair cannot be used, for an expected reason; negotiation goes on.
+
+    The kernel's equivalent is a match callback returning -EOPNOTSUPP-like
+    codes for things like access mode or p2p distance.
+    """
+
+    reason: str
+
+
+MatchResult = Union[Matched, SoftMismatch]
+
+
+@dataclass(frozen=True)
+class MatchContext:
+    """What a type's ``match`` may know about the importer and the buffer."""
+
+    importer_uid: int
+    importer_gid: int
+    buffer_size: int
+    fd_sizes: tuple[int, ...]
+    fd_writable: tuple[bool, ...]
+    exporter_uid: int = -1
+    # The seals of each fd (F_GET_SEALS at registration; 0 for non-memfds).
+    fd_seals: tuple[int, ...] = ()
+    # Where this host's sysfs is (the broker's ``sysfs_root`` setting): the
+    # PCI topology for p2p reachability, udmabuf's module parameters.
+    sysfs_root: str = "/sys"
+
+
+@dataclass
+class MapResult:
+    """What ``map`` produces: a handle message and the fds to send.
+
+    ``fds`` are sent in order. ``temporary`` lists the fds among them that
+    ``map`` opened for this mapping alone; the caller closes them once they
+    are sent (the kernel has then duplicated them into the message).
+    ``retained`` lists fds ``map`` opened that the buffer keeps for later
+    maps (udmabuf's one dma-buf per buffer); the registry adopts them into
+    its ledger and closes them when the type's ``release`` hands them back.
+    """
+
+    handle: Any
+    fds: list[int]
+    temporary: list[int] = field(default_factory=list)
+    retained: list[int] = field(default_factory=list)
+
+
+@runtime_checkable
+class MappingType(Protocol):
+    """The contract of a mapping type. Who calls what:
+
+    - ``check_offer`` / ``check_match``: the broker, on RegisterBuffer and
+      Attach, before negotiation; raise InvalidArgument on bad input;
+      return the (possibly normalised) message.
+    - ``match``: :func:`bufbroker_broker.core.negotiate.negotiate`, for each pair of
+      this type; return Matched or SoftMismatch, or raise a BrokerError to
+      abort the whole attach (a real error must not be hidden).
+    - ``finish``: negotiate, once, on the matched pair; returns the
+      attachment's fixed map parameters (``Attachment.map_params``).
+    - ``map`` / ``unmap``: the broker, on Map and Unmap (and Unmap for every
+      mapping when an attachment goes away). Every map is unmapped.
+    - ``describe``: introspection; one line about the type.
+
+    Optional members (looked up with getattr):
+
+    - ``fd_kind``: the kind of fd a buffer offering this type must be
+      registered with, ``"memfd"`` (the default) or ``"dmabuf"``; the
+      broker validates the exporter's fds accordingly (broker/fd_inspect.py).
+    - ``host_support() -> (bool, reason)``: introspection and ``bufbroker
+      doctor``; whether this host can serve the type and, if not, why.
+    - ``release(buffer) -> list[int]``: the registry, when the buffer is
+      revoked or moved; drop what ``map`` kept in ``buffer.type_state[type]``
+      and return the fds to close (the registry closes them in its ledger).
+    """
+
+    name: str
+    description: str
+    offer_message: type
+    match_message: type
+    handle_message: type
+
+    def check_offer(self, offer: Any, ctx_fd_sizes: Sequence[int], size: int) -> Any: ...
+
+    def check_match(self, match: Any) -> Any: ...
+
+    def match(self, offer: Any, match: Any, ctx: MatchContext) -> MatchResult: ...
+
+    def finish(self, offer: Any, match: Any, ctx: MatchContext) -> Any: ...
+
+    def map(self, buffer: "Buffer", attachment: "Attachment") -> MapResult: ...
+
+    def unmap(self, buffer: "Buffer", attachment: "Attachment") -> None: ...
+
+    def describe(self) -> str: ...
+
+
+@runtime_checkable
+class Converter(Protocol):
+    """A way to hand out an offer of type ``source`` as type ``target``.
+
+    The broker tries converters only after every direct (offer, match) pair
+    failed (DESIGN.md section 3), so the exporter's own offers always win.
+    Who calls what:
+
+    - ``match``: :func:`bufbroker_broker.core.negotiate.negotiate`, for an offer of
+      ``source`` and a match of ``target``; same contract as a type's match
+      (Matched, SoftMismatch with the reason, or raise to abort).
+    - ``finish``: negotiate, once, on the matched pair: the map parameters.
+    - ``map`` / ``unmap``: the registry, for attachments this converter
+      produced (``Attachment.converter``), instead of the target type's.
+
+    ``copies`` is True when a map copies the bytes; such converters are
+    tried after every zero-copy one. ``name`` is what traces show, e.g.
+    ``segments->udmabuf``.
+    """
+
+    name: str
+    source: MappingType
+    target: MappingType
+    copies: bool
+
+    def match(self, offer: Any, match: Any, ctx: MatchContext) -> MatchResult: ...
+
+    def finish(self, offer: Any, match: Any, ctx: MatchContext) -> Any: ...
+
+    def map(self, buffer: "Buffer", attachment: "Attachment") -> MapResult: ...
+
+    def unmap(self, buffer: "Buffer", attachment: "Attachment") -> None: ...
+
+
+REQUIRED_METHODS = ("check_offer", "check_match", "match", "finish", "map", "unmap", "describe")
+REQUIRED_ATTRIBUTES = ("name", "description", "offer_message", "match_message", "handle_message")
+
+
+def check_mapping_type(candidate: object) -> None:
+    """Refuse an incomplete mapping type with a message that says what is missing.
+
+    Like the kernel validating an ops table at export time, this runs once
+    when the type is registered. A type that can map must also unmap.
+    """
+    label = getattr(candidate, "name", None) or repr(candidate)
+    missing = [a for a in REQUIRED_ATTRIBUTES if not getattr(candidate, a, None)]
+    missing += [m for m in REQUIRED_METHODS if not callable(getattr(candidate, m, None))]
+    if missing:
+        raise TypeError(
+            f"mapping type {label!r} is incomplete: it lacks {', '.join(missing)}; "
+            "a mapping type needs every member of bufbroker_broker.core.mapping_type.MappingType "
+            "(map without unmap is refused)"
+        )
+    name = candidate.name  # type: ignore[attr-defined]
+    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
+        raise TypeError(f"mapping type name {name!r} must be a short identifier like 'memfd'")

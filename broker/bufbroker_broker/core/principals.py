@@ -1,0 +1,53 @@
+"""Principals: who may see a buffer or an offer, by peer credentials.
+
+A principal is ``uid:N``, ``gid:N``, ``same-uid`` (the exporter's uid) or
+``any``. They are checked against the uid and gid the kernel reported for
+the importer's connection (SO_PEERCRED), never against what a client says.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from bufbroker_broker.core.errors import InvalidArgument
+
+SAME_UID = "same-uid"
+ANY = "any"
+MAX_PRINCIPALS = 64
+
+
+def parse_principals(principals: Iterable[str], what: str) -> tuple[str, ...]:
+    """Validate a principal list; raise InvalidArgument naming the bad entry."""
+    parsed = tuple(principals)
+    if len(parsed) > MAX_PRINCIPALS:
+        raise InvalidArgument(f"{what}: {len(parsed)} principals; at most {MAX_PRINCIPALS} are allowed")
+    for principal in parsed:
+        if principal in (SAME_UID, ANY):
+            continue
+        kind, _, number = principal.partition(":")
+        if kind not in ("uid", "gid") or not number.isdigit() or int(number) >= 1 << 32:
+            raise InvalidArgument(
+                f"{what}: {principal!r} is not a principal; use uid:N, gid:N, same-uid or any"
+            )
+    return parsed
+
+
+def principal_allowed(principals: Iterable[str], uid: int, gid: int, exporter_uid: int) -> bool:
+    """True when a peer with ``uid``/``gid`` is one of ``principals``."""
+    as_uid = as_gid = ""   # "uid:N" / "gid:N", formatted once, when first needed
+    for principal in principals:
+        if principal == ANY:
+            return True
+        if principal == SAME_UID:
+            if uid == exporter_uid:
+                return True
+            continue
+        if not as_uid:
+            as_uid, as_gid = f"uid:{uid}", f"gid:{gid}"
+        if principal == as_uid or principal == as_gid:
+            return True
+    return False
+
+
+def describe_peer(uid: int, gid: int) -> str:
+    return f"uid:{uid} gid:{gid}"

@@ -1,0 +1,180 @@
+"""The mapping-type registry and the wire form of offers, matches, handles.
+
+The registry is one dict filled by :func:`register_mapping_type`: the
+built-in types, then every entry point in the ``bufbroker.mapping_types``
+group (how third parties add a type without touching the core). Each type
+is validated when it is registered, so an incomplete one stops the broker
+at start-up.
+
+On the wire an offer, match or handle is a oneof with one arm per built-in
+type (named after the type) and a ``plugin`` arm (type name + Any) for the
+rest; these helpers turn them into :class:`Spec` objects and back.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib.metadata import entry_points
+from typing import Any
+
+from bufbroker.v1 import mapping_types_pb2 as pb
+
+from bufbroker_broker.core.errors import InvalidArgument
+from bufbroker_broker.core.mapping_type import Converter, MappingType, check_mapping_type
+from bufbroker_broker.core.negotiate import Spec
+from bufbroker_broker.core.principals import parse_principals
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "bufbroker.mapping_types"
+
+MAPPING_TYPES: dict[str, MappingType] = {}
+
+# Arms of the Offer/Match/Handle oneofs that are built-in types.
+_BUILTIN_ARMS = frozenset(f.name for f in pb.Offer.DESCRIPTOR.oneofs_by_name["kind"].fields) - {
+    "plugin"
+}
+
+
+def register_mapping_type(mapping_type: Any) -> MappingType:
+    """Validate and add a type; a second type of the same name is refused."""
+    check_mapping_type(mapping_type)
+    existing = MAPPING_TYPES.get(mapping_type.name)
+    if existing is not None and existing is not mapping_type:
+        raise TypeError(f"two mapping types are named {mapping_type.name!r}; names must be unique")
+    MAPPING_TYPES[mapping_type.name] = mapping_type
+    return mapping_type
+
+
+def load_mapping_types() -> dict[str, MappingType]:
+    """Register the built-ins and every installed entry point (idempotent)."""
+    from bufbroker_broker.mapping_types.dmabuf import DMABUF
+    from bufbroker_broker.mapping_types.memfd import MEMFD
+    from bufbroker_broker.mapping_types.segments import SEGMENTS
+    from bufbroker_broker.mapping_types.udmabuf import UDMABUF
+
+    register_mapping_type(MEMFD)
+    register_mapping_type(SEGMENTS)
+    register_mapping_type(UDMABUF)
+    register_mapping_type(DMABUF)
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            loaded = entry.load()
+        except Exception as error:  # a broken plugin must say which one it is
+            raise TypeError(
+                f"mapping type entry point {entry.name!r} ({entry.value}) failed to load: {error}"
+            ) from error
+        register_mapping_type(loaded)
+    return MAPPING_TYPES
+
+
+def load_converters() -> tuple[Converter, ...]:
+    """The built-in converters (memfd/segments -> udmabuf, segments -> memfd), in trial order."""
+    from bufbroker_broker.mapping_types.converters import CONVERTERS
+
+    return CONVERTERS
+
+
+def offers_fd_kind(offers: Any) -> str:
+    """The kind of fd (``memfd`` or ``dmabuf``) a buffer with these wire offers needs.
+
+    Each type says which it takes (``fd_kind``, default memfd); empty
+    offers mean memfd. Offers of different kinds cannot share one buffer.
+    Unknown or empty arms are left for :func:`offers_from_wire` to refuse.
+    """
+    kinds: dict[str, list[str]] = {}
+    for wire in offers:
+        arm = wire.WhichOneof("kind")
+        name = wire.plugin.type_name if arm == "plugin" else arm
+        mapping_type = MAPPING_TYPES.get(name or "")
+        if mapping_type is not None:
+            kinds.setdefault(getattr(mapping_type, "fd_kind", "memfd"), []).append(name)
+    if len(kinds) > 1:
+        described = "; ".join(f"{', '.join(names)} take a {kind} fd" for kind, names in sorted(kinds.items()))
+        raise InvalidArgument(
+            f"these offers need different kinds of fd ({described}); register one buffer per kind of fd"
+        )
+    return next(iter(kinds), "memfd")
+
+
+def compat_type() -> MappingType:
+    """memfd: what unaware importers accept and unaware exporters offer."""
+    return MAPPING_TYPES["memfd"]
+
+
+def _lookup(name: str, role: str, index: int) -> MappingType:
+    mapping_type = MAPPING_TYPES.get(name)
+    if mapping_type is None:
+        known = ", ".join(sorted(MAPPING_TYPES))
+        raise InvalidArgument(
+            f"{role} {index} names unknown mapping type {name!r}; this broker knows [{known}]"
+        )
+    return mapping_type
+
+
+def _type_and_message(wire: Any, role: str, message_attr: str, index: int) -> tuple[MappingType, Any]:
+    """The mapping type a wire offer or match names, and its type's message.
+
+    Runs on every Attach: error text is only formatted when it is raised.
+    """
+    arm = wire.WhichOneof("kind")
+    if arm is None:
+        raise InvalidArgument(f"{role} {index} is empty: set one mapping type arm (e.g. memfd)")
+    if arm != "plugin":
+        return _lookup(arm, role, index), getattr(wire, arm)
+    mapping_type = _lookup(wire.plugin.type_name, role, index)
+    message = getattr(mapping_type, message_attr)()
+    # An empty body asks with the type's defaults: a client that knows a
+    # plugin type only by name (e.g. `bufbroker explain`) can still name it.
+    if wire.plugin.body.type_url and not wire.plugin.body.Unpack(message):
+        raise InvalidArgument(
+            f"{role} {index}: the plugin body is a {wire.plugin.body.TypeName()!r}, but mapping type "
+            f"{mapping_type.name!r} expects {message.DESCRIPTOR.full_name!r}"
+        )
+    return mapping_type, message
+
+
+def offers_from_wire(offers: Any, fd_sizes: tuple[int, ...], size: int) -> list[Spec]:
+    """Resolve and validate an exporter's offers; empty means ``[memfd]``."""
+    if not offers:
+        return [Spec(compat_type(), compat_type().check_offer(pb.MemfdOffer(), fd_sizes, size))]
+    specs = []
+    for index, wire in enumerate(offers):
+        mapping_type, message = _type_and_message(wire, "offer", "offer_message", index)
+        restricted = parse_principals(wire.restricted_to, f"offer {index} restricted_to")
+        specs.append(Spec(mapping_type, mapping_type.check_offer(message, fd_sizes, size), restricted))
+    return specs
+
+
+def accept_from_wire(accept: Any, access: int) -> tuple[list[Spec], bool]:
+    """Resolve an importer's accept list; returns (specs, is_compat).
+
+    An empty list is a compat importer: it accepts memfd with ``access``.
+    """
+    if not accept:
+        match = pb.MemfdMatch(access=access)
+        return [Spec(compat_type(), compat_type().check_match(match))], True
+    specs = []
+    for index, wire in enumerate(accept):
+        mapping_type, message = _type_and_message(wire, "match", "match_message", index)
+        specs.append(Spec(mapping_type, mapping_type.check_match(message)))
+    return specs, False
+
+
+def _wrap(container: Any, mapping_type: MappingType, message: Any) -> Any:
+    if mapping_type.name in _BUILTIN_ARMS:
+        getattr(container, mapping_type.name).CopyFrom(message)
+    else:
+        container.plugin.type_name = mapping_type.name
+        container.plugin.body.Pack(message)
+    return container
+
+
+def handle_to_wire(mapping_type: MappingType, handle: Any) -> pb.Handle:
+    return _wrap(pb.Handle(), mapping_type, handle)
+
+
+def offer_to_wire(spec: Spec) -> pb.Offer:
+    offer = _wrap(pb.Offer(), spec.type, spec.message)
+    offer.restricted_to.extend(spec.restricted_to)
+    return offer

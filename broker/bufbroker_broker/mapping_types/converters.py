@@ -1,0 +1,183 @@
+"""Converters: hand an offer out as a type the exporter did not name.
+
+negotiate() tries them only after every direct (offer, match) pair failed,
+zero-copy ones before the copy, and the trace names the one it used
+(``converter``). Each is a :class:`bufbroker_broker.core.mapping_type.Converter`:
+
+- ``memfd->udmabuf``, ``segments->udmabuf``: the same pages as a kernel
+  dma-buf (zero-copy; the udmabuf type's rules and its one dma-buf per
+  buffer apply).
+- ``segments->memfd``: zero-copy when the offer is one extent covering a
+  whole memfd; the importer gets that memfd.
+- ``segments->memfd-copy``: otherwise, for ``read`` importers that pass
+  ``allow_copy``: at each map the broker copies the extents into a new
+  memfd sealed against every change (a snapshot) and sends it read-only.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from typing import Any
+
+from bufbroker.v1 import mapping_types_pb2 as pb
+
+from bufbroker_broker.core.errors import ResourceExhausted
+from bufbroker_broker.core.mapping_type import MapResult, MappingType, MatchContext, MatchResult, SoftMismatch
+from bufbroker_broker.mapping_types import _access
+from bufbroker_broker.mapping_types.memfd import MEMFD
+from bufbroker_broker.mapping_types.segments import SEGMENTS
+from bufbroker_broker.mapping_types.udmabuf import UDMABUF, round_up
+
+COPY_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
+
+
+class ToUdmabuf:
+    """memfd or segments -> udmabuf: the offer's extents as a udmabuf offer."""
+
+    target = UDMABUF
+    copies = False
+
+    def __init__(self, source: MappingType) -> None:
+        self.source = source
+        self.name = f"{source.name}->udmabuf"
+
+    def _as_udmabuf(self, offer: Any, ctx: MatchContext) -> pb.UdmabufOffer:
+        converted = pb.UdmabufOffer(max_access=offer.max_access)
+        if self.source is MEMFD:   # the memfd type is fd 0, the buffer's size
+            converted.extents.add(fd_index=0, offset=0, length=ctx.buffer_size)
+        else:
+            converted.extents.extend(offer.extents)
+        return converted
+
+    def match(self, offer: Any, match: pb.UdmabufMatch, ctx: MatchContext) -> MatchResult:
+        return UDMABUF.match(self._as_udmabuf(offer, ctx), match, ctx)
+
+    def finish(self, offer: Any, match: pb.UdmabufMatch, ctx: MatchContext) -> Any:
+        return UDMABUF.finish(self._as_udmabuf(offer, ctx), match, ctx)
+
+    def map(self, buffer: Any, attachment: Any) -> MapResult:
+        return UDMABUF.map(buffer, attachment)
+
+    def unmap(self, buffer: Any, attachment: Any) -> None:
+        UDMABUF.unmap(buffer, attachment)
+
+
+class SegmentsToMemfd:
+    """segments -> memfd without a copy: one extent that is a whole memfd.
+
+    "Whole" allows the tail of the extent's last page: an mmap of the
+    extent shows the importer that page anyway.
+    """
+
+    name = "segments->memfd"
+    source = SEGMENTS
+    target = MEMFD
+    copies = False
+
+    def match(self, offer: pb.SegmentsOffer, match: pb.MemfdMatch, ctx: MatchContext) -> MatchResult:
+        if len(offer.extents) != 1:
+            return SoftMismatch(f"{len(offer.extents)} extents are not one whole memfd, so a memfd of them needs a copy")
+        extent = offer.extents[0]
+        fd_size = ctx.fd_sizes[extent.fd_index] if extent.fd_index < len(ctx.fd_sizes) else 0
+        if ctx.buffer_size and (extent.offset != 0 or round_up(extent.length) < fd_size):
+            return SoftMismatch(
+                f"the extent is bytes {extent.offset}..{extent.offset + extent.length} of fd {extent.fd_index}, "
+                f"not all of its {fd_size} bytes, so a memfd of it needs a copy"
+            )
+        writable = ctx.fd_writable[extent.fd_index] if extent.fd_index < len(ctx.fd_writable) else False
+        return _access.match_access(offer.max_access, match.access, writable)
+
+    def finish(self, offer: pb.SegmentsOffer, match: pb.MemfdMatch, ctx: MatchContext) -> Any:
+        extent = offer.extents[0]
+        return (_access.requested(match.access), extent.fd_index, extent.length)
+
+    def map(self, buffer: Any, attachment: Any) -> MapResult:
+        access, fd_index, length = attachment.map_params
+        fd = buffer.fds[fd_index].fd
+        handle = pb.MemfdHandle(size=length, access=access)
+        reopened = _access.fd_for_access(fd, access)
+        if reopened is None:
+            return MapResult(handle, [fd])
+        return MapResult(handle, [reopened], temporary=[reopened])
+
+    def unmap(self, buffer: Any, attachment: Any) -> None:
+        """Nothing to release: the importer owns the fd it received."""
+
+
+class SegmentsToMemfdCopy:
+    """segments -> memfd by copying, for read importers that allow it."""
+
+    name = "segments->memfd-copy"
+    source = SEGMENTS
+    target = MEMFD
+    copies = True
+
+    def match(self, offer: pb.SegmentsOffer, match: pb.MemfdMatch, ctx: MatchContext) -> MatchResult:
+        if _access.requested(match.access) == _access.READ_WRITE:
+            return SoftMismatch(
+                "a copy is only for read importers: the importer wants read_write, and its writes "
+                "would not reach the exporter"
+            )
+        if not match.allow_copy:
+            return SoftMismatch(
+                "a memfd of these extents needs a copy at each map, and the importer did not allow one "
+                "(bufbroker.Memfd(allow_copy=True))"
+            )
+        return _access.match_access(offer.max_access, match.access, True)
+
+    def finish(self, offer: pb.SegmentsOffer, match: pb.MemfdMatch, ctx: MatchContext) -> Any:
+        return tuple((e.fd_index, e.offset, e.length) for e in offer.extents)
+
+    def map(self, buffer: Any, attachment: Any) -> MapResult:
+        """Copy the extents into a new sealed memfd; send it read-only."""
+        extents = attachment.map_params
+        total = sum(length for _, _, length in extents)
+        try:
+            copy = os.memfd_create(f"bufbroker-copy-{buffer.id}", os.MFD_ALLOW_SEALING | os.MFD_CLOEXEC)
+            try:
+                os.ftruncate(copy, total)
+                position = 0
+                for fd_index, offset, length in extents:
+                    _copy_range(buffer.fds[fd_index].fd, offset, copy, position, length)
+                    position += length
+                fcntl.fcntl(copy, fcntl.F_ADD_SEALS, COPY_SEALS)
+                readonly = os.open(f"/proc/self/fd/{copy}", os.O_RDONLY | os.O_CLOEXEC)
+            finally:
+                os.close(copy)
+        except OSError as error:
+            raise ResourceExhausted(
+                f"{self.name}: the broker could not copy the {total} bytes of buffer {buffer.id} "
+                f"({error.strerror or error}); map again later, or accept segments to share without a copy"
+            ) from None
+        return MapResult(pb.MemfdHandle(size=total, access=_access.READ), [readonly], temporary=[readonly])
+
+    def unmap(self, buffer: Any, attachment: Any) -> None:
+        """Nothing to release: the copy went to the importer and is closed here."""
+
+
+def _copy_range(source: int, offset: int, target: int, position: int, length: int) -> None:
+    """Copy in the kernel (copy_file_range), falling back to pread/pwrite."""
+    done = 0
+    try:
+        while done < length:
+            copied = os.copy_file_range(source, target, length - done, offset + done, position + done)
+            if copied == 0:
+                break
+            done += copied
+    except OSError:
+        pass   # e.g. EXDEV on old kernels: finish with plain reads and writes
+    while done < length:
+        chunk = os.pread(source, min(length - done, 1 << 20), offset + done)
+        if not chunk:
+            raise OSError(f"fd ended {length - done} bytes early while copying")
+        os.pwrite(target, chunk, position + done)
+        done += len(chunk)
+
+
+MEMFD_TO_UDMABUF = ToUdmabuf(MEMFD)
+SEGMENTS_TO_UDMABUF = ToUdmabuf(SEGMENTS)
+SEGMENTS_TO_MEMFD = SegmentsToMemfd()
+SEGMENTS_TO_MEMFD_COPY = SegmentsToMemfdCopy()
+
+CONVERTERS = (MEMFD_TO_UDMABUF, SEGMENTS_TO_UDMABUF, SEGMENTS_TO_MEMFD, SEGMENTS_TO_MEMFD_COPY)

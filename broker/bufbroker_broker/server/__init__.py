@@ -1,0 +1,1 @@
+"""The daemon: transports (gRPC, fd channel, HTTP), observation, start-up."""

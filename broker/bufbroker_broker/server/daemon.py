@@ -1,0 +1,296 @@
+"""The broker daemon: one asyncio loop serving gRPC and the fd channel.
+
+Start-up order: load and validate mapping types (an incomplete plugin stops
+us here), take the socket dir's lock (one live broker per dir), replace
+stale sockets, bind both sockets, serve until SIGINT/SIGTERM, then unwind
+in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import resource
+import signal
+import socket
+from contextlib import AsyncExitStack, ExitStack
+from pathlib import Path
+from typing import Optional
+
+import grpc
+from bufbroker.v1 import broker_pb2 as pb
+from bufbroker.v1 import broker_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import SERVICE_NAME as HEALTH_SERVICE
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from bufbroker_broker import __version__
+from bufbroker_broker.host import capabilities
+from bufbroker_broker import mapping_types
+from bufbroker_broker.server.fdchannel.calls import CallServer
+from bufbroker_broker.server.fdchannel.server import FdChannelServer, Limits
+from bufbroker_broker.server.grpc.timing import RpcTimingInterceptor, RpcTimings
+from bufbroker_broker.server.grpc.service import BrokerService
+from bufbroker_broker.core.registry import Registry, SessionLimits
+from bufbroker_broker.core.fd_ledger import FdLedger
+from bufbroker_broker.server.readiness import Readiness
+from bufbroker_broker.server.settings import BrokerSettings
+
+
+log = logging.getLogger("bufbroker")
+
+GRPC_SOCKET = "grpc.sock"
+FD_SOCKET = "fd.sock"
+LOCK_FILE = "broker.lock"
+
+
+class StartupError(Exception):
+    """The broker cannot start; the message says why and what to do."""
+
+
+def prepare_socket_dir(path: Path, stack: ExitStack | AsyncExitStack) -> None:
+    """Create the dir 0770, lock it, and clear sockets a dead broker left."""
+    try:
+        path.mkdir(mode=0o770, parents=True, exist_ok=True)
+    except OSError as error:
+        raise StartupError(f"cannot create socket dir {path}: {error.strerror}; pick one you can write with --socket-dir")
+    if path.stat().st_uid == os.geteuid():
+        os.chmod(path, 0o770)
+    elif not os.access(path, os.W_OK | os.X_OK):
+        # A dir someone else made (a Kubernetes emptyDir, a bind mount) is
+        # used as it is, if we may create sockets in it.
+        raise StartupError(f"socket dir {path} belongs to uid {path.stat().st_uid} and is not writable by uid {os.geteuid()}; fix its owner or mode")
+    lock_path = path / LOCK_FILE
+    lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
+    stack.callback(os.close, lock_fd)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(lock_fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        raise StartupError(
+            f"a live broker (pid {holder}) already serves {path}; stop it first, or "
+            "start this one with another --socket-dir"
+        ) from None
+    os.ftruncate(lock_fd, 0)
+    os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
+    for name in (GRPC_SOCKET, FD_SOCKET):
+        stale = path / name
+        if stale.exists() or stale.is_symlink():
+            # We hold the lock, so whoever made this socket is dead.
+            log.info("replacing stale socket %s", stale)
+            stale.unlink()
+
+
+# Pending fd-channel connections the kernel queues before a connect fails
+# with EAGAIN (the SDK connects with a timeout, so it does not wait for room).
+# 128 was too few when a few hundred clients start at once (the load test);
+# the kernel caps it at net.core.somaxconn.
+FD_LISTEN_BACKLOG = 4096
+
+
+def bind_fd_socket(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    sock.bind(str(path))
+    os.chmod(path, 0o660)
+    sock.listen(FD_LISTEN_BACKLOG)
+    return sock
+
+
+def raise_fd_limit() -> int:
+    """Raise RLIMIT_NOFILE's soft limit to the hard limit; return it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+async def serve(settings: BrokerSettings) -> None:
+    """Run the broker until SIGINT/SIGTERM, then drain and stop.
+
+    Everything started is registered on one exit stack, so whatever fails
+    part-way, what was set up is torn down in reverse order.
+    """
+    types = mapping_types.load_mapping_types()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    socket_dir = settings.socket_dir
+    limits = Limits(
+        pending_fd_timeout=settings.pending_fd_timeout,
+        max_pending_fds=settings.max_pending_fds,
+        max_send_queue=settings.max_send_queue,
+        send_timeout=settings.fd_send_timeout,
+    )
+    broker_service_name = pb.DESCRIPTOR.services_by_name["Broker"].full_name
+    async with AsyncExitStack() as stack:
+        prepare_socket_dir(socket_dir, stack)
+        fd_limit = raise_fd_limit()
+        ledger = FdLedger()
+        registry = Registry(
+            ledger,
+            limits=SessionLimits(
+                max_buffers=settings.max_buffers_per_session,
+                max_attachments=settings.max_attachments_per_session,
+                max_mappings=settings.max_mappings_per_session,
+            ),
+            converters=mapping_types.load_converters(),
+            sysfs_root=str(settings.sysfs_root),
+        )
+        fd_path, grpc_path = socket_dir / FD_SOCKET, socket_dir / GRPC_SOCKET
+        channels = FdChannelServer(str(fd_path), registry, ledger, limits, __version__)
+        service = BrokerService(registry, channels, ledger, __version__, move_timeout=settings.move_timeout)
+        channels.on_session_end = service.session_ended
+        readiness = Readiness()
+
+        rpc_timings = RpcTimings()
+        CallServer(service, channels, rpc_timings)   # answers the SDK's fast path on call channels
+        server = grpc.aio.server(
+            interceptors=[RpcTimingInterceptor(rpc_timings)],
+            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", settings.max_request_bytes)],
+        )
+        pb_grpc.add_BrokerServicer_to_server(service, server)
+        health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        reflection.enable_server_reflection((broker_service_name, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
+        if server.add_insecure_port(f"unix:{grpc_path}") == 0:
+            raise StartupError(f"cannot bind {grpc_path}")
+        await server.start()
+        stack.callback(_unlink, grpc_path)
+        stack.push_async_callback(server.stop, 1.0)
+        os.chmod(grpc_path, 0o660)
+
+        listener = bind_fd_socket(fd_path)
+        stack.callback(_unlink, fd_path)
+        channels.start(listener)
+        stack.callback(channels.stop)
+
+        if settings.http_address is not None:
+            await start_http(settings, readiness, registry, ledger, stack, channels=channels, rpc_timings=rpc_timings)
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+            stack.callback(loop.remove_signal_handler, signum)
+
+        for name in ("", broker_service_name):
+            await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        readiness.serving = True
+        log.info(
+            "bufbroker %s serving grpc=%s fd=%s http=%s (pid %d, mapping types: %s, fd limit %d)",
+            __version__,
+            grpc_path,
+            fd_path,
+            settings.http,
+            os.getpid(),
+            ", ".join(types),
+            fd_limit,
+        )
+        # What this host's kernel supports (udmabuf, dma-heaps, ...); `bufbroker doctor` says what to do.
+        host = capabilities.probe_host(capabilities.HostPaths(sysfs=str(settings.sysfs_root)))
+        log.info("host capabilities: %s", capabilities.summary(host))
+        await stop.wait()
+        log.info("stopping: signal received; draining for up to %s s", settings.drain_timeout)
+        readiness.draining = True
+        await health.enter_graceful_shutdown()
+        await drain(registry, channels, settings.drain_timeout)
+    log.info("stopped")
+
+
+async def drain(registry: Registry, channels: FdChannelServer, timeout: float) -> None:
+    """Refuse new sessions, revoke every buffer, wait for importers to detach."""
+    channels.stop_accepting()
+    for buffer in list(registry.buffers.values()):
+        registry.buffer_revoke(buffer, "broker shutting down")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while registry.attachments and loop.time() < deadline:
+        await asyncio.sleep(0.02)
+    if registry.attachments:
+        holders = sorted({a.session.pid for a in registry.attachments.values()})
+        log.warning(
+            "%d attachment(s) not detached within %s s (importer pids %s); closing anyway",
+            len(registry.attachments),
+            timeout,
+            ", ".join(map(str, holders)),
+        )
+
+
+async def start_http(
+    settings: BrokerSettings,
+    readiness: Readiness,
+    registry: Registry,
+    ledger: FdLedger,
+    stack: AsyncExitStack,
+    channels: Optional[FdChannelServer] = None,
+    rpc_timings: Optional[RpcTimings] = None,
+) -> None:
+    """Serve the HTTP app in this loop until the stack unwinds."""
+    # Imported here: FastAPI and uvicorn cost start-up time a broker run
+    # with --http none should not pay.
+    import uvicorn
+
+    from bufbroker_broker.server.observe.activity import ActivityCounters
+    from bufbroker_broker.server.http.app import BrokerView, EmbeddedServer, create_app
+    from bufbroker_broker.server.http.sse import EventHub
+    from bufbroker_broker.server.observe.metrics import make_metrics_registry
+
+    host, port = settings.http_address
+    admin_token = read_admin_token(settings.admin_token_file) if settings.admin_token_file is not None else None
+    activity = ActivityCounters(registry)
+    events = EventHub(registry, queue_limit=settings.http_event_queue)
+    metrics = make_metrics_registry(registry, ledger, activity, rpc_timings, events, __version__)
+    view = BrokerView(registry, ledger, activity, events, channels=channels, admin_token=admin_token, version=__version__)
+    app = create_app(readiness, metrics, __version__, view)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", lifespan="off", access_log=False, timeout_graceful_shutdown=3
+    )
+    server = EmbeddedServer(config)
+    try:
+        sockets = [config.bind_socket()]
+    except (OSError, SystemExit):   # uvicorn logs the reason and exits on bind errors
+        raise StartupError(
+            f"cannot serve HTTP on {settings.http}: the address is in use or not available; "
+            "pick another with --http HOST:PORT, or turn HTTP off with --http none"
+        ) from None
+    task = asyncio.create_task(server.serve(sockets=sockets), name="bufbroker-http")
+
+    async def stop_http() -> None:
+        events.close()   # end the event streams, or uvicorn waits for them
+        server.should_exit = True
+        await task
+
+    stack.push_async_callback(stop_http)
+    while not server.started and not task.done():
+        await asyncio.sleep(0.01)
+    if admin_token is not None:
+        log.info("HTTP admin endpoints are on (token from %s)", settings.admin_token_file)
+
+
+def read_admin_token(path: Path) -> str:
+    """The bearer token for the HTTP admin endpoints: the file's content, stripped."""
+    try:
+        token = path.read_text().strip()
+        mode = path.stat().st_mode
+    except (OSError, UnicodeDecodeError) as error:
+        why = getattr(error, "strerror", None) or str(error)
+        raise StartupError(f"cannot read the admin token file {path}: {why}; give a readable file with --admin-token-file")
+    if len(token) < 16 or any(c.isspace() for c in token):
+        raise StartupError(
+            f"the admin token file {path} must hold one token of at least 16 characters without spaces "
+            "(e.g. made with `python3 -c 'import secrets; print(secrets.token_hex(32))'`)"
+        )
+    if mode & 0o004:
+        log.warning("the admin token file %s is readable by every user; chmod 600 it", path)
+    return token
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass

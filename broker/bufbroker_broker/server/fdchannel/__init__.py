@@ -1,0 +1,1 @@
+"""The fd channel (DIR/fd.sock): sessions, fd passing, call channels."""

@@ -1,0 +1,1 @@
+"""The gRPC transport: the Broker service, its error mapping and timing."""

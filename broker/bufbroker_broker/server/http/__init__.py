@@ -1,0 +1,1 @@
+"""The HTTP transport: FastAPI app, its models, SSE and the dashboard."""
