@@ -234,6 +234,10 @@ class Registry:
         """Call ``observer(change)`` after every change (on the event loop)."""
         self.observers.append(observer)
 
+    def unobserve(self, observer: Observer) -> None:
+        """Stop calling ``observer``; observing only while it matters keeps the other changes free."""
+        self.observers.remove(observer)
+
     def _emit(self, kind: str, **facts: Any) -> None:
         if not self.observers:   # a broker without HTTP: no one to tell
             return
