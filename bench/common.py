@@ -9,8 +9,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ECHO_METHOD = "/bench.Echo/Echo"
@@ -27,7 +28,7 @@ def percentile(samples: Sequence[float], q: float) -> float:
     if not samples:
         return float("nan")
     ordered = sorted(samples)
-    rank = max(0, min(len(ordered) - 1, int(round(q / 100.0 * len(ordered) + 0.5)) - 1))
+    rank = max(0, min(len(ordered) - 1, round(q / 100.0 * len(ordered) + 0.5) - 1))
     return ordered[rank]
 
 
@@ -156,13 +157,13 @@ def machine_info() -> dict[str, Any]:
         import grpc
 
         info["grpcio"] = grpc.__version__
-    except Exception:  # noqa: BLE001 - informational only
+    except Exception:
         pass
     try:
         import bufbroker
 
         info["bufbroker"] = bufbroker.__version__
-    except Exception:  # noqa: BLE001
+    except Exception:
         pass
     return info
 
@@ -182,10 +183,7 @@ def read_all(view: Any) -> int:
         import zlib
 
         return zlib.adler32(view)
-    if len(view) % 8 == 0:
-        array = np.frombuffer(view, dtype=np.uint64)
-    else:
-        array = np.frombuffer(view, dtype=np.uint8)
+    array = np.frombuffer(view, dtype=np.uint64 if len(view) % 8 == 0 else np.uint8)
     total = int(array.sum(dtype=np.uint64))
     del array
     return total
@@ -219,7 +217,7 @@ def size_label(size: int) -> str:
     return f"{size}B"
 
 
-def maybe(value: Optional[float], digits: int = 3) -> Optional[float]:
+def maybe(value: float | None, digits: int = 3) -> float | None:
     if value is None or value != value:
         return None
     return round(value, digits)

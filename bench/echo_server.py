@@ -19,9 +19,7 @@ async def serve(path: str) -> None:
     async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return request
 
-    handler = grpc.method_handlers_generic_handler(
-        "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
-    )
+    handler = grpc.method_handlers_generic_handler("bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)})
     server = grpc.aio.server(options=BROKER_SERVER_OPTIONS)
     server.add_generic_rpc_handlers((handler,))
     if server.add_insecure_port(f"unix:{path}") == 0:

@@ -8,9 +8,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from multiprocessing import resource_tracker, shared_memory
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 
@@ -153,9 +154,14 @@ def control_plane(workdir: Path, echo_path: Path, quick: bool, log: Callable[[st
             for _ in range(warmup):
                 one_echo(), one_attach_map(), one_map(), one_scm(), one_held()
             # A and B alternate: B, A1, B, A2, floor; the order rotates each round.
-            steps = [("echo", one_echo, echo_s), ("attach_map", one_attach_map, attach_map_s),
-                     ("echo", one_echo, echo_s), ("map", one_map, map_s), ("scm", one_scm, scm_s),
-                     ("held", one_held, held_s)]
+            steps = [
+                ("echo", one_echo, echo_s),
+                ("attach_map", one_attach_map, attach_map_s),
+                ("echo", one_echo, echo_s),
+                ("map", one_map, map_s),
+                ("scm", one_scm, scm_s),
+                ("held", one_held, held_s),
+            ]
             for i in range(rounds):
                 k = i % len(steps)
                 for _, fn, sink in steps[k:] + steps[:k]:
@@ -169,17 +175,57 @@ def control_plane(workdir: Path, echo_path: Path, quick: bool, log: Callable[[st
         channel.close()
         stop_broker(broker)
     e50, e99 = p50(echo_s), p99(echo_s)
-    log(f"  echo p50 {e50 * US:.0f} us, attach+map p50 {p50(attach_map_s) * US:.0f} us, map p50 {p50(map_s) * US:.0f} us")
+    log(
+        f"  echo p50 {e50 * US:.0f} us, attach+map p50 {p50(attach_map_s) * US:.0f} us, map p50 {p50(map_s) * US:.0f} us"
+    )
     samples = {"samples": rounds}
     return [
-        result("attach_map_p50_over_echo", p50(attach_map_s) * US, "us", "grpc_echo_p50", e50 * US, target=("<=", 1.5, "ratio"), **samples),
-        result("map_existing_p50_over_echo", p50(map_s) * US, "us", "grpc_echo_p50", e50 * US, target=("<=", 1.2, "ratio"), **samples),
-        result("attach_map_p99_over_echo_p99", p99(attach_map_s) * US, "us", "grpc_echo_p99", e99 * US, target=("<=", 2.0, "ratio"), **samples),
-        result("map_held_p50_over_echo", p50(held_s) * US, "us", "grpc_echo_p50", e50 * US,
-               note="the stretch: a mapping the client holds is used again with no RPC "
-               "(attachment.wait_mapped().memoryview(), as a frame loop does)", **samples),
-        result("scm_rights_rtt_p50_over_echo", p50(scm_s) * US, "us", "grpc_echo_p50", e50 * US,
-               note="floor: raw SCM_RIGHTS round trip of one fd on a socketpair to a child process", **samples),
+        result(
+            "attach_map_p50_over_echo",
+            p50(attach_map_s) * US,
+            "us",
+            "grpc_echo_p50",
+            e50 * US,
+            target=("<=", 1.5, "ratio"),
+            **samples,
+        ),
+        result(
+            "map_existing_p50_over_echo",
+            p50(map_s) * US,
+            "us",
+            "grpc_echo_p50",
+            e50 * US,
+            target=("<=", 1.2, "ratio"),
+            **samples,
+        ),
+        result(
+            "attach_map_p99_over_echo_p99",
+            p99(attach_map_s) * US,
+            "us",
+            "grpc_echo_p99",
+            e99 * US,
+            target=("<=", 2.0, "ratio"),
+            **samples,
+        ),
+        result(
+            "map_held_p50_over_echo",
+            p50(held_s) * US,
+            "us",
+            "grpc_echo_p50",
+            e50 * US,
+            note="the stretch: a mapping the client holds is used again with no RPC "
+            "(attachment.wait_mapped().memoryview(), as a frame loop does)",
+            **samples,
+        ),
+        result(
+            "scm_rights_rtt_p50_over_echo",
+            p50(scm_s) * US,
+            "us",
+            "grpc_echo_p50",
+            e50 * US,
+            note="floor: raw SCM_RIGHTS round trip of one fd on a socketpair to a child process",
+            **samples,
+        ),
     ]
 
 
@@ -191,7 +237,7 @@ def _untrack(shm: shared_memory.SharedMemory) -> None:
     # which would unlink the producer's segment when we exit.
     try:
         resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001
+    except Exception:
         pass
 
 
@@ -272,7 +318,7 @@ def handoff(workdir: Path, quick: bool, log: Callable[[str], None]) -> list[dict
                     read["grpc_bytes"].append(t2 - t1)
 
                 ways = [via_bufbroker, via_shm, via_grpc]
-                for fn in ways:   # warm-up, one each
+                for fn in ways:  # warm-up, one each
                     fn()
                 for key in ready:
                     ready[key].clear()
@@ -284,7 +330,13 @@ def handoff(workdir: Path, quick: bool, log: Callable[[str], None]) -> list[dict
                     for fn in ways[k:] + ways[:k]:
                         fn()
                 common.ask(producer, "teardown")
-                per_size[size] = {"ready": ready, "read": read, "warm": warm_reads, "producer_reads": producer_reads, "rounds": rounds}
+                per_size[size] = {
+                    "ready": ready,
+                    "read": read,
+                    "warm": warm_reads,
+                    "producer_reads": producer_reads,
+                    "rounds": rounds,
+                }
                 log(
                     f"  {size_label(size)}: until readable p50 bufbroker {p50(ready['bufbroker']) * US:.0f} us, "
                     f"shared_memory {p50(ready['shared_memory']) * US:.0f} us, grpc bytes {p50(ready['grpc_bytes']) * US:.0f} us"
@@ -308,12 +360,14 @@ def handoff(workdir: Path, quick: bool, log: Callable[[str], None]) -> list[dict
 
             for i in range(flat_rounds + 3):
                 pair = [("small", small_info["name"]), ("big", big_info["name"])]
-                for key, name in (pair if i % 2 else pair[::-1]):
+                for key, name in pair if i % 2 else pair[::-1]:
                     attach_ready(key, name)
                 if i == 2:
                     flat = {"small": [], "big": []}
             common.ask(producer, "teardown")
-            log(f"  flatness: attach+map p50 4KiB {p50(flat['small']) * US:.0f} us, {size_label(big_size)} {p50(flat['big']) * US:.0f} us")
+            log(
+                f"  flatness: attach+map p50 4KiB {p50(flat['small']) * US:.0f} us, {size_label(big_size)} {p50(flat['big']) * US:.0f} us"
+            )
         channel.close()
     finally:
         common.finish(producer)
@@ -324,41 +378,86 @@ def handoff(workdir: Path, quick: bool, log: Callable[[str], None]) -> list[dict
         data = per_size[size]
         bb = p50(data["ready"]["bufbroker"])
         for way in ("grpc_bytes", "shared_memory"):
-            results.append(result(
-                f"handoff_{size_label(size)}_until_readable_{way}_over_bufbroker", p50(data["ready"][way]) * US, "us",
-                f"bufbroker_handoff_{size_label(size)}_p50", bb * US, size_bytes=size, samples=data["rounds"],
-            ))
-        results.append(result(
-            f"handoff_{size_label(size)}_until_readable_bufbroker_p99_over_p50", p99(data["ready"]["bufbroker"]) * US, "us",
-            f"bufbroker_handoff_{size_label(size)}_p50", bb * US, size_bytes=size, samples=data["rounds"],
-        ))
+            results.append(
+                result(
+                    f"handoff_{size_label(size)}_until_readable_{way}_over_bufbroker",
+                    p50(data["ready"][way]) * US,
+                    "us",
+                    f"bufbroker_handoff_{size_label(size)}_p50",
+                    bb * US,
+                    size_bytes=size,
+                    samples=data["rounds"],
+                )
+            )
+        results.append(
+            result(
+                f"handoff_{size_label(size)}_until_readable_bufbroker_p99_over_p50",
+                p99(data["ready"]["bufbroker"]) * US,
+                "us",
+                f"bufbroker_handoff_{size_label(size)}_p50",
+                bb * US,
+                size_bytes=size,
+                samples=data["rounds"],
+            )
+        )
     mid = per_size[mid_size]
-    results.append(result(
-        "handoff_64MiB_grpc_bytes_over_bufbroker", p50(mid["ready"]["grpc_bytes"]) * US, "us",
-        "bufbroker_handoff_p50", p50(mid["ready"]["bufbroker"]) * US, target=(">=", 100.0, "ratio"),
-        note=note, size_bytes=mid_size, samples=mid["rounds"],
-    ))
+    results.append(
+        result(
+            "handoff_64MiB_grpc_bytes_over_bufbroker",
+            p50(mid["ready"]["grpc_bytes"]) * US,
+            "us",
+            "bufbroker_handoff_p50",
+            p50(mid["ready"]["bufbroker"]) * US,
+            target=(">=", 100.0, "ratio"),
+            note=note,
+            size_bytes=mid_size,
+            samples=mid["rounds"],
+        )
+    )
     big, small = per_size[big_size], per_size[4096]
-    results.append(result(
-        f"handoff_flatness_{big_name}_over_4KiB", p50(flat["big"]) * US, "us",
-        "bufbroker_handoff_4KiB_p50", p50(flat["small"]) * US, target=("<=", 1.2, "ratio"),
-        note=(note + "; " if note else "") + "4 KiB and big buffer attach+map alternating, every byte read after each (not timed)",
-        size_bytes=big_size, samples=flat_rounds,
-    ))
-    results.append(result(
-        f"handoff_flatness_{big_name}_over_4KiB_interleaved", p50(big["ready"]["bufbroker"]) * US, "us",
-        "bufbroker_handoff_4KiB_p50", p50(small["ready"]["bufbroker"]) * US,
-        note="from the per-size rounds: there each bufbroker hand-off follows a gRPC copy of the same size "
-        "(up to ~0.8 s without broker traffic at 256 MiB), so caches and idle CPUs have gone cold; "
-        "the alternating flatness result is the size check", size_bytes=big_size,
-    ))
+    results.append(
+        result(
+            f"handoff_flatness_{big_name}_over_4KiB",
+            p50(flat["big"]) * US,
+            "us",
+            "bufbroker_handoff_4KiB_p50",
+            p50(flat["small"]) * US,
+            target=("<=", 1.2, "ratio"),
+            note=(note + "; " if note else "")
+            + "4 KiB and big buffer attach+map alternating, every byte read after each (not timed)",
+            size_bytes=big_size,
+            samples=flat_rounds,
+        )
+    )
+    results.append(
+        result(
+            f"handoff_flatness_{big_name}_over_4KiB_interleaved",
+            p50(big["ready"]["bufbroker"]) * US,
+            "us",
+            "bufbroker_handoff_4KiB_p50",
+            p50(small["ready"]["bufbroker"]) * US,
+            note="from the per-size rounds: there each bufbroker hand-off follows a gRPC copy of the same size "
+            "(up to ~0.8 s without broker traffic at 256 MiB), so caches and idle CPUs have gone cold; "
+            "the alternating flatness result is the size check",
+            size_bytes=big_size,
+        )
+    )
     consumer_bw = big_size / p50(big["warm"]) / 1e9 if big["warm"] else None
     producer_bw = big_size / p50(big["producer_reads"]) / 1e9 if big["producer_reads"] else None
-    results.append(result(
-        "consumer_read_bandwidth_over_producer", consumer_bw, "GB/s", "producer_read_bandwidth", producer_bw,
-        target=(">=", 0.9, "ratio"), note=(note + "; " if note else "") + "warm sequential read of the same pages, p50 of alternating consumer/producer samples",
-        size_bytes=big_size, samples=len(big["warm"]),
-    ))
+    results.append(
+        result(
+            "consumer_read_bandwidth_over_producer",
+            consumer_bw,
+            "GB/s",
+            "producer_read_bandwidth",
+            producer_bw,
+            target=(">=", 0.9, "ratio"),
+            note=(note + "; " if note else "")
+            + "warm sequential read of the same pages, p50 of alternating consumer/producer samples",
+            size_bytes=big_size,
+            samples=len(big["warm"]),
+        )
+    )
     return results
 
 
@@ -420,14 +519,40 @@ def scale(workdir: Path, quick: bool, log: Callable[[str], None]) -> list[dict]:
     note = "" if not quick else f"quick mode: {many} buffers, not 10,000"
     log(f"  attach p50 with {few}: {p50(samples['few']) * US:.0f} us, with {many}: {p50(samples['many']) * US:.0f} us")
     return [
-        result("attach_p50_10k_over_10", p50(samples["many"]) * US, "us", f"attach_p50_with_{few}_buffers",
-               p50(samples["few"]) * US, target=("<=", 1.1, "ratio"), note=note, buffers=many, samples=rounds),
-        result("broker_rss_bytes_per_buffer", (rss_many - rss_few) / (many - few), "bytes",
-               f"broker_rss_bytes_at_{few}_buffers", rss_few, ratio=(rss_many - rss_few) / (many - few) / 4096,
-               target=("<=", 4096.0, "value"), note=(note + "; " if note else "") + "ratio is value / 4096 (the target)",
-               buffers=many, broker_rss_bytes=rss_many),
-        result("broker_fds_over_buffers_plus_sessions", fds_many, "fds", "buffers_plus_sessions", many + sessions,
-               target=("<=", 1.05, "ratio"), note=note, buffers=many, sessions=sessions),
+        result(
+            "attach_p50_10k_over_10",
+            p50(samples["many"]) * US,
+            "us",
+            f"attach_p50_with_{few}_buffers",
+            p50(samples["few"]) * US,
+            target=("<=", 1.1, "ratio"),
+            note=note,
+            buffers=many,
+            samples=rounds,
+        ),
+        result(
+            "broker_rss_bytes_per_buffer",
+            (rss_many - rss_few) / (many - few),
+            "bytes",
+            f"broker_rss_bytes_at_{few}_buffers",
+            rss_few,
+            ratio=(rss_many - rss_few) / (many - few) / 4096,
+            target=("<=", 4096.0, "value"),
+            note=(note + "; " if note else "") + "ratio is value / 4096 (the target)",
+            buffers=many,
+            broker_rss_bytes=rss_many,
+        ),
+        result(
+            "broker_fds_over_buffers_plus_sessions",
+            fds_many,
+            "fds",
+            "buffers_plus_sessions",
+            many + sessions,
+            target=("<=", 1.05, "ratio"),
+            note=note,
+            buffers=many,
+            sessions=sessions,
+        ),
     ]
 
 
@@ -450,13 +575,17 @@ def concurrency(workdir: Path, echo_path: Path, quick: bool, log: Callable[[str]
             time.sleep(0.2)
             fds_before = common.fd_count(broker.pid)
             for _ in range(processes):
-                workers.append(common.spawn("bench.worker", str(socket_dir), str(echo_path), str(threads), "bench-conc"))
+                workers.append(
+                    common.spawn("bench.worker", str(socket_dir), str(echo_path), str(threads), "bench-conc")
+                )
             for worker in workers:
                 line = worker.stdout.readline()
                 if not line:
                     raise RuntimeError("a concurrency worker exited before it was ready")
-            totals: dict[str, dict[str, Any]] = {m: {"cycles": 0, "elapsed": 0.0, "lat": [], "errors": 0, "first_error": ""}
-                                                 for m in ("bufbroker", "echo")}
+            totals: dict[str, dict[str, Any]] = {
+                m: {"cycles": 0, "elapsed": 0.0, "lat": [], "errors": 0, "first_error": ""}
+                for m in ("bufbroker", "echo")
+            }
             order = ["bufbroker", "echo"] * windows
             if windows > 1:
                 order = ["bufbroker", "echo", "echo", "bufbroker"][: 2 * windows]
@@ -511,23 +640,64 @@ def concurrency(workdir: Path, echo_path: Path, quick: bool, log: Callable[[str]
     bb, ec = totals["bufbroker"], totals["echo"]
     bb_rate = bb["cycles"] / bb["elapsed"]
     echo_rate = ec["cycles"] / ec["elapsed"]
-    log(f"  {clients} clients: {bb_rate:.0f} cycles/s (echo {echo_rate:.0f} calls/s), p99 {p99(bb['lat']):.1f} ms, errors {bb['errors']}")
+    log(
+        f"  {clients} clients: {bb_rate:.0f} cycles/s (echo {echo_rate:.0f} calls/s), p99 {p99(bb['lat']):.1f} ms, errors {bb['errors']}"
+    )
     shape = {"clients": clients, "processes": processes, "threads_per_process": threads, "seconds": seconds * windows}
     return [
-        result("concurrent_cycles_per_s", bb_rate, "cycles/s", "grpc_echo_calls_per_s_same_clients", echo_rate,
-               target=(">=", 3000.0, "value"), note="cycle = attach(map=True) + mmap + unmap + detach (3 calls, on call channels)", **shape),
-        result("concurrent_p99_ms", p99(bb["lat"]), "ms", "grpc_echo_p99_ms_same_clients", p99(ec["lat"]),
-               target=("<=", 20.0, "value"), note=f"closed loop: by Little's law {clients} clients at {bb_rate:.0f} cycles/s "
-               f"wait {clients / bb_rate * 1000:.0f} ms on average; see the paced result", **shape),
-        result("concurrent_p99_ms_paced_at_half_capacity", p99(paced["lat"]), "ms", "concurrent_p50_ms_paced", p50(paced["lat"]),
-               note=f"open loop: {clients} clients paced at {paced_rate:.0f} cycles/s in all "
-               f"(achieved {paced['cycles'] / paced['elapsed']:.0f}/s, errors {paced['errors']}); latency from the scheduled start",
-               offered_cycles_per_s=round(paced_rate, 1), **shape),
-        result("concurrent_errors", bb["errors"], "errors", "echo_errors", ec["errors"], ratio=None,
-               target=("<=", 0.0, "value"), first_error=bb["first_error"], **shape),
-        result("concurrent_broker_fds_leaked", fds_after - fds_before, "fds", "broker_fds_before", fds_before,
-               target=("<=", 0.0, "value"), note="broker fd count after the clients left minus before they came"),
+        result(
+            "concurrent_cycles_per_s",
+            bb_rate,
+            "cycles/s",
+            "grpc_echo_calls_per_s_same_clients",
+            echo_rate,
+            target=(">=", 3000.0, "value"),
+            note="cycle = attach(map=True) + mmap + unmap + detach (3 calls, on call channels)",
+            **shape,
+        ),
+        result(
+            "concurrent_p99_ms",
+            p99(bb["lat"]),
+            "ms",
+            "grpc_echo_p99_ms_same_clients",
+            p99(ec["lat"]),
+            target=("<=", 20.0, "value"),
+            note=f"closed loop: by Little's law {clients} clients at {bb_rate:.0f} cycles/s "
+            f"wait {clients / bb_rate * 1000:.0f} ms on average; see the paced result",
+            **shape,
+        ),
+        result(
+            "concurrent_p99_ms_paced_at_half_capacity",
+            p99(paced["lat"]),
+            "ms",
+            "concurrent_p50_ms_paced",
+            p50(paced["lat"]),
+            note=f"open loop: {clients} clients paced at {paced_rate:.0f} cycles/s in all "
+            f"(achieved {paced['cycles'] / paced['elapsed']:.0f}/s, errors {paced['errors']}); latency from the scheduled start",
+            offered_cycles_per_s=round(paced_rate, 1),
+            **shape,
+        ),
+        result(
+            "concurrent_errors",
+            bb["errors"],
+            "errors",
+            "echo_errors",
+            ec["errors"],
+            ratio=None,
+            target=("<=", 0.0, "value"),
+            first_error=bb["first_error"],
+            **shape,
+        ),
+        result(
+            "concurrent_broker_fds_leaked",
+            fds_after - fds_before,
+            "fds",
+            "broker_fds_before",
+            fds_before,
+            target=("<=", 0.0, "value"),
+            note="broker fd count after the clients left minus before they came",
+        ),
     ]
 
 
-__all__ = ["control_plane", "handoff", "scale", "concurrency", "result"]
+__all__ = ["concurrency", "control_plane", "handoff", "result", "scale"]

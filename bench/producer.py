@@ -57,7 +57,7 @@ def main(socket_dir: str, frame_socket: str) -> None:
                 exported.append(buffer)
                 view = buffer.memoryview()
                 fill(view, serial)
-                read_all(view)                       # warm
+                read_all(view)  # warm
                 reads = []
                 for _ in range(3):
                     t0 = now()
@@ -67,7 +67,7 @@ def main(socket_dir: str, frame_socket: str) -> None:
                 shm = shared_memory.SharedMemory(create=True, size=size)
                 shms.append(shm)
                 fill(shm.buf, serial)
-                state["frame"] = bytes(shm.buf)      # the gRPC path's frame, made once
+                state["frame"] = bytes(shm.buf)  # the gRPC path's frame, made once
                 emit({"name": name, "shm": shm.name, "producer_read_s": min(reads), "size": size})
             elif words[0] == "read":
                 # one warm sequential read of the newest bufbroker buffer, timed here

@@ -14,26 +14,40 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 # Every result the issue names, by group: the smoke test checks these.
 REQUIRED = {
     "control_plane": ["attach_map_p50_over_echo", "map_existing_p50_over_echo", "attach_map_p99_over_echo_p99"],
-    "handoff": ["handoff_64MiB_grpc_bytes_over_bufbroker", "handoff_flatness_256MiB_over_4KiB", "consumer_read_bandwidth_over_producer"],
+    "handoff": [
+        "handoff_64MiB_grpc_bytes_over_bufbroker",
+        "handoff_flatness_256MiB_over_4KiB",
+        "consumer_read_bandwidth_over_producer",
+    ],
     "scale": ["attach_p50_10k_over_10", "broker_rss_bytes_per_buffer", "broker_fds_over_buffers_plus_sessions"],
-    "concurrency": ["concurrent_cycles_per_s", "concurrent_p99_ms", "concurrent_errors", "concurrent_broker_fds_leaked"],
+    "concurrency": [
+        "concurrent_cycles_per_s",
+        "concurrent_p99_ms",
+        "concurrent_errors",
+        "concurrent_broker_fds_leaked",
+    ],
 }
 RESULT_KEYS = ("name", "value", "unit", "baseline", "baseline_value", "ratio")
 
 
-def run(quick: bool = False, json_path: Optional[Path] = None, only: Optional[list[str]] = None,
-        log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)) -> dict[str, Any]:
+def run(
+    quick: bool = False,
+    json_path: Path | None = None,
+    only: list[str] | None = None,
+    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
+) -> dict[str, Any]:
     from bench import common, groups
-    from bufbroker_broker.server.daemon import raise_fd_limit
     from bufbroker_broker.cli.launch import stop_broker
+    from bufbroker_broker.server.daemon import raise_fd_limit
 
-    raise_fd_limit()   # 10,000 buffers in the scale group
+    raise_fd_limit()  # 10,000 buffers in the scale group
     started = time.monotonic()
     machine = common.machine_info()
     results: list[dict] = []
@@ -55,16 +69,18 @@ def run(quick: bool = False, json_path: Optional[Path] = None, only: Optional[li
                 t0 = time.monotonic()
                 try:
                     got = fn()
-                except Exception as error:  # noqa: BLE001 - reported in the JSON, the run goes on
+                except Exception as error:
                     log(traceback.format_exc())
-                    got = [groups.result(name, None, "", "", None) | {"error": f"{type(error).__name__}: {error}"}
-                           for name in REQUIRED[group]]
+                    got = [
+                        groups.result(name, None, "", "", None) | {"error": f"{type(error).__name__}: {error}"}
+                        for name in REQUIRED[group]
+                    ]
                 for entry in got:
                     entry["group"] = group
                 results.extend(got)
                 log(f"{group} done in {time.monotonic() - t0:.1f} s")
         finally:
-            stop_broker(echo)   # SIGTERM, then SIGKILL if it hangs
+            stop_broker(echo)  # SIGTERM, then SIGKILL if it hangs
     machine["bench_seconds"] = round(time.monotonic() - started, 1)
     report = {"machine": machine, "quick": quick, "results": results}
     if json_path is not None:
@@ -129,7 +145,7 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def cli(argv: Optional[list[str]] = None) -> int:
+def cli(argv: list[str] | None = None) -> int:
     """`python -m bench ARGS` is `bufbroker bench ARGS` (one parser: bufbroker_broker.cli.bench)."""
     from bufbroker_broker.cli import main as bufbroker_main
 

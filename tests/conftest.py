@@ -12,9 +12,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
 
 import pytest
 
@@ -171,7 +171,7 @@ def broker_factory(tmp_path: Path) -> Callable[..., BrokerProcess]:
     started: list[BrokerProcess] = []
 
     def start(
-        *extra_args: str, env: Optional[dict] = None, name: str = "run", prefix: tuple = (), base: Optional[Path] = None
+        *extra_args: str, env: dict | None = None, name: str = "run", prefix: tuple = (), base: Path | None = None
     ) -> BrokerProcess:
         socket_dir = (base or tmp_path) / name
         log_path = tmp_path / f"{name}-broker.log"

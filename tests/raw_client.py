@@ -38,7 +38,9 @@ class RawClient:
         return getattr(self.stub, method)(request, metadata=metadata, timeout=10)
 
     def send_fds(self, nonce: str, fds: list[int], fd_count: int | None = None) -> None:
-        message = fdpb.FdMessage(send_fds=fdpb.SendFds(nonce=nonce, fd_count=len(fds) if fd_count is None else fd_count))
+        message = fdpb.FdMessage(
+            send_fds=fdpb.SendFds(nonce=nonce, fd_count=len(fds) if fd_count is None else fd_count)
+        )
         fdwire.send(self.sock, message, fds)
 
     def send_raw(self, data: bytes, fds: list[int] = ()) -> None:
@@ -67,7 +69,7 @@ class RawClient:
         self.channel.close()
         self.sock.close()
 
-    def __enter__(self) -> "RawClient":
+    def __enter__(self) -> RawClient:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -8,13 +8,15 @@ encoder with those numbers, and releases the slot to the decoder.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 
-def analyser_main(socket_dir: str, names: Sequence[str], control: Any, from_decoder: Any, to_encoder: Any, release: Any) -> None:
+def analyser_main(
+    socket_dir: str, names: Sequence[str], control: Any, from_decoder: Any, to_encoder: Any, release: Any
+) -> None:
     import bufbroker
     from bufbroker.planes import plane_arrays
-
     from examples.video_pipeline import pattern
     from examples.video_pipeline.handoff import ANALYSED, END, FRAME, RELEASE, Channel
     from examples.video_pipeline.meter import ControlPlaneMeter
@@ -36,18 +38,29 @@ def analyser_main(socket_dir: str, names: Sequence[str], control: Any, from_deco
             width, height = layout["width"], layout["height"]
             number = pattern.read_number(luma_plane, width, height)
             luma = pattern.mean_luma(luma_plane, width)
-            del view, luma_plane   # nothing may pin the mapping once the slot is released
+            del view, luma_plane  # nothing may pin the mapping once the slot is released
             frames_out.send(ANALYSED, slot, generation, seq, number, luma)
             releases.send(RELEASE, slot, seq)
-            stats.append({"seq": seq, "number": number, "mean_luma": luma, "size": (width, height), "slot": slot, "generation": generation})
+            stats.append(
+                {
+                    "seq": seq,
+                    "number": number,
+                    "mean_luma": luma,
+                    "size": (width, height),
+                    "slot": slot,
+                    "generation": generation,
+                }
+            )
         regions = reader.mapped_regions()
         reader.detach()
         releases.send(RELEASE, END, 0)
-        control.send({
-            "stats": stats,
-            "maps": reader.maps,
-            "mapped_regions": regions,
-            "handoff_bytes": frames_out.bytes_sent + releases.bytes_sent,
-            "handoff_messages": frames_out.messages_sent + releases.messages_sent,
-            "meter": meter.summary(),
-        })
+        control.send(
+            {
+                "stats": stats,
+                "maps": reader.maps,
+                "mapped_regions": regions,
+                "handoff_bytes": frames_out.bytes_sent + releases.bytes_sent,
+                "handoff_messages": frames_out.messages_sent + releases.messages_sent,
+                "meter": meter.summary(),
+            }
+        )

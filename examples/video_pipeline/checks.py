@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from examples.video_pipeline.source import SourceFrame
 
@@ -15,14 +16,20 @@ def bufbroker_problems(result: dict[str, Any], source: Sequence[SourceFrame]) ->
     frames = len(source)
     stats = result["analyser"]["stats"]
     if [s["seq"] for s in stats] != list(range(frames)):
-        problems.append(f"the analyser saw frames {[s['seq'] for s in stats][:8]}..., not 0..{frames - 1} once each in order")
+        problems.append(
+            f"the analyser saw frames {[s['seq'] for s in stats][:8]}..., not 0..{frames - 1} once each in order"
+        )
     wrong = [(s["seq"], s["number"]) for s in stats if s["number"] != s["seq"]]
     if wrong:
         problems.append(f"the barcode read by the analyser disagrees with the frame order: (seq, number) {wrong[:5]}")
     sizes = [s["size"] for s in stats]
     if sizes != [(f.width, f.height) for f in source]:
         problems.append("the analyser saw frame sizes that differ from the source's")
-    drift = [(s["seq"], round(s["mean_luma"] - f.mean_luma, 2)) for s, f in zip(stats, source) if abs(s["mean_luma"] - f.mean_luma) > LUMA_TOLERANCE]
+    drift = [
+        (s["seq"], round(s["mean_luma"] - f.mean_luma, 2))
+        for s, f in zip(stats, source)
+        if abs(s["mean_luma"] - f.mean_luma) > LUMA_TOLERANCE
+    ]
     if drift:
         problems.append(f"mean luma off by more than {LUMA_TOLERANCE} from the source: (seq, diff) {drift[:5]}")
     encoder = result["encoder"]
@@ -37,7 +44,9 @@ def bufbroker_problems(result: dict[str, Any], source: Sequence[SourceFrame]) ->
     pool = len(result["ready"]["names"])
     for name in ("analyser", "encoder"):
         if result[name]["mapped_regions"] != pool:
-            problems.append(f"the {name} maps the pool's memfds {result[name]['mapped_regions']} times, not once per slot")
+            problems.append(
+                f"the {name} maps the pool's memfds {result[name]['mapped_regions']} times, not once per slot"
+            )
     late = [m for m in result["decoder"]["moves"] if m["non_compliant"]]
     if late:
         problems.append(f"importers did not unmap in time for moves: {late}")

@@ -16,7 +16,7 @@ from typing import Any
 
 POOL = 4
 FOURCC = "I420"
-ALIGN = 64                     # luma rows start on 64-byte boundaries, as decoders like
+ALIGN = 64  # luma rows start on 64-byte boundaries, as decoders like
 WANTED_OFFERS = ["udmabuf", "segments", "memfd"]
 RELEASE_TIMEOUT = 30.0
 
@@ -48,7 +48,9 @@ def choose_offers(session: Any) -> tuple[list[str], str]:
         specs.offers_to_wire(["udmabuf"])
     except ValueError:
         # A newer broker than this SDK: the SDK has no spec to send for it.
-        return [o for o in WANTED_OFFERS if o != "udmabuf"], "not offered: the broker knows udmabuf but this SDK cannot name it"
+        return [
+            o for o in WANTED_OFFERS if o != "udmabuf"
+        ], "not offered: the broker knows udmabuf but this SDK cannot name it"
     where = "usable here" if udmabuf.supported else f"not usable here: {udmabuf.support_reason or 'no reason given'}"
     return list(WANTED_OFFERS), f"offered first (the broker registers it; {where})"
 
@@ -69,7 +71,6 @@ def decoder_main(socket_dir: str, run_id: str, source: str, control: Any, to_ana
     """``control``: the runner's pipe (ready/start/result); ``releases``: consumer name -> pipe."""
     import bufbroker
     from bufbroker.planes import plane_arrays
-
     from examples.video_pipeline.h264 import open_stream
     from examples.video_pipeline.handoff import END, FRAME, Channel
     from examples.video_pipeline.meter import ControlPlaneMeter
@@ -85,14 +86,18 @@ def decoder_main(socket_dir: str, run_id: str, source: str, control: Any, to_ana
             size = (stream.codec_context.width, stream.codec_context.height)
             layout, nbytes = slot_layout(*size)
             buffers = [
-                session.export(nbytes, name=f"{run_id}-slot-{i}", offers=offers, layout=layout, labels={"example": "video"})
+                session.export(
+                    nbytes, name=f"{run_id}-slot-{i}", offers=offers, layout=layout, labels={"example": "video"}
+                )
                 for i in range(POOL)
             ]
             meter.fds += POOL
             sizes = [size] * POOL
             planes: list = [plane_arrays(b.memoryview(), layout) for b in buffers]
-            control.send({"names": [b.name for b in buffers], "offers": offers, "udmabuf": udmabuf_note, "layout": layout})
-            control.recv()   # start: both consumers have attached
+            control.send(
+                {"names": [b.name for b in buffers], "offers": offers, "udmabuf": udmabuf_note, "layout": layout}
+            )
+            control.recv()  # start: both consumers have attached
             started = time.monotonic()
             moves, pixel_bytes, seq = [], 0, 0
             for seq, frame in enumerate(container.decode(stream)):
@@ -101,12 +106,22 @@ def decoder_main(socket_dir: str, run_id: str, source: str, control: Any, to_ana
                 slot = pool.take(RELEASE_TIMEOUT)
                 if sizes[slot] != (frame.width, frame.height):
                     # The slot is free: nobody reads it, so it may move now.
-                    planes[slot] = None   # the views pin the old mapping
+                    planes[slot] = None  # the views pin the old mapping
                     layout, nbytes = slot_layout(frame.width, frame.height)
                     moved_at = time.monotonic()
-                    non_compliant = buffers[slot].move(nbytes, layout=layout, reason=f"resolution change to {frame.width}x{frame.height}")
-                    moves.append({"slot": slot, "frame": seq, "ms": (time.monotonic() - moved_at) * 1000, "non_compliant": non_compliant,
-                                  "size": (frame.width, frame.height), "generation": buffers[slot].info.generation})
+                    non_compliant = buffers[slot].move(
+                        nbytes, layout=layout, reason=f"resolution change to {frame.width}x{frame.height}"
+                    )
+                    moves.append(
+                        {
+                            "slot": slot,
+                            "frame": seq,
+                            "ms": (time.monotonic() - moved_at) * 1000,
+                            "non_compliant": non_compliant,
+                            "size": (frame.width, frame.height),
+                            "generation": buffers[slot].info.generation,
+                        }
+                    )
                     meter.fds += 1
                     sizes[slot] = (frame.width, frame.height)
                     planes[slot] = plane_arrays(buffers[slot].memoryview(), layout)
@@ -119,13 +134,15 @@ def decoder_main(socket_dir: str, run_id: str, source: str, control: Any, to_ana
             pool.wait_detached(RELEASE_TIMEOUT)
         planes.clear()
         for buffer in buffers:
-            buffer.unregister()   # session close alone would leave this process's memfds open
-        control.send({
-            "frames": frames,
-            "started": started,
-            "pixel_bytes": pixel_bytes,
-            "moves": moves,
-            "handoff_bytes": frames_out.bytes_sent,
-            "handoff_messages": frames_out.messages_sent,
-            "meter": meter.summary(),
-        })
+            buffer.unregister()  # session close alone would leave this process's memfds open
+        control.send(
+            {
+                "frames": frames,
+                "started": started,
+                "pixel_bytes": pixel_bytes,
+                "moves": moves,
+                "handoff_bytes": frames_out.bytes_sent,
+                "handoff_messages": frames_out.messages_sent,
+                "meter": meter.summary(),
+            }
+        )

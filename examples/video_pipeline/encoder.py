@@ -10,16 +10,17 @@ check that every frame arrived once, in order.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 
 def wrap_frame(view: memoryview, layout: dict) -> Any:
     """An av.VideoFrame over the slot's memory if FFmpeg can use the layout as is, else a copy."""
     import av
     import numpy
-    from bufbroker.planes import plane_arrays
 
+    from bufbroker.planes import plane_arrays
     from examples.video_pipeline.h264 import plane_rows
 
     width, height = layout["width"], layout["height"]
@@ -55,12 +56,14 @@ def verify_output(path: Path) -> list[dict]:
     ]
 
 
-def encoder_main(socket_dir: str, names: Sequence[str], output: str, control: Any, from_analyser: Any, release: Any) -> None:
+def encoder_main(
+    socket_dir: str, names: Sequence[str], output: str, control: Any, from_analyser: Any, release: Any
+) -> None:
     import time
 
     import av  # noqa: F401  (loaded before the clock starts)
-    import bufbroker
 
+    import bufbroker
     from examples.video_pipeline.h264 import H264Writer
     from examples.video_pipeline.handoff import ANALYSED, END, RELEASE, Channel
     from examples.video_pipeline.meter import ControlPlaneMeter
@@ -85,7 +88,7 @@ def encoder_main(socket_dir: str, names: Sequence[str], output: str, control: An
                 view, layout = reader.frame(slot, generation)
                 frame = wrap_frame(view, layout)
                 writer.write(frame)
-                del frame, view   # FFmpeg holds its own copy now; nothing may pin the slot
+                del frame, view  # FFmpeg holds its own copy now; nothing may pin the slot
                 releases.send(RELEASE, slot, seq)
         finally:
             writer.close()
@@ -93,15 +96,17 @@ def encoder_main(socket_dir: str, names: Sequence[str], output: str, control: An
         regions = reader.mapped_regions()
         reader.detach()
         releases.send(RELEASE, END, 0)
-        control.send({
-            "frames": writer.frames,
-            "finished": finished,
-            "problems": problems,
-            "output_bytes": writer.bytes,
-            "maps": reader.maps,
-            "mapped_regions": regions,
-            "handoff_bytes": releases.bytes_sent,
-            "handoff_messages": releases.messages_sent,
-            "meter": meter.summary(),
-        })
+        control.send(
+            {
+                "frames": writer.frames,
+                "finished": finished,
+                "problems": problems,
+                "output_bytes": writer.bytes,
+                "maps": reader.maps,
+                "mapped_regions": regions,
+                "handoff_bytes": releases.bytes_sent,
+                "handoff_messages": releases.messages_sent,
+                "meter": meter.summary(),
+            }
+        )
     control.send({"output": verify_output(Path(output))})

@@ -43,7 +43,6 @@ def _warm_up(socket_dir: Path) -> None:
 
 def run_example(frames: int, first: tuple[int, int], second: tuple[int, int], compare: bool = True) -> int:
     from bufbroker.planes import packed_layout
-
     from bufbroker_broker.cli.launch import start_broker, stop_broker
     from examples.video_pipeline import checks, report
     from examples.video_pipeline.decoder import ALIGN, FOURCC
@@ -74,7 +73,9 @@ def run_example(frames: int, first: tuple[int, int], second: tuple[int, int], co
             largest = max(packed_layout(FOURCC, *size, align=ALIGN)[1] for size in (first, second))
             piped = run_piped(workdir / "source.h264", workdir / "piped.h264", largest)
             problems += checks.piped_problems(piped, source)
-        print(report.format_report(source, source_seconds, result, piped, (baseline, after, held), problems), flush=True)
+        print(
+            report.format_report(source, source_seconds, result, piped, (baseline, after, held), problems), flush=True
+        )
         status = stop_broker(broker)
         broker = None
         if status != 0:
@@ -110,8 +111,11 @@ def run_from_args(args) -> int:
             print(f"bufbroker example video: {width}x{height}: sizes must be even, at least 64x48", file=sys.stderr)
             return 2
     if not 2 <= frames < 1 << 16:
-        print("bufbroker example video: --frames must be 2 to 65535 (the size switches halfway; "
-              "the barcode holds 16 bits)", file=sys.stderr)
+        print(
+            "bufbroker example video: --frames must be 2 to 65535 (the size switches halfway; "
+            "the barcode holds 16 bits)",
+            file=sys.stderr,
+        )
         return 2
     try:
         import av  # noqa: F401

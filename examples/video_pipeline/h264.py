@@ -10,8 +10,8 @@ does at a resolution switch.
 from __future__ import annotations
 
 import fractions
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 FRAME_RATE = 30
 # ultrafast + zerolatency: no B-frames and no lookahead, so every frame

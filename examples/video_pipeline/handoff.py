@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-END = 0xFFFFFFFF   # in the slot field: no more frames / this consumer detached
+END = 0xFFFFFFFF  # in the slot field: no more frames / this consumer detached
 
 # decoder -> analyser: frame `seq` is in pool slot `slot`, written at buffer generation `generation`
 FRAME = struct.Struct("<III")

@@ -17,7 +17,7 @@ class ControlPlaneMeter:
         self.rpc_bytes = 0
         self.events = 0
         self.event_bytes = 0
-        self.fds = 0   # fds this process sent or received for buffers
+        self.fds = 0  # fds this process sent or received for buffers
         original = session.call
 
         def call(method: str, request: Any) -> Any:

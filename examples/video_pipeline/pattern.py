@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy
 
 BITS = 16
-BRIGHT, DARK = 235, 16        # video-range luma: far apart after lossy coding
+BRIGHT, DARK = 235, 16  # video-range luma: far apart after lossy coding
 BAR_ROWS = 2
 
 
@@ -43,7 +43,9 @@ def draw_chroma(number: int, width: int, height: int) -> tuple[numpy.ndarray, nu
     ys, xs = numpy.ogrid[0 : height // 2, 0 : width // 2]
     u = ((xs * 96 // max(width // 2, 1) + number) % 96 + 80).astype(numpy.uint8)
     v = ((ys * 96 // max(height // 2, 1) + 2 * number) % 96 + 80).astype(numpy.uint8)
-    return numpy.broadcast_to(u, (height // 2, width // 2)).copy(), numpy.broadcast_to(v, (height // 2, width // 2)).copy()
+    return numpy.broadcast_to(u, (height // 2, width // 2)).copy(), numpy.broadcast_to(
+        v, (height // 2, width // 2)
+    ).copy()
 
 
 def read_number(luma: numpy.ndarray, width: int, height: int) -> int:

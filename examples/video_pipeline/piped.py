@@ -16,7 +16,7 @@ from typing import Any
 
 from examples.video_pipeline.decoder import ALIGN, FOURCC
 
-HEADER = struct.Struct("<iII")   # seq (-1: end), width, height; the frame's bytes follow
+HEADER = struct.Struct("<iII")  # seq (-1: end), width, height; the frame's bytes follow
 
 
 class PipeCounter:
@@ -33,13 +33,12 @@ class PipeCounter:
 
 def piped_decoder_main(source: str, control: Any, to_analyser: Any) -> None:
     from bufbroker.planes import packed_layout, plane_arrays
-
     from examples.video_pipeline.decoder import copy_into
     from examples.video_pipeline.h264 import open_stream
 
     out = PipeCounter(to_analyser)
     container, stream = open_stream(Path(source))
-    control.recv()   # start
+    control.recv()  # start
     started, seq, frame_buffer, size = time.monotonic(), 0, bytearray(), (0, 0)
     with container:
         for seq, frame in enumerate(container.decode(stream)):
@@ -59,7 +58,6 @@ def piped_decoder_main(source: str, control: Any, to_analyser: Any) -> None:
 
 def piped_analyser_main(control: Any, from_decoder: Any, to_encoder: Any, max_frame_bytes: int) -> None:
     from bufbroker.planes import packed_layout, plane_arrays
-
     from examples.video_pipeline import pattern
 
     out = PipeCounter(to_encoder)
@@ -77,7 +75,7 @@ def piped_analyser_main(control: Any, from_decoder: Any, to_encoder: Any, max_fr
         layout, _ = packed_layout(FOURCC, width, height, align=ALIGN)
         luma = plane_arrays(view, layout)[0]
         numbers.append(pattern.read_number(luma, width, height))
-        pattern.mean_luma(luma, width)   # the same work as the bufbroker analyser
+        pattern.mean_luma(luma, width)  # the same work as the bufbroker analyser
         del luma
         out.send(header)
         out.send(view)
@@ -86,10 +84,9 @@ def piped_analyser_main(control: Any, from_decoder: Any, to_encoder: Any, max_fr
 
 
 def piped_encoder_main(output: str, control: Any, from_analyser: Any, max_frame_bytes: int) -> None:
-    from bufbroker.planes import packed_layout
-
     import av  # noqa: F401  (loaded before the clock starts, as in the bufbroker run)
 
+    from bufbroker.planes import packed_layout
     from examples.video_pipeline.encoder import wrap_frame
     from examples.video_pipeline.h264 import H264Writer
 

@@ -8,8 +8,8 @@ reading.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from multiprocessing.connection import wait
-from typing import Sequence
 
 from examples.video_pipeline.handoff import END, RELEASE, Channel
 
@@ -24,7 +24,7 @@ class SlotPool:
     def __init__(self, count: int, releases: dict[str, Channel]) -> None:
         self.free: deque[int] = deque(range(count))
         self.holders: list[set[str]] = [set() for _ in range(count)]
-        self.holding: list[int] = [-1] * count   # frame seq each slot holds
+        self.holding: list[int] = [-1] * count  # frame seq each slot holds
         self.releases = releases
         self.detached: set[str] = set()
 
@@ -46,7 +46,9 @@ class SlotPool:
 
     def _receive(self, timeout: float) -> None:
         # A consumer that detached has closed its end: waiting on it would only report EOF.
-        by_connection = {channel.connection: name for name, channel in self.releases.items() if name not in self.detached}
+        by_connection = {
+            channel.connection: name for name, channel in self.releases.items() if name not in self.detached
+        }
         ready: Sequence = wait(list(by_connection), timeout)
         if not ready:
             raise TimeoutError(f"no consumer released a slot within {timeout} s (holders: {self.holders})")
@@ -57,7 +59,9 @@ class SlotPool:
                 self.detached.add(name)
                 continue
             if self.holding[slot] != seq or name not in self.holders[slot]:
-                raise RuntimeError(f"{name} released slot {slot} for frame {seq}, but it holds frame {self.holding[slot]}")
+                raise RuntimeError(
+                    f"{name} released slot {slot} for frame {seq}, but it holds frame {self.holding[slot]}"
+                )
             self.holders[slot].discard(name)
             if not self.holders[slot]:
                 self.free.append(slot)

@@ -11,7 +11,8 @@ in place, and takes the layout from it (``Mapping.generation``,
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 ACCEPT = ["segments", "memfd"]
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from bufbroker import format_trace
-
 from examples.video_pipeline.source import SourceFrame
 
 
@@ -35,7 +35,7 @@ def format_report(
     source: Sequence[SourceFrame],
     source_seconds: float,
     result: dict[str, Any],
-    piped: Optional[dict[str, Any]],
+    piped: dict[str, Any] | None,
     fds: tuple[int, int, int],
     problems: list[str],
 ) -> str:

@@ -89,20 +89,42 @@ def run_bufbroker(socket_dir: Path, source: Path, output: Path) -> dict[str, Any
         enc_release_rx, enc_release_tx = children.pipe()
         run_id = f"video-{secrets.token_hex(4)}"
         decoder = children.start(
-            "video-decoder", decoder_main, str(socket_dir), run_id, str(source), dec_control_child, frames_tx,
+            "video-decoder",
+            decoder_main,
+            str(socket_dir),
+            run_id,
+            str(source),
+            dec_control_child,
+            frames_tx,
             {"analyser": ana_release_rx, "encoder": enc_release_rx},
         )
         ready = _receive(dec_control, [decoder], "pool from the decoder")
         analyser = children.start(
-            "video-analyser", analyser_main, str(socket_dir), ready["names"], ana_control_child, frames_rx, analysed_tx, ana_release_tx,
+            "video-analyser",
+            analyser_main,
+            str(socket_dir),
+            ready["names"],
+            ana_control_child,
+            frames_rx,
+            analysed_tx,
+            ana_release_tx,
         )
         encoder = children.start(
-            "video-encoder", encoder_main, str(socket_dir), ready["names"], str(output), enc_control_child, analysed_rx, enc_release_tx,
+            "video-encoder",
+            encoder_main,
+            str(socket_dir),
+            ready["names"],
+            str(output),
+            enc_control_child,
+            analysed_rx,
+            enc_release_tx,
         )
         everyone = [decoder, analyser, encoder]
         children.keep_only(dec_control, ana_control, enc_control)
-        attached = {"analyser": _receive(ana_control, everyone, "attach from the analyser"),
-                    "encoder": _receive(enc_control, everyone, "attach from the encoder")}
+        attached = {
+            "analyser": _receive(ana_control, everyone, "attach from the analyser"),
+            "encoder": _receive(enc_control, everyone, "attach from the encoder"),
+        }
         dec_control.send("start")
         decoded = _receive(dec_control, everyone, "the decoder's result")
         analysed = _receive(ana_control, everyone, "the analyser's result")
@@ -110,7 +132,14 @@ def run_bufbroker(socket_dir: Path, source: Path, output: Path) -> dict[str, Any
         encoded.update(_receive(enc_control, everyone, "the encoder's check of its output"))
         children.join()
     seconds = encoded["finished"] - decoded["started"]
-    return {"ready": ready, "attached": attached, "decoder": decoded, "analyser": analysed, "encoder": encoded, "seconds": seconds}
+    return {
+        "ready": ready,
+        "attached": attached,
+        "decoder": decoded,
+        "analyser": analysed,
+        "encoder": encoded,
+        "seconds": seconds,
+    }
 
 
 def run_piped(source: Path, output: Path, max_frame_bytes: int) -> dict[str, Any]:
@@ -126,8 +155,12 @@ def run_piped(source: Path, output: Path, max_frame_bytes: int) -> dict[str, Any
         analysed_rx, analysed_tx = children.pipe()
         everyone = [
             children.start("piped-decoder", piped_decoder_main, str(source), dec_control_child, frames_tx),
-            children.start("piped-analyser", piped_analyser_main, ana_control_child, frames_rx, analysed_tx, max_frame_bytes),
-            children.start("piped-encoder", piped_encoder_main, str(output), enc_control_child, analysed_rx, max_frame_bytes),
+            children.start(
+                "piped-analyser", piped_analyser_main, ana_control_child, frames_rx, analysed_tx, max_frame_bytes
+            ),
+            children.start(
+                "piped-encoder", piped_encoder_main, str(output), enc_control_child, analysed_rx, max_frame_bytes
+            ),
         ]
         children.keep_only(dec_control, ana_control, enc_control)
         _receive(ana_control, everyone, "the piped analyser's start-up")

@@ -18,7 +18,7 @@ class SourceFrame:
     number: int
     width: int
     height: int
-    mean_luma: float     # of the picture before encoding
+    mean_luma: float  # of the picture before encoding
 
 
 def frame_sizes(frames: int, first: tuple[int, int], second: tuple[int, int]) -> list[tuple[int, int]]:
@@ -47,4 +47,3 @@ def write_source(path: Path, frames: int, first: tuple[int, int], second: tuple[
     finally:
         writer.close()
     return expected
-

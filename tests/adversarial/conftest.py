@@ -49,7 +49,14 @@ class Reliability:
         self.rows: dict[str, Figures] = {name: Figures() for name in CATEGORIES}
 
     def record(
-        self, category: str, *, cases: int = 0, faults: int = 0, fds_leaked: int = 0, bytes_lost: int = 0, note: str = ""
+        self,
+        category: str,
+        *,
+        cases: int = 0,
+        faults: int = 0,
+        fds_leaked: int = 0,
+        bytes_lost: int = 0,
+        note: str = "",
     ) -> None:
         if category not in self.rows:
             raise ValueError(f"unknown reliability category {category!r}; use one of {sorted(self.rows)}")

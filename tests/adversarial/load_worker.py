@@ -26,7 +26,10 @@ def run_client(socket_dir: str, index: int, stop_at: float, totals: dict, lock: 
     samples: list[str] = []
     pattern = bytes([index % 251]) * SIZE
     try:
-        with bufbroker.connect(socket_dir, reconnect=False) as exporter, bufbroker.connect(socket_dir, reconnect=False) as importer:
+        with (
+            bufbroker.connect(socket_dir, reconnect=False) as exporter,
+            bufbroker.connect(socket_dir, reconnect=False) as importer,
+        ):
             round_ = 0
             while time.monotonic() < stop_at and round_ < 100000:
                 round_ += 1
@@ -49,7 +52,7 @@ def run_client(socket_dir: str, index: int, stop_at: float, totals: dict, lock: 
                     errors += 1
                     if len(samples) < 3:
                         samples.append(f"{type(error).__name__}: {error}")
-    except Exception as error:   # connect failed: counts as an error, the run reports it
+    except Exception as error:  # connect failed: counts as an error, the run reports it
         errors += 1
         samples.append(f"{type(error).__name__}: {error}")
     with lock:

@@ -28,7 +28,8 @@ EXPORTER_STEPS = {
     "fds-sent-not-registered": "from tests.raw_client import RawClient; import pathlib\n"
     "r = RawClient(pathlib.Path(sys.argv[1])); fd = os.memfd_create('x', os.MFD_ALLOW_SEALING); os.ftruncate(fd, 4096)\n"
     "r.send_fds('never-registered', [fd])",
-    "registered": "b = s.export(%d, name='victim', offers=['memfd'], on_exporter_exit='keep')\nb.memoryview()[:] = PATTERN" % SIZE,
+    "registered": "b = s.export(%d, name='victim', offers=['memfd'], on_exporter_exit='keep')\nb.memoryview()[:] = PATTERN"
+    % SIZE,
     "registered-revoke-policy": "b = s.export(%d, name='victim', offers=['memfd'])\nb.memoryview()[:] = PATTERN" % SIZE,
     "events-open": "b = s.export(%d, name='victim', offers=['memfd'], on_exporter_exit='keep')\nb.memoryview()[:] = PATTERN\n"
     "s.add_event_handler(lambda event: None)" % SIZE,
@@ -57,7 +58,7 @@ def _settles_within_a_second(broker, before: int) -> int:
 def test_exporter_killed_at_each_step_loses_no_data_held_by_importers(broker, reliability, step):
     with broker.connect() as bystander:
         bystander_buffer = bystander.export(4096, name="bystander", offers=["memfd"])
-        bystander.attach(bystander_buffer.id, accept=["memfd"]).detach()   # its call channel is part of the baseline
+        bystander.attach(bystander_buffer.id, accept=["memfd"]).detach()  # its call channel is part of the baseline
         before, channels = broker.settled_fd_count(), call_channels(bystander)
         victim = broker.spawn_code(PRELUDE + EXPORTER_STEPS[step] + EPILOGUE)
         assert victim.stdout.readline().strip() == "ready"
@@ -82,7 +83,9 @@ def test_exporter_killed_at_each_step_loses_no_data_held_by_importers(broker, re
         with broker.connect() as other:
             other.attach(bystander_buffer.id, accept=["memfd"], map=True).mapping.close()
     assert lost == 0 and leaked == 0
-    reliability.record(CATEGORY, cases=1, faults=1, fds_leaked=leaked, bytes_lost=lost, note=f"exporter kill -9 at {step}")
+    reliability.record(
+        CATEGORY, cases=1, faults=1, fds_leaked=leaked, bytes_lost=lost, note=f"exporter kill -9 at {step}"
+    )
 
 
 @pytest.mark.parametrize("step", list(IMPORTER_STEPS))
@@ -107,7 +110,9 @@ def test_importer_killed_at_each_step_releases_everything_within_a_second(broker
         watched.mapping.close()
         watched.detach()
     assert lost == 0 and leaked == 0
-    reliability.record(CATEGORY, cases=1, faults=1, fds_leaked=leaked, bytes_lost=lost, note=f"importer kill -9 at {step}")
+    reliability.record(
+        CATEGORY, cases=1, faults=1, fds_leaked=leaked, bytes_lost=lost, note=f"importer kill -9 at {step}"
+    )
 
 
 BROKER_STEPS = ["idle", "fds-sent-not-registered", "importer-mapped"]
@@ -138,7 +143,7 @@ def test_broker_killed_at_each_step_leaves_mappings_readable_and_a_new_broker_se
         lost = sum(1 for a, b in zip(bytes(buffer.memoryview()), PATTERN) if a != b)
         if mapping is not None:
             lost += sum(1 for a, b in zip(bytes(mapping.memoryview()), PATTERN) if a != b)
-            mapping.close()   # the broker is gone: the SDK unmaps locally
+            mapping.close()  # the broker is gone: the SDK unmaps locally
     for client in (raw, importer):
         if client is not None:
             try:
@@ -155,4 +160,6 @@ def test_broker_killed_at_each_step_leaves_mappings_readable_and_a_new_broker_se
     finally:
         assert stop_broker(again) == 0
     assert lost == 0
-    reliability.record(CATEGORY, cases=1, faults=1, bytes_lost=lost, note=f"broker kill -9 at {step}; a new broker served the same dir")
+    reliability.record(
+        CATEGORY, cases=1, faults=1, bytes_lost=lost, note=f"broker kill -9 at {step}; a new broker served the same dir"
+    )

@@ -27,13 +27,27 @@ ATHERIS_RUNS = 30000
 @pytest.mark.skipif(importlib.util.find_spec("atheris") is None, reason="atheris is not installed")
 def test_fdwire_decode_survives_a_bounded_atheris_run(reliability, tmp_path):
     result = subprocess.run(
-        [sys.executable, str(TARGET), f"-runs={ATHERIS_RUNS}", "-max_len=5000", "-seed=1", f"-artifact_prefix={tmp_path}/"],
-        capture_output=True, text=True, timeout=180, cwd=tmp_path,
+        [
+            sys.executable,
+            str(TARGET),
+            f"-runs={ATHERIS_RUNS}",
+            "-max_len=5000",
+            "-seed=1",
+            f"-artifact_prefix={tmp_path}/",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     done = re.search(r"Done (\d+) runs", result.stderr)
     assert done, result.stderr[-2000:]
-    reliability.record(CATEGORY, cases=int(done.group(1)), note=f"atheris: fdwire.decode, {done.group(1)} coverage-guided inputs, no crash")
+    reliability.record(
+        CATEGORY,
+        cases=int(done.group(1)),
+        note=f"atheris: fdwire.decode, {done.group(1)} coverage-guided inputs, no crash",
+    )
 
 
 VALID = fdwire.encode(fdpb.FdMessage(send_fds=fdpb.SendFds(nonce="seed", fd_count=1)))
@@ -59,4 +73,6 @@ def test_fdwire_decode_raises_only_fdwire_error(reliability):
         assert message.WhichOneof("kind") is not None
 
     decode()
-    reliability.record(CATEGORY, cases=len(tried), note=f"hypothesis: fdwire.decode, {len(tried)} datagrams (random and cut-short)")
+    reliability.record(
+        CATEGORY, cases=len(tried), note=f"hypothesis: fdwire.decode, {len(tried)} datagrams (random and cut-short)"
+    )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
 
 import grpc
 import pytest
@@ -44,7 +43,7 @@ def _drain(raw: RawClient, wait: float = 0.05) -> list:
             if received.eof:
                 break
             answers.append(received)
-    except (TimeoutError, socket.timeout, BlockingIOError):
+    except (TimeoutError, BlockingIOError):
         pass
     finally:
         raw.sock.settimeout(5)
@@ -74,14 +73,21 @@ def test_253_fds_in_one_message_are_accounted_for_and_closed(broker, reliability
     with RawClient(broker.socket_dir) as raw:
         raw.send_fds("many", fds)
         answers = _drain(raw, 0.3)
-        assert not any(a.message is not None and a.message.HasField("notice") and a.message.notice.nonce == "many"
-                       and "dropped" in a.message.notice.message for a in answers)
+        assert not any(
+            a.message is not None
+            and a.message.HasField("notice")
+            and a.message.notice.nonce == "many"
+            and "dropped" in a.message.notice.message
+            for a in answers
+        )
         code = _answered_without_internal(lambda: raw.register("many", 4096))
         _still_serves(raw, "after-many")
     fdwire.close_fds(fds)
     leaked = broker.wait_for_fds(before) - before
     assert leaked == 0 and broker.stats().fds_held == 0
-    reliability.record(CATEGORY, cases=1, faults=1, fds_leaked=leaked, note=f"253 fds in one message: register answered {code}")
+    reliability.record(
+        CATEGORY, cases=1, faults=1, fds_leaked=leaked, note=f"253 fds in one message: register answered {code}"
+    )
 
 
 def test_more_than_253_fds_are_refused_by_the_kernel_and_the_broker_is_untouched(broker, reliability):
@@ -91,7 +97,7 @@ def test_more_than_253_fds_are_refused_by_the_kernel_and_the_broker_is_untouched
     with RawClient(broker.socket_dir) as raw:
         with pytest.raises(OSError) as raised:
             raw.send_raw(message, fds)
-        assert raised.value.errno == errno.EINVAL   # SCM_MAX_FD
+        assert raised.value.errno == errno.EINVAL  # SCM_MAX_FD
         _still_serves(raw, "after-too-many")
     fdwire.close_fds(fds)
     assert broker.wait_for_fds(before) == before
@@ -119,14 +125,19 @@ def test_random_bytes_with_and_without_fds_lose_no_fd(broker, reliability):
             finally:
                 fdwire.close_fds(fds)
             tally["cases"] += 1
-            tally["notices"] += sum(1 for a in _drain(raw, 0.02) if a.message is not None and a.message.HasField("notice"))
+            tally["notices"] += sum(
+                1 for a in _drain(raw, 0.02) if a.message is not None and a.message.HasField("notice")
+            )
 
         send()
         _still_serves(raw, "after-random")
     leaked = broker.wait_for_fds(before, timeout=5) - before
     assert leaked == 0 and broker.stats().fds_held == 0
     reliability.record(
-        CATEGORY, cases=tally["cases"], faults=tally["cases"], fds_leaked=leaked,
+        CATEGORY,
+        cases=tally["cases"],
+        faults=tally["cases"],
+        fds_leaked=leaked,
         note=f"random datagrams with 0-3 fds: {tally['cases']} sent, {tally['notices']} notices back",
     )
 
@@ -146,7 +157,13 @@ def test_messages_cut_short_are_refused_and_their_fds_closed(broker, reliability
         _still_serves(raw, "after-cut")
     leaked = broker.wait_for_fds(before, timeout=5) - before
     assert leaked == 0 and broker.stats().fds_held == 0
-    reliability.record(CATEGORY, cases=cases, faults=cases, fds_leaked=leaked, note=f"every prefix of a SendFds message ({cases}) sent with 2 fds")
+    reliability.record(
+        CATEGORY,
+        cases=cases,
+        faults=cases,
+        fds_leaked=leaked,
+        note=f"every prefix of a SendFds message ({cases}) sent with 2 fds",
+    )
 
 
 IMPORTER = """
@@ -177,7 +194,7 @@ def test_exporter_cannot_shrink_or_grow_a_registered_memfd_and_the_importer_read
             with pytest.raises(PermissionError):
                 os.ftruncate(fd, new_size)
             refused += 1
-        with pytest.raises(OSError):   # punching a hole would shrink the pages under the importer
+        with pytest.raises(OSError):  # punching a hole would shrink the pages under the importer
             os.posix_fallocate(fd, size, 4096)
         refused += 1
         importer.stdin.write("go\n")
@@ -187,5 +204,10 @@ def test_exporter_cannot_shrink_or_grow_a_registered_memfd_and_the_importer_read
     os.close(fd)
     lost = size - int(length) if digest == hashlib.sha256(payload).hexdigest() else size
     assert lost == 0
-    reliability.record(CATEGORY, cases=refused, faults=refused, bytes_lost=lost,
-                       note="shrink to 0/4096/size-1, grow to size+1/2×size and fallocate past the end: all refused; importer read 1 MiB intact")
+    reliability.record(
+        CATEGORY,
+        cases=refused,
+        faults=refused,
+        bytes_lost=lost,
+        note="shrink to 0/4096/size-1, grow to size+1/2×size and fallocate past the end: all refused; importer read 1 MiB intact",
+    )

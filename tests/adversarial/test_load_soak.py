@@ -35,8 +35,17 @@ def test_200_concurrent_clients_lose_nothing_and_the_broker_does_not_grow(broker
     before = broker.settled_fd_count()
     workers = [
         subprocess.Popen(
-            [sys.executable, "-m", "tests.adversarial.load_worker", str(broker.socket_dir), str(CLIENTS // PROCESSES), str(seconds)],
-            cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "tests.adversarial.load_worker",
+                str(broker.socket_dir),
+                str(CLIENTS // PROCESSES),
+                str(seconds),
+            ],
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         for _ in range(PROCESSES)
     ]
@@ -58,15 +67,18 @@ def test_200_concurrent_clients_lose_nothing_and_the_broker_does_not_grow(broker
     leaked = max(0, broker.wait_for_fds(before, timeout=5) - before)
     # Growth after warm-up: compare the last third's peak with the second third's peak.
     third = max(1, len(samples) // 3)
-    warm = max(s[1] for s in samples[third: 2 * third] or samples)
-    late = max(s[1] for s in samples[2 * third:] or samples)
+    warm = max(s[1] for s in samples[third : 2 * third] or samples)
+    late = max(s[1] for s in samples[2 * third :] or samples)
     peak_fds = max(s[2] for s in samples)
     samples_text = [r["samples"] for r in results if r["samples"]]
     assert errors == 0 and hung == 0, f"{errors} errors, {hung} clients hung: {samples_text}"
     assert lost == 0 and leaked == 0
     assert late - warm <= RSS_NOISE_KB, f"broker RSS grew from {warm} kB to {late} kB after warm-up"
     reliability.record(
-        CATEGORY, cases=ops, fds_leaked=leaked, bytes_lost=lost,
+        CATEGORY,
+        cases=ops,
+        fds_leaked=leaked,
+        bytes_lost=lost,
         note=f"{CLIENTS} clients for {seconds:.0f} s: {ops} operations, {errors} errors; broker RSS {samples[0][1] // 1024} → "
         f"{warm // 1024} (warm) → {late // 1024} MiB (late), fds peak {peak_fds}, back to baseline {before}",
     )

@@ -79,7 +79,10 @@ def test_a_read_importer_of_another_uid_cannot_write_by_any_route(open_base, bro
         lost = sum(1 for a, b in zip(bytes(shared.memoryview()[:6]), b"intact") if a != b)
     assert lost == 0
     reliability.record(
-        CATEGORY, cases=1 + len(routes), faults=1 + len(routes), bytes_lost=lost,
+        CATEGORY,
+        cases=1 + len(routes),
+        faults=1 + len(routes),
+        bytes_lost=lost,
         note=f"uid {NOBODY}: attach without allow → {result['private']}; write routes refused: "
         + ", ".join(f"{route} ({result[route]})" for route in routes),
     )
@@ -100,8 +103,19 @@ def test_http_introspection_never_shows_tokens_or_buffer_memory(broker_factory, 
         buffer.memoryview()[: len(secret)] = secret
         attachment = importer.attach("secret", accept=["memfd"], map=True)
         tokens = [raw.token]
-        paths = ["/v1/buffers", f"/v1/buffers/{buffer.id}", "/v1/sessions", "/v1/attachments", "/v1/stats",
-                 "/v1/overview", "/v1/mapping-types", "/metrics", "/healthz", "/readyz", "/openapi.json"]
+        paths = [
+            "/v1/buffers",
+            f"/v1/buffers/{buffer.id}",
+            "/v1/sessions",
+            "/v1/attachments",
+            "/v1/stats",
+            "/v1/overview",
+            "/v1/mapping-types",
+            "/metrics",
+            "/healthz",
+            "/readyz",
+            "/openapi.json",
+        ]
         bodies = {}
         for path in paths:
             try:
@@ -112,8 +126,15 @@ def test_http_introspection_never_shows_tokens_or_buffer_memory(broker_factory, 
                 error.close()
         attachment.mapping.close()
         attachment.detach()
-    leaks = [path for path, body in bodies.items()
-             if secret in body or secret.hex().encode() in body or any(token.encode() in body for token in tokens if token)]
+    leaks = [
+        path
+        for path, body in bodies.items()
+        if secret in body or secret.hex().encode() in body or any(token.encode() in body for token in tokens if token)
+    ]
     assert leaks == [], f"HTTP showed a token or buffer memory at {leaks}"
     assert all(bodies[path] for path in paths)
-    reliability.record(CATEGORY, cases=len(paths), note=f"HTTP: {len(paths)} endpoints scanned for session tokens and buffer bytes: none shown")
+    reliability.record(
+        CATEGORY,
+        cases=len(paths),
+        note=f"HTTP: {len(paths)} endpoints scanned for session tokens and buffer bytes: none shown",
+    )

@@ -22,13 +22,24 @@ from tests.raw_client import RawClient
 
 CATEGORY = "protocol fuzzing"
 
-UNARY_RPCS = [
-    method.name
-    for method in pb.DESCRIPTOR.services_by_name["Broker"].methods
-    if not method.server_streaming
-]
+UNARY_RPCS = [method.name for method in pb.DESCRIPTOR.services_by_name["Broker"].methods if not method.server_streaming]
 
-U64_EDGES = [0, 1, 2, 4095, 4096, 4097, 1 << 20, (1 << 31) - 1, 1 << 31, (1 << 32) - 1, 1 << 32, (1 << 63) - 1, 1 << 63, (1 << 64) - 1]
+U64_EDGES = [
+    0,
+    1,
+    2,
+    4095,
+    4096,
+    4097,
+    1 << 20,
+    (1 << 31) - 1,
+    1 << 31,
+    (1 << 32) - 1,
+    1 << 32,
+    (1 << 63) - 1,
+    1 << 63,
+    (1 << 64) - 1,
+]
 U32_EDGES = [0, 1, 255, 4096, (1 << 31) - 1, 1 << 31, (1 << 32) - 1]
 I64_EDGES = [0, 1, -1, -(1 << 63), (1 << 63) - 1]
 I32_EDGES = [0, 1, -1, -(1 << 31), (1 << 31) - 1]
@@ -177,7 +188,10 @@ def fuzzed(broker, reliability, request):
     leaked = max(0, broker.settled_fd_count() - before)
     refused = sum(count for code, count in tally.codes.items() if code != "OK")
     reliability.record(
-        CATEGORY, cases=tally.cases, faults=refused, fds_leaked=leaked,
+        CATEGORY,
+        cases=tally.cases,
+        faults=refused,
+        fds_leaked=leaked,
         note=f"{request.node.name}: {tally.cases} requests, answers {dict(sorted(tally.codes.items()))}",
     )
     assert "bug in" not in broker.log(), broker.log()[-3000:]
@@ -220,7 +234,12 @@ def test_register_and_move_with_real_fds_answer_arbitrary_offers_and_layouts_wit
         for rpc in ("RegisterBuffer", "MoveBuffer"):
 
             @FUZZ_SETTINGS
-            @given(request=_requests(rpc), fd_size=st.sampled_from([0, 4096, 1 << 16]), fd_count=st.integers(1, 3), aim=st.booleans())
+            @given(
+                request=_requests(rpc),
+                fd_size=st.sampled_from([0, 4096, 1 << 16]),
+                fd_count=st.integers(1, 3),
+                aim=st.booleans(),
+            )
             def answer(request, fd_size, fd_count, aim):
                 fds = []
                 for _ in range(fd_count):
@@ -234,7 +253,7 @@ def test_register_and_move_with_real_fds_answer_arbitrary_offers_and_layouts_wit
                 if rpc == "MoveBuffer" and aim:
                     request.buffer_id = own
                 _check_answer(raw, rpc, request, tally)
-                _drain_notices(raw)   # closes any fds that came back
+                _drain_notices(raw)  # closes any fds that came back
 
             answer()
             _serving(raw)
@@ -242,7 +261,6 @@ def test_register_and_move_with_real_fds_answer_arbitrary_offers_and_layouts_wit
 
 
 def _drain_notices(raw: RawClient) -> list:
-    import socket as socket_module
 
     received = []
     raw.sock.settimeout(0.005)
@@ -251,7 +269,7 @@ def _drain_notices(raw: RawClient) -> list:
             message = raw.receive()
             fdwire.close_fds(message.fds)
             received.append(message)
-    except (TimeoutError, socket_module.timeout, BlockingIOError):
+    except (TimeoutError, BlockingIOError):
         pass
     finally:
         raw.sock.settimeout(5)
@@ -287,7 +305,14 @@ def _answer_list_request(raw, tally, shared, rpc, shape, count, duplicate, type_
     _serving(raw)
 
 
-WRONG_TOKENS = ["", "00", "not-hex", "ff" * 16, "0" * 4096, "zz" * 16]  # (grpc itself refuses non-ASCII values client-side)
+WRONG_TOKENS = [
+    "",
+    "00",
+    "not-hex",
+    "ff" * 16,
+    "0" * 4096,
+    "zz" * 16,
+]  # (grpc itself refuses non-ASCII values client-side)
 
 
 def test_wrong_tokens_are_unauthenticated_for_every_rpc(fuzzed):
@@ -307,7 +332,7 @@ def test_wrong_tokens_are_unauthenticated_for_every_rpc(fuzzed):
                 continue
             tally.codes[code.name] = tally.codes.get(code.name, 0) + 1
             if rpc in ("ListMappingTypes",) and code == grpc.StatusCode.OK:
-                continue   # public, needs no session
+                continue  # public, needs no session
             assert code == grpc.StatusCode.UNAUTHENTICATED, f"{rpc} with token {token!r:.20} answered {code}"
         _serving(raw)
 
@@ -341,7 +366,7 @@ def test_call_channels_answer_arbitrary_calls_and_bytes_with_an_error_never_inte
     broker, tally = fuzzed
     with broker.connect() as exporter, RawClient(broker.socket_dir) as raw, raw.open_call_channel() as channel:
         exporter.export(4096, name="shared", offers=["segments", "memfd"])
-        call_on(channel, "attach", pb.AttachRequest(buffer_name="shared"))   # small ids exist
+        call_on(channel, "attach", pb.AttachRequest(buffer_name="shared"))  # small ids exist
 
         def answered(reply, fds: list[int], call_id: int) -> None:
             fdwire.close_fds(fds)
@@ -373,7 +398,7 @@ def test_call_channels_answer_arbitrary_calls_and_bytes_with_an_error_never_inte
             try:
                 call.ParseFromString(data)
                 call_id = call.call.call_id if call.HasField("call") else 0
-            except Exception:  # noqa: BLE001 - not a message at all: the reply says call 0
+            except Exception:
                 call_id = 0
             answered(message.reply, received.fds, call_id)
 

@@ -27,7 +27,7 @@ FLOOR_S = 0.005
 def _p99(session, calls: int = 300, rounds: int = 3) -> float:
     """The median of ``rounds`` p99s of GetStats (one round is noisy on a shared machine)."""
     for _ in range(20):
-        session.stats()   # warm
+        session.stats()  # warm
     p99s = []
     for _ in range(rounds):
         times = []
@@ -58,7 +58,7 @@ def test_thousands_of_idle_sessions_do_not_slow_a_bystander_and_are_all_cleaned(
             fdwire.close_fds(hello.fds)
             sessions.append(sock)
             if hello.message is None or not hello.message.HasField("hello"):
-                refused += 1   # the broker said no (a notice): also fine, as long as it says so
+                refused += 1  # the broker said no (a notice): also fine, as long as it says so
         loaded = _p99(bystander)
         opened = bystander.stats().sessions
         for sock in sessions:
@@ -69,9 +69,14 @@ def test_thousands_of_idle_sessions_do_not_slow_a_bystander_and_are_all_cleaned(
         assert bystander.stats().sessions == 1
     leaked = max(0, broker.wait_for_fds(before, timeout=5) - before)
     assert leaked == 0
-    assert loaded <= 3 * max(unloaded, FLOOR_S), f"bystander p99 {loaded * 1e3:.2f} ms loaded vs {unloaded * 1e3:.2f} ms unloaded"
+    assert loaded <= 3 * max(unloaded, FLOOR_S), (
+        f"bystander p99 {loaded * 1e3:.2f} ms loaded vs {unloaded * 1e3:.2f} ms unloaded"
+    )
     reliability.record(
-        CATEGORY, cases=len(sessions), faults=1, fds_leaked=leaked,
+        CATEGORY,
+        cases=len(sessions),
+        faults=1,
+        fds_leaked=leaked,
         note=f"2000 fd-channel sessions held open ({opened} live at the peak, {refused} refused): bystander p99 "
         f"{unloaded * 1e3:.2f} → {loaded * 1e3:.2f} ms; all cleaned within 5 s",
     )
@@ -96,7 +101,7 @@ def test_a_client_that_never_reads_its_fd_channel_does_not_slow_a_bystander(brok
         thread.start()
         ended = None
         try:
-            for n in range(5000):   # Map again and again, never reading the fds sent back
+            for n in range(5000):  # Map again and again, never reading the fds sent back
                 try:
                     stuck.call("Map", pb.MapRequest(attachment_id=attached.attachment_id))
                 except grpc.RpcError as error:
@@ -108,15 +113,21 @@ def test_a_client_that_never_reads_its_fd_channel_does_not_slow_a_bystander(brok
         loaded = statistics.quantiles(loaded_times, n=100)[98] if len(loaded_times) >= 2 else 0.0
         assert ended is not None and ended[1] in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED)
         assert bystander.stats().sessions == 2
-    assert loaded <= 3 * max(unloaded, FLOOR_S), f"bystander p99 {loaded * 1e3:.2f} ms loaded vs {unloaded * 1e3:.2f} ms unloaded"
+    assert loaded <= 3 * max(unloaded, FLOOR_S), (
+        f"bystander p99 {loaded * 1e3:.2f} ms loaded vs {unloaded * 1e3:.2f} ms unloaded"
+    )
     reliability.record(
-        CATEGORY, cases=ended[0] + 1, faults=1,
+        CATEGORY,
+        cases=ended[0] + 1,
+        faults=1,
         note=f"fd channel never read: ended after {ended[0]} maps ({ended[1].name}); bystander p99 "
         f"{unloaded * 1e3:.2f} → {loaded * 1e3:.2f} ms over {len(loaded_times)} calls",
     )
 
 
-def test_importers_that_hold_mappings_and_ignore_move_notify_are_marked_and_do_not_slow_a_bystander(broker_factory, reliability):
+def test_importers_that_hold_mappings_and_ignore_move_notify_are_marked_and_do_not_slow_a_bystander(
+    broker_factory, reliability
+):
     from bufbroker.v1 import mapping_types_pb2 as mt
 
     broker = broker_factory("--move-timeout", "0.3")
@@ -128,9 +139,11 @@ def test_importers_that_hold_mappings_and_ignore_move_notify_are_marked_and_do_n
             streams = []
             for client in stubborn:
                 events = client.stub.Events(pb.EventsRequest(), metadata=client.metadata)
-                assert next(events).HasField("ready")   # open, then never read again
+                assert next(events).HasField("ready")  # open, then never read again
                 streams.append(events)
-                client.call("Attach", pb.AttachRequest(buffer_id=buffer.id, accept=[mt.Match(memfd=mt.MemfdMatch())], map=True))
+                client.call(
+                    "Attach", pb.AttachRequest(buffer_id=buffer.id, accept=[mt.Match(memfd=mt.MemfdMatch())], map=True)
+                )
             loaded_times: list[float] = []
             stop = threading.Event()
 
@@ -159,9 +172,13 @@ def test_importers_that_hold_mappings_and_ignore_move_notify_are_marked_and_do_n
     finally:
         for client in stubborn:
             client.close()
-    assert loaded <= 3 * max(unloaded, FLOOR_S), f"bystander p99 {loaded * 1e3:.2f} ms loaded vs {unloaded * 1e3:.2f} ms unloaded"
+    assert loaded <= 3 * max(unloaded, FLOOR_S), (
+        f"bystander p99 {loaded * 1e3:.2f} ms loaded vs {unloaded * 1e3:.2f} ms unloaded"
+    )
     reliability.record(
-        CATEGORY, cases=moves * len(stubborn), faults=len(stubborn),
+        CATEGORY,
+        cases=moves * len(stubborn),
+        faults=len(stubborn),
         note=f"{len(stubborn)} importers ignored MoveNotify over {moves} moves: all marked non-compliant; bystander p99 "
         f"{unloaded * 1e3:.2f} → {loaded * 1e3:.2f} ms over {len(loaded_times)} calls",
     )

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_bench_quick_writes_a_complete_report(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     started = time.monotonic()
-    script = Path(sys.executable).parent / "bufbroker"   # the installed console script, as users run it
+    script = Path(sys.executable).parent / "bufbroker"  # the installed console script, as users run it
     command = [str(script)] if script.exists() else [sys.executable, "-m", "bufbroker_broker"]
     # This checkout's bench/ first, so an editable install made before bench/
     # became a package (pyproject) still runs it.

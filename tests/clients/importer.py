@@ -29,9 +29,10 @@ def drop_privileges(uid: int) -> None:
     Everything this process needs is imported before, because the
     interpreter's own files may not be readable by that uid.
     """
-    import bufbroker.attachment  # noqa: F401
-    import bufbroker.buffers  # noqa: F401
     import encodings.idna  # noqa: F401
+
+    import bufbroker.attachment
+    import bufbroker.buffers  # noqa: F401
 
     os.setgroups([])
     os.setgid(0)
@@ -54,8 +55,16 @@ def main() -> None:
         try:
             attachment = session.attach(target, accept=accept, access=args.access)
         except bufbroker.BrokerError as error:
-            print(json.dumps({"error": type(error).__name__, "message": error.message,
-                              "trace": [dataclasses.asdict(s) for s in error.trace]}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "error": type(error).__name__,
+                        "message": error.message,
+                        "trace": [dataclasses.asdict(s) for s in error.trace],
+                    }
+                ),
+                flush=True,
+            )
             return
         with attachment.map() as mapping:
             if mapping.is_dmabuf:

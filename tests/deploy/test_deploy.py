@@ -25,8 +25,9 @@ import sys
 import time
 import tomllib
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import jsonschema
 import pytest
@@ -154,14 +155,22 @@ def checkov(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     base = cache.mkdir("bufbroker-deploy-tools") if cache is not None else tmp_path_factory.mktemp("deploy-tools")
     venv = base / "checkov"
     executable = venv / "bin" / "checkov"
-    stamp = venv / "bufbroker-requirement.txt"   # written last: marks a complete venv
+    stamp = venv / "bufbroker-requirement.txt"  # written last: marks a complete venv
     wanted = f"{CHECKOV_REQUIREMENT}\n{sys.version}\n"
     if executable.exists() and stamp.exists() and stamp.read_text() == wanted:
         return executable
     shutil.rmtree(venv, ignore_errors=True)
     steps = [
         [sys.executable, "-m", "venv", venv],
-        [venv / "bin" / "python", "-m", "pip", "install", "--quiet", "--disable-pip-version-check", CHECKOV_REQUIREMENT],
+        [
+            venv / "bin" / "python",
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            CHECKOV_REQUIREMENT,
+        ],
     ]
     for step in steps:
         result = subprocess.run([str(part) for part in step], capture_output=True, text=True, timeout=900)
@@ -182,9 +191,15 @@ def run_checkov(checkov: Path, framework: str, target: list[str]) -> list[dict]:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("BC_", "PRISMA_", "CKV_"))}
     env.update(BC_SKIP_MAPPING="TRUE", CKV_SKIP_PACKAGE_UPDATE_CHECK="TRUE")
     command = [
-        *no_network_prefix(), str(checkov),
-        "--config-file", str(CHECKOV_CONFIG.relative_to(REPO_ROOT)),
-        "--framework", framework, *target, "--output", "json",
+        *no_network_prefix(),
+        str(checkov),
+        "--config-file",
+        str(CHECKOV_CONFIG.relative_to(REPO_ROOT)),
+        "--framework",
+        framework,
+        *target,
+        "--output",
+        "json",
     ]
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     try:
@@ -195,7 +210,9 @@ def run_checkov(checkov: Path, framework: str, target: list[str]) -> list[dict]:
             f"{result.stdout[-2000:]}{result.stderr[-4000:]}",
             pytrace=False,
         )
-    reports = [report for report in (output if isinstance(output, list) else [output]) if report.get("check_type") == framework]
+    reports = [
+        report for report in (output if isinstance(output, list) else [output]) if report.get("check_type") == framework
+    ]
     assert reports, f"checkov scanned nothing for {framework}: {result.stdout[-2000:]}"
     return reports
 
@@ -275,7 +292,7 @@ def test_dockerfile_runs_as_non_root_with_healthcheck_and_socket_volume():
         assert ":" in image and not image.endswith(":latest"), f"pin the base image tag: {base}"
         assert image.startswith("python:3.11"), base
     # Everything after the last FROM is the runtime stage.
-    runtime = instructions[max(i for i, (name, _) in enumerate(instructions) if name == "FROM"):]
+    runtime = instructions[max(i for i, (name, _) in enumerate(instructions) if name == "FROM") :]
     users = [arguments for name, arguments in runtime if name == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0"), "the runtime stage must end as a non-root USER"
     assert users[-1].split(":")[0] == str(BROKER_UID)
@@ -288,7 +305,9 @@ def test_dockerfile_runs_as_non_root_with_healthcheck_and_socket_volume():
     assert f"BUFBROKER_SOCKET_DIR={SOCKET_DIR}" in environment.split()
     assert exec_form(values("ENTRYPOINT")[-1]) == ["bufbroker"]
     assert str(METRICS_PORT) in " ".join(values("EXPOSE")).split()
-    assert any("--no-cache-dir" in arguments for name, arguments in instructions if name == "RUN" and "pip " in arguments)
+    assert any(
+        "--no-cache-dir" in arguments for name, arguments in instructions if name == "RUN" and "pip " in arguments
+    )
 
 
 def test_dockerignore_admits_everything_the_build_copies():
@@ -300,10 +319,10 @@ def test_dockerignore_admits_everything_the_build_copies():
     assert sources
     for source in sources:
         assert source.rstrip("/") in allowed, f"COPY {source}: add !{source} to {DOCKERIGNORE.name}"
-    # The wheel needs every package dir pyproject.toml names.
+    # The wheel needs every folder pyproject.toml finds packages in.
     pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
-    for package_dir in pyproject["tool"]["setuptools"]["package-dir"].values():
-        top = package_dir.split("/")[0]
+    for package_root in pyproject["tool"]["setuptools"]["packages"]["find"]["where"]:
+        top = package_root.split("/")[0]
         assert top in [source.rstrip("/") for source in sources], f"the Dockerfile does not COPY {top}/"
 
 
@@ -426,7 +445,10 @@ def test_kustomization_lists_every_manifest_and_sets_its_namespace(directory):
     # The NetworkPolicy selects the directory's pods.
     [policy] = [doc for path, doc in resources("NetworkPolicy") if path.parent.name == directory]
     [workload] = [load_manifest(path) for path in workload_files() if path.parent.name == directory]
-    assert policy["spec"]["podSelector"]["matchLabels"].items() <= workload["spec"]["template"]["metadata"]["labels"].items()
+    assert (
+        policy["spec"]["podSelector"]["matchLabels"].items()
+        <= workload["spec"]["template"]["metadata"]["labels"].items()
+    )
 
 
 @pytest.mark.parametrize("path", workload_files(), ids=lambda path: str(path.relative_to(K8S)))
@@ -443,7 +465,9 @@ def test_workload_is_hardened_and_every_container_has_requests_and_limits(path):
     for container in containers(spec):
         where = f"{container['name']} in {path.name}"
         for kind in ("requests", "limits"):
-            assert {"cpu", "memory"} <= container.get("resources", {}).get(kind, {}).keys(), f"{where}: resources.{kind}"
+            assert {"cpu", "memory"} <= container.get("resources", {}).get(kind, {}).keys(), (
+                f"{where}: resources.{kind}"
+            )
         security = container["securityContext"]
         assert security.get("privileged", False) is False, where
         assert security["allowPrivilegeEscalation"] is False, where
@@ -587,7 +611,10 @@ def test_image_command_serves_and_the_sidecar_scripts_share_a_buffer(tmp_path):
     socket_dir = tmp_path / "run"
     http = f"127.0.0.1:{free_port()}"
     argv = dict(ARTIFACT_COMMANDS)["Dockerfile CMD"]
-    argv = [socket_dir.as_posix() if arg == SOCKET_DIR else http if arg == f"0.0.0.0:{METRICS_PORT}" else arg for arg in argv]
+    argv = [
+        socket_dir.as_posix() if arg == SOCKET_DIR else http if arg == f"0.0.0.0:{METRICS_PORT}" else arg
+        for arg in argv
+    ]
     env = {**os.environ, "BUFBROKER_SOCKET_DIR": str(socket_dir), "PYTHONUNBUFFERED": "1"}
     bufbroker = venv_tool("bufbroker")
     log = open(tmp_path / "broker.log", "w")
@@ -600,9 +627,23 @@ def test_image_command_serves_and_the_sidecar_scripts_share_a_buffer(tmp_path):
         with urllib.request.urlopen(f"http://{http}/readyz", timeout=5) as response:
             assert response.status == 200
 
-        consumer = subprocess.Popen(sidecar_script("consumer"), env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        consumer = subprocess.Popen(
+            sidecar_script("consumer"),
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         clients.append(consumer)
-        producer = subprocess.Popen(sidecar_script("producer"), env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        producer = subprocess.Popen(
+            sidecar_script("producer"),
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         clients.append(producer)
         read_line_containing(producer, "exported buffer", timeout=30)
         assert "as segments" in read_line_containing(consumer, "attached to 'frames'", timeout=30)
@@ -631,7 +672,7 @@ def test_image_command_serves_and_the_sidecar_scripts_share_a_buffer(tmp_path):
 
 def unit() -> configparser.ConfigParser:
     parser = configparser.ConfigParser(strict=False, interpolation=None)
-    parser.optionxform = str   # keys are case-sensitive in systemd
+    parser.optionxform = str  # keys are case-sensitive in systemd
     parser.read_string(UNIT.read_text())
     return parser
 
@@ -681,7 +722,9 @@ def test_unit_has_the_hardening_keys():
 def systemd_tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        pytest.skip(f"{name} is not installed here (Debian: apt-get install systemd); the unit is checked by parsing only")
+        pytest.skip(
+            f"{name} is not installed here (Debian: apt-get install systemd); the unit is checked by parsing only"
+        )
     return path
 
 
@@ -717,8 +760,12 @@ def test_sysusers_creates_the_bufbroker_user_and_group(tmp_path):
     shutil.copy(SYSUSERS, tmp_path / "usr/lib/sysusers.d/bufbroker.conf")
     result = run([sysusers, f"--root={tmp_path}"])
     assert result.returncode == 0, result.stderr
-    [user] = [line.split(":") for line in (tmp_path / "etc/passwd").read_text().splitlines() if line.startswith("bufbroker:")]
-    [group] = [line.split(":") for line in (tmp_path / "etc/group").read_text().splitlines() if line.startswith("bufbroker:")]
+    [user] = [
+        line.split(":") for line in (tmp_path / "etc/passwd").read_text().splitlines() if line.startswith("bufbroker:")
+    ]
+    [group] = [
+        line.split(":") for line in (tmp_path / "etc/group").read_text().splitlines() if line.startswith("bufbroker:")
+    ]
     assert user[3] == group[2], "the user's primary group is bufbroker"
     assert int(user[2]) < 1000 and user[6] == "/usr/sbin/nologin"
 

@@ -21,7 +21,7 @@ from examples.video_pipeline.source import write_source
 from tests.conftest import REPO_ROOT
 
 FRAMES = 32
-FIRST, SECOND = (320, 180), (480, 270)   # 270: not a multiple of 4, so the encoder's copy path runs too
+FIRST, SECOND = (320, 180), (480, 270)  # 270: not a multiple of 4, so the encoder's copy path runs too
 
 
 def test_pipeline_carries_every_frame_once_in_order_across_a_resolution_change(broker, tmp_path):
@@ -43,8 +43,8 @@ def test_pipeline_carries_every_frame_once_in_order_across_a_resolution_change(b
     assert all(m["non_compliant"] == [] for m in moves)
     for consumer in ("analyser", "encoder"):
         assert result["attached"][consumer]["map_type"] == "segments"
-        assert result[consumer]["maps"] == 2 * POOL   # the first map and one re-map per slot
-        assert result[consumer]["mapped_regions"] == POOL   # the old backing was let go
+        assert result[consumer]["maps"] == 2 * POOL  # the first map and one re-map per slot
+        assert result[consumer]["mapped_regions"] == POOL  # the old backing was let go
 
     # The encoder saw the frames in order and wrote all of them.
     assert result["encoder"]["problems"] == []

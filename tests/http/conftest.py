@@ -12,9 +12,9 @@ import shutil
 import socket
 import subprocess
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional
 
 import httpx
 import pytest
@@ -98,13 +98,13 @@ class EventReader:
 
     url: str
     headers: dict = field(default_factory=dict)
-    events: "queue.Queue[tuple[str, dict]]" = field(default_factory=queue.Queue)
+    events: queue.Queue[tuple[str, dict]] = field(default_factory=queue.Queue)
     connected: threading.Event = field(default_factory=threading.Event)
     status: int = 0
-    _sock: Optional[socket.socket] = None
-    _thread: Optional[threading.Thread] = None
+    _sock: socket.socket | None = None
+    _thread: threading.Thread | None = None
 
-    def start(self) -> "EventReader":
+    def start(self) -> EventReader:
         host, port = self.url.removeprefix("http://").rsplit(":", 1)
         self._sock = socket.create_connection((host, int(port)), timeout=10)
         self._sock.settimeout(None)
@@ -142,7 +142,7 @@ class EventReader:
                     return
                 rest += data
             yield rest[:size]
-            buffered = rest[size + 2:]
+            buffered = rest[size + 2 :]
 
     def _read(self) -> None:
         kind, data, pending = "", "", ""
@@ -159,7 +159,7 @@ class EventReader:
                         self.events.put((kind, json.loads(data)))
                         kind, data = "", ""
         except OSError:
-            pass   # cut by close()
+            pass  # cut by close()
         finally:
             self.connected.set()
             self.events.put(("<end>", {}))

@@ -89,8 +89,18 @@ def test_an_unusable_admin_token_file_stops_the_broker_at_start(tmp_path):
         (short, "must hold one token of at least 16 characters"),
     ):
         out = subprocess.run(
-            [sys.executable, "-m", "bufbroker_broker", "serve", "--socket-dir", str(tmp_path / "run"),
-             "--http", f"127.0.0.1:{free_port()}", "--admin-token-file", str(path)],
+            [
+                sys.executable,
+                "-m",
+                "bufbroker_broker",
+                "serve",
+                "--socket-dir",
+                str(tmp_path / "run"),
+                "--http",
+                f"127.0.0.1:{free_port()}",
+                "--admin-token-file",
+                str(path),
+            ],
             capture_output=True,
             text=True,
             timeout=30,

@@ -46,7 +46,11 @@ def test_buffer_detail_has_offers_layout_labels_and_each_attachments_type_and_tr
         detail = http_broker.json(f"/v1/buffers/{exported.id}")
         assert detail["labels"] == {"camera": "front", "stage": "raw"}
         assert detail["layout"] == {
-            "fourcc": "NV12", "width": 64, "height": 32, "modifier": 0, "planes": [{"offset": 0, "stride": 64}]
+            "fourcc": "NV12",
+            "width": 64,
+            "height": 32,
+            "modifier": 0,
+            "planes": [{"offset": 0, "stride": 64}],
         }
         first, second = detail["attachments"]
         assert first["importer_pid"] == holder.pid and first["map_type"] == "segments"
@@ -85,7 +89,7 @@ def test_sessions_report_pid_uid_gid_role_holdings_and_compliance(http_broker: H
     assert imp["non_compliant"] is False and imp["events_open"] is True
     attachments = http_broker.json("/v1/attachments", params={"session_id": imp["id"]})["attachments"]
     assert [a["id"] for a in attachments] == imp["attachment_ids"]
-    exporter.stdin.close()   # the exporter ends: its buffer is revoked, the holder hears it
+    exporter.stdin.close()  # the exporter ends: its buffer is revoked, the holder hears it
     assert _line(holder)["revoked"] == "exporter session ended"
     assert holder.wait(10) == 0 and exporter.wait(10) == 0
 

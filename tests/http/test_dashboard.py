@@ -12,7 +12,7 @@ from playwright.sync_api import expect, sync_playwright
 from tests.conftest import REPO_ROOT
 from tests.http.conftest import APT_TIMEOUT, ARTIFACTS, CHROMIUM_ARGS, HttpBroker
 
-pytestmark = pytest.mark.timeout(APT_TIMEOUT + 120)   # the first test may install chromium
+pytestmark = pytest.mark.timeout(APT_TIMEOUT + 120)  # the first test may install chromium
 
 
 def _line(process) -> dict:
@@ -33,7 +33,12 @@ def test_dashboard_draws_the_live_graph_follows_new_importers_and_shows_traces(h
             problems: list[str] = []
             page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
             page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
-            page.on("request", lambda request: None if request.url.startswith(http_broker.url) else problems.append(f"went outside: {request.url}"))
+            page.on(
+                "request",
+                lambda request: (
+                    None if request.url.startswith(http_broker.url) else problems.append(f"went outside: {request.url}")
+                ),
+            )
             page.goto(http_broker.url + "/")
 
             graph = page.locator("#graph")
@@ -54,7 +59,9 @@ def test_dashboard_draws_the_live_graph_follows_new_importers_and_shows_traces(h
             expect(graph).to_contain_text(f"pid {second.pid}")
             expect(page.locator("#sessions-table tbody tr")).to_have_count(3)
 
-            (attachment,) = http_broker.json("/v1/attachments", params={"session_id": _session_of(http_broker, first.pid)})["attachments"]
+            (attachment,) = http_broker.json(
+                "/v1/attachments", params={"session_id": _session_of(http_broker, first.pid)}
+            )["attachments"]
             page.click(f'#graph [data-attachment-id="{attachment["id"]}"] .edge-label')
             matrix = page.locator(f"#matrix-attachment-{attachment['id']}")
             expect(matrix).to_be_visible()
@@ -80,7 +87,7 @@ def test_dashboard_draws_the_live_graph_follows_new_importers_and_shows_traces(h
             expect(page.locator("#fds-chart polyline")).to_have_count(1)
             expect(page.locator("#fds-value")).to_have_text("1")
             expect(page.locator("#events li").first).to_be_visible()
-            page.wait_for_timeout(1500)   # a few chart samples for the picture
+            page.wait_for_timeout(1500)  # a few chart samples for the picture
 
             ARTIFACTS.mkdir(exist_ok=True)
             shot = ARTIFACTS / "dashboard.png"

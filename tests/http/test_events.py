@@ -29,24 +29,26 @@ def test_event_stream_delivers_a_buffers_life_in_order(http_broker: HttpBroker, 
         follower.stdin.close()
         assert follower.wait(10) == 0
     events = reader.until(lambda kind, data: kind == "session-ended" and data["session_id"] == exporter.id)
-    follower_id = next(d["session_id"] for k, d in events if k == "session-opened" and d["detail"]["pid"] == follower.pid)
+    follower_id = next(
+        d["session_id"] for k, d in events if k == "session-opened" and d["detail"]["pid"] == follower.pid
+    )
     mine = [(k, d) for k, d in events if d["session_id"] in (exporter.id, follower_id)]
     assert [k for k, _ in mine] == [
-        "session-opened",    # the exporter
+        "session-opened",  # the exporter
         "registered",
-        "session-opened",    # the follower
+        "session-opened",  # the follower
         "negotiated",
         "attached",
         "mapped",
-        "unmapped",          # it unmaps when told the buffer moves
+        "unmapped",  # it unmaps when told the buffer moves
         "moved",
-        "mapped",            # and maps the new backing
+        "mapped",  # and maps the new backing
         "revoked",
         "unmapped",
         "detached",
-        "session-ended",     # the follower
+        "session-ended",  # the follower
         "unregistered",
-        "session-ended",     # the exporter
+        "session-ended",  # the exporter
     ]
     assert all(d["buffer_id"] == buffer.id for k, d in mine if not k.startswith("session-"))
     attached = next(d for k, d in mine if k == "attached")
@@ -77,16 +79,16 @@ def test_a_client_that_stops_reading_is_dropped_and_never_stalls_the_broker(http
     stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     stalled.connect(("127.0.0.1", port))
     try:
-        stalled.sendall(b"GET /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")   # and never read
+        stalled.sendall(b"GET /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # and never read
         deadline = time.monotonic() + 5
         while _metric(http, "bufbroker_http_event_clients") < 2:
             assert time.monotonic() < deadline, "the stalled client never connected"
         slowest = 0.0
-        reason = "r" * (256 << 10)   # big events fill the stalled client's socket buffers fast
+        reason = "r" * (256 << 10)  # big events fill the stalled client's socket buffers fast
         with http.broker.connect() as session:
             for n in range(80):
                 buffer = session.export(4096, offers=["memfd"])
-                buffer.revoke(reason)   # one event of 256 KiB
+                buffer.revoke(reason)  # one event of 256 KiB
                 buffer.unregister()
                 if n % 5 == 0:
                     started = time.monotonic()
@@ -94,15 +96,17 @@ def test_a_client_that_stops_reading_is_dropped_and_never_stalls_the_broker(http
                     slowest = max(slowest, time.monotonic() - started)
                     if _metric(http, "bufbroker_http_event_clients_dropped_total") >= 1:
                         break
-            deadline = time.monotonic() + 10   # a blocked write is given up after 5 s
+            deadline = time.monotonic() + 10  # a blocked write is given up after 5 s
             while _metric(http, "bufbroker_http_event_clients_dropped_total") < 1:
                 assert time.monotonic() < deadline, "the stalled client was never dropped"
                 time.sleep(0.1)
         assert slowest < 1.0, f"the broker took {slowest:.2f} s to answer /healthz while a client stalled"
-        assert _metric(http, "bufbroker_http_event_clients") == 1   # the healthy reader stays
+        assert _metric(http, "bufbroker_http_event_clients") == 1  # the healthy reader stays
         assert "dropping a /v1/events client" in http.broker.log()
         # The healthy reader got every event, in order, with no gap.
-        events = healthy.until(lambda kind, data: kind == "session-ended" and data["session_id"] == session.id, timeout=20)
+        events = healthy.until(
+            lambda kind, data: kind == "session-ended" and data["session_id"] == session.id, timeout=20
+        )
         seqs = [d["seq"] for _, d in events]
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
         assert sum(1 for k, d in events if k == "revoked" and d["detail"]["reason"] == reason) == n + 1

@@ -12,17 +12,19 @@ from tests.http.conftest import HttpBroker
 
 # (exporter offers, importer accept list, importer access)
 CASES = [
-    ("segments,memfd", "memfd,segments", "read"),       # exporter order wins: segments
-    ("memfd,segments", "segments,memfd", "read"),       # ... even against the importer's order
+    ("segments,memfd", "memfd,segments", "read"),  # exporter order wins: segments
+    ("memfd,segments", "segments,memfd", "read"),  # ... even against the importer's order
     ("segments,memfd", "memfd", "read_write"),
-    ("memfd", "", "read"),                              # a compat importer
-    ("segments", "memfd", "read"),                      # a converter may serve it
-    ("segments", "udmabuf", "read"),                    # ... or say why not (no /dev/udmabuf here)
+    ("memfd", "", "read"),  # a compat importer
+    ("segments", "memfd", "read"),  # a converter may serve it
+    ("segments", "udmabuf", "read"),  # ... or say why not (no /dev/udmabuf here)
 ]
 
 
 def _steps(trace: list[dict]) -> list[tuple]:
-    return [(s["offer_index"], s["offer_type"], s["match_index"], s["match_type"], s["verdict"], s["reason"]) for s in trace]
+    return [
+        (s["offer_index"], s["offer_type"], s["match_index"], s["match_type"], s["verdict"], s["reason"]) for s in trace
+    ]
 
 
 @pytest.mark.parametrize("offers, accept, access", CASES)
@@ -34,7 +36,7 @@ def test_explain_predicts_what_a_real_attach_then_chooses(http_broker: HttpBroke
     )
     assert response.status_code == 200, response.text
     explained = response.json()
-    assert http_broker.json("/v1/attachments")["attachments"] == []   # a dry run attaches nothing
+    assert http_broker.json("/v1/attachments")["attachments"] == []  # a dry run attaches nothing
     attached = broker.run("importer", "target", "--accept", accept, "--access", access)
     if "error" in attached:
         assert explained["would_attach"] is False and explained["map_type"] is None
@@ -46,22 +48,30 @@ def test_explain_predicts_what_a_real_attach_then_chooses(http_broker: HttpBroke
     matrix = explained["matrix"]
     assert matrix["offers"] == offers.split(",")
     assert matrix["matches"] == ([a for a in accept.split(",") if a] or ["memfd"])
-    last = {(s["offer_index"], s["match_index"]): s for s in explained["trace"]}   # a converted pair has two steps
+    last = {(s["offer_index"], s["match_index"]): s for s in explained["trace"]}  # a converted pair has two steps
     for (offer, match), step in last.items():
-        assert matrix["cells"][offer][match] == {"verdict": step["verdict"], "reason": step["reason"], "converter": step["converter"]}
+        assert matrix["cells"][offer][match] == {
+            "verdict": step["verdict"],
+            "reason": step["reason"],
+            "converter": step["converter"],
+        }
     exporter.stdin.close()
     assert exporter.wait(10) == 0
 
 
 def test_explain_against_an_offers_list_needs_no_buffer(http_broker: HttpBroker):
     result = http_broker.post(
-        "/v1/explain", json={"offers": ["segments:read", "memfd"], "accept": ["segments", "memfd"], "access": "read_write"}
+        "/v1/explain",
+        json={"offers": ["segments:read", "memfd"], "accept": ["segments", "memfd"], "access": "read_write"},
     ).json()
     assert result["would_attach"] is True and result["map_type"] == "memfd"
     cells = result["matrix"]["cells"]
     assert cells[0][0]["verdict"] == "soft-mismatch" and "read only" in cells[0][0]["reason"]
     assert cells[0][1]["verdict"] == "type-differs"
-    assert cells[1] == [{"verdict": "type-differs", "reason": "", "converter": ""}, {"verdict": "matched", "reason": "", "converter": ""}]
+    assert cells[1] == [
+        {"verdict": "type-differs", "reason": "", "converter": ""},
+        {"verdict": "matched", "reason": "", "converter": ""},
+    ]
     assert result["matrix"]["chosen"] == {"offer_index": 1, "match_index": 1}
 
 
@@ -124,5 +134,7 @@ def test_explain_command_exits_1_and_shows_why_when_nothing_matches(broker):
         out = _cli(broker, "explain", "read-only", "--accept", "memfd", "--access", "read_write")
     assert out.returncode == 1
     assert "offer 0: memfd  * " not in out.stdout and "offer 0: memfd  soft-mismatch" in out.stdout
-    assert "offer 0 x match 0: soft-mismatch: access: importer wants read_write, the offer allows read only" in out.stdout
+    assert (
+        "offer 0 x match 0: soft-mismatch: access: importer wants read_write, the offer allows read only" in out.stdout
+    )
     assert out.stdout.splitlines()[-1].startswith("an attach would fail: no common mapping type")

@@ -12,7 +12,7 @@ def test_paging_through_1000_buffers_returns_each_once_in_id_order(http_broker: 
         ids = []
         for n in range(COUNT):
             buffer = exporter.export(4096, name=f"frame-{n:04d}", labels={"parity": "even" if n % 2 == 0 else "odd"})
-            buffer.close()   # the broker keeps its own fd; this process need not hold 1,000
+            buffer.close()  # the broker keeps its own fd; this process need not hold 1,000
             ids.append(buffer.id)
 
         seen, cursor, pages = [], None, 0
@@ -29,7 +29,9 @@ def test_paging_through_1000_buffers_returns_each_once_in_id_order(http_broker: 
 
         odd, cursor = [], None
         while True:
-            page = http_broker.json("/v1/buffers", params={"limit": 100, "label": "parity=odd", **({"cursor": cursor} if cursor else {})})
+            page = http_broker.json(
+                "/v1/buffers", params={"limit": 100, "label": "parity=odd", **({"cursor": cursor} if cursor else {})}
+            )
             assert page["total"] == COUNT // 2
             odd += [b["name"] for b in page["buffers"]]
             cursor = page["next_cursor"]

@@ -32,8 +32,8 @@ def test_no_endpoint_shows_a_session_token_or_memory_contents(http_broker_factor
         view.release()
         attachment = importer.attach("private", accept=["memfd"])
         with attachment.map() as mapping:
-            assert bytes(mapping.memoryview()[: len(marker)]).decode() == marker   # it is in the memory
-        attachment.map()   # keep one mapping alive while we look
+            assert bytes(mapping.memoryview()[: len(marker)]).decode() == marker  # it is in the memory
+        attachment.map()  # keep one mapping alive while we look
         doomed = exporter.export(4096, name="doomed")
         tokens = [exporter.token, importer.token]
 
@@ -43,11 +43,22 @@ def test_no_endpoint_shows_a_session_token_or_memory_contents(http_broker_factor
             if "get" in operations and path != "/v1/events":
                 concrete = path.replace("{buffer_id}", str(buffer.id))
                 bodies[f"GET {concrete}"] = http.get(concrete).text
-        for path in ("/", "/dashboard/app.js", "/dashboard/style.css", "/dashboard/favicon.svg", "/openapi.json",
-                     "/v1/buffers/999999", "/v1/overview"):
+        for path in (
+            "/",
+            "/dashboard/app.js",
+            "/dashboard/style.css",
+            "/dashboard/favicon.svg",
+            "/openapi.json",
+            "/v1/buffers/999999",
+            "/v1/overview",
+        ):
             bodies[f"GET {path}"] = http.get(path).text
-        bodies["POST /v1/explain"] = http.post("/v1/explain", json={"buffer_name": "private", "accept": ["segments"]}).text
-        bodies["POST /v1/explain offers"] = http.post("/v1/explain", json={"offers": ["memfd"], "accept": ["memfd"]}).text
+        bodies["POST /v1/explain"] = http.post(
+            "/v1/explain", json={"buffer_name": "private", "accept": ["segments"]}
+        ).text
+        bodies["POST /v1/explain offers"] = http.post(
+            "/v1/explain", json={"offers": ["memfd"], "accept": ["memfd"]}
+        ).text
         bodies["POST revoke, no token"] = http.post(f"/v1/buffers/{doomed.id}/revoke").text
         bodies["POST revoke, wrong token"] = http.post(
             f"/v1/buffers/{doomed.id}/revoke", headers={"Authorization": "Bearer " + tokens[0]}
@@ -67,4 +78,4 @@ def test_no_endpoint_shows_a_session_token_or_memory_contents(http_broker_factor
         if body.startswith(("{", "[")):
             fd_keys = {k for k in _keys(json.loads(body)) if "fd" in k}
             assert fd_keys <= FD_KEYS, f"{where} has fd-like fields {fd_keys - FD_KEYS}"
-    assert "private" in bodies["GET /v1/buffers"] and "private" in bodies["GET /v1/events"]   # we looked at real data
+    assert "private" in bodies["GET /v1/buffers"] and "private" in bodies["GET /v1/events"]  # we looked at real data

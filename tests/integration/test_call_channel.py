@@ -37,43 +37,41 @@ def _compat_attach(map: bool) -> pb.AttachRequest:
 
 
 def test_attach_map_unmap_detach_answer_like_the_rpcs_with_fds_in_the_reply(broker, shared):
-    with RawClient(broker.socket_dir) as raw:
-        with raw.open_call_channel() as channel:
-            reply, fds = call_on(channel, "attach", _compat_attach(map=True), call_id=7)
-            assert reply.call_id == 7 and reply.WhichOneof("reply") == "attach"
-            attached = reply.attach
-            assert attached.map_type == "memfd" and attached.pinned
-            assert attached.mapping.fd_ticket == 0 and attached.mapping.fd_count == len(fds) == 1
-            assert os.pread(fds[0], 5, 0) == b"hello"
-            fdwire.close_fds(fds)
+    with RawClient(broker.socket_dir) as raw, raw.open_call_channel() as channel:
+        reply, fds = call_on(channel, "attach", _compat_attach(map=True), call_id=7)
+        assert reply.call_id == 7 and reply.WhichOneof("reply") == "attach"
+        attached = reply.attach
+        assert attached.map_type == "memfd" and attached.pinned
+        assert attached.mapping.fd_ticket == 0 and attached.mapping.fd_count == len(fds) == 1
+        assert os.pread(fds[0], 5, 0) == b"hello"
+        fdwire.close_fds(fds)
 
-            reply, fds = call_on(channel, "map", pb.MapRequest(attachment_id=attached.attachment_id), call_id=8)
-            assert reply.call_id == 8 and reply.map.handle.WhichOneof("kind") == "memfd" and len(fds) == 1
-            assert os.pread(fds[0], 5, 0) == b"hello"
-            fdwire.close_fds(fds)
-            assert broker.stats().mappings == 2
+        reply, fds = call_on(channel, "map", pb.MapRequest(attachment_id=attached.attachment_id), call_id=8)
+        assert reply.call_id == 8 and reply.map.handle.WhichOneof("kind") == "memfd" and len(fds) == 1
+        assert os.pread(fds[0], 5, 0) == b"hello"
+        fdwire.close_fds(fds)
+        assert broker.stats().mappings == 2
 
-            for mapping_id in (attached.mapping.mapping_id, reply.map.mapping_id):
-                reply, fds = call_on(channel, "unmap", pb.UnmapRequest(mapping_id=mapping_id))
-                assert reply.WhichOneof("reply") == "unmap" and fds == []
-            reply, _ = call_on(channel, "detach", pb.DetachRequest(attachment_id=attached.attachment_id))
-            assert reply.WhichOneof("reply") == "detach"
-            assert broker.stats().attachments == 0
+        for mapping_id in (attached.mapping.mapping_id, reply.map.mapping_id):
+            reply, fds = call_on(channel, "unmap", pb.UnmapRequest(mapping_id=mapping_id))
+            assert reply.WhichOneof("reply") == "unmap" and fds == []
+        reply, _ = call_on(channel, "detach", pb.DetachRequest(attachment_id=attached.attachment_id))
+        assert reply.WhichOneof("reply") == "detach"
+        assert broker.stats().attachments == 0
 
-            reply, _ = call_on(channel, "detach", pb.DetachRequest(attachment_id=attached.attachment_id))
-            assert reply.error.code == "NOT_FOUND" and reply.error.kind == "not-found"
-            assert str(attached.attachment_id) in reply.error.message
+        reply, _ = call_on(channel, "detach", pb.DetachRequest(attachment_id=attached.attachment_id))
+        assert reply.error.code == "NOT_FOUND" and reply.error.kind == "not-found"
+        assert str(attached.attachment_id) in reply.error.message
 
 
 def test_call_errors_carry_the_status_kind_and_negotiation_trace(broker, shared):
-    with RawClient(broker.socket_dir) as raw:
-        with raw.open_call_channel() as channel:
-            request = pb.AttachRequest(buffer_name="shared", accept=specs.accept_to_wire(["segments"], "read"))
-            reply, fds = call_on(channel, "attach", request)
-            assert fds == []
-            # Without its event stream a session may only attach as compat.
-            assert reply.error.code == "FAILED_PRECONDITION" and reply.error.kind == "failed-precondition"
-            assert "event stream" in reply.error.message
+    with RawClient(broker.socket_dir) as raw, raw.open_call_channel() as channel:
+        request = pb.AttachRequest(buffer_name="shared", accept=specs.accept_to_wire(["segments"], "read"))
+        reply, fds = call_on(channel, "attach", request)
+        assert fds == []
+        # Without its event stream a session may only attach as compat.
+        assert reply.error.code == "FAILED_PRECONDITION" and reply.error.kind == "failed-precondition"
+        assert "event stream" in reply.error.message
     with broker.connect() as importer:
         with pytest.raises(bufbroker.errors.NoCommonMappingType) as failed:
             importer.attach("shared", accept=["segments"])
@@ -83,27 +81,29 @@ def test_call_errors_carry_the_status_kind_and_negotiation_trace(broker, shared)
 
 def test_hostile_datagrams_get_a_clear_error_and_the_channel_keeps_serving(broker, shared):
     before = broker.settled_fd_count()
-    with RawClient(broker.socket_dir) as raw:
-        with raw.open_call_channel() as channel:
-            memfd = os.memfd_create("hostile", os.MFD_CLOEXEC)
-            sends = {
-                "fds on a call": (fdwire.encode(fdpb.FdMessage(call=fdpb.Call(call_id=3, detach=pb.DetachRequest()))), [memfd]),
-                "garbage": (b"\xff\xfe not a protobuf", []),
-                "empty": (b"", []),
-                "wrong kind": (fdwire.encode(fdpb.FdMessage(send_fds=fdpb.SendFds(nonce="n", fd_count=0))), []),
-                "no request": (fdwire.encode(fdpb.FdMessage(call=fdpb.Call(call_id=4))), []),
-                "too long": (b"\x00" * (fdwire.MAX_CALL_BYTES + 10), []),
-            }
-            for what, (data, fds) in sends.items():
-                channel.sendmsg([data], fdwire.ancillary(fds))
-                received = fdwire.receive(channel, fdwire.MAX_CALL_BYTES)
-                assert received.fds == [], what
-                error = received.message.reply.error
-                assert error.code == "INVALID_ARGUMENT" and error.message, what
-            os.close(memfd)
-            reply, fds = call_on(channel, "attach", _compat_attach(map=True))
-            assert len(fds) == 1 and reply.attach.mapping.fd_count == 1
-            fdwire.close_fds(fds)
+    with RawClient(broker.socket_dir) as raw, raw.open_call_channel() as channel:
+        memfd = os.memfd_create("hostile", os.MFD_CLOEXEC)
+        sends = {
+            "fds on a call": (
+                fdwire.encode(fdpb.FdMessage(call=fdpb.Call(call_id=3, detach=pb.DetachRequest()))),
+                [memfd],
+            ),
+            "garbage": (b"\xff\xfe not a protobuf", []),
+            "empty": (b"", []),
+            "wrong kind": (fdwire.encode(fdpb.FdMessage(send_fds=fdpb.SendFds(nonce="n", fd_count=0))), []),
+            "no request": (fdwire.encode(fdpb.FdMessage(call=fdpb.Call(call_id=4))), []),
+            "too long": (b"\x00" * (fdwire.MAX_CALL_BYTES + 10), []),
+        }
+        for what, (data, fds) in sends.items():
+            channel.sendmsg([data], fdwire.ancillary(fds))
+            received = fdwire.receive(channel, fdwire.MAX_CALL_BYTES)
+            assert received.fds == [], what
+            error = received.message.reply.error
+            assert error.code == "INVALID_ARGUMENT" and error.message, what
+        os.close(memfd)
+        reply, fds = call_on(channel, "attach", _compat_attach(map=True))
+        assert len(fds) == 1 and reply.attach.mapping.fd_count == 1
+        fdwire.close_fds(fds)
     assert broker.wait_for_fds(before) == before
 
 
@@ -137,7 +137,7 @@ def test_ending_the_session_ends_its_call_channels(broker, shared):
     fdwire.close_fds(fds)
     raw.close()
     channel.settimeout(5)
-    data = channel.recv(16)   # EOF once the broker ended the session
+    data = channel.recv(16)  # EOF once the broker ended the session
     assert data == b""
     channel.close()
     assert broker.stats().attachments == 0
@@ -173,15 +173,14 @@ def test_a_call_channel_of_a_dead_broker_raises_unavailable(broker_factory):
         broker.process.wait()
         with pytest.raises(bufbroker.errors.Unavailable):
             attachment.map()
-        attachment.mapping.close()   # unmaps locally: the broker is gone
+        attachment.mapping.close()  # unmaps locally: the broker is gone
         importer.close()
 
 
 def test_call_channel_sockets_are_seqpacket_and_close_on_exec(broker, shared):
-    with RawClient(broker.socket_dir) as raw:
-        with raw.open_call_channel() as channel:
-            assert channel.type == socket.SOCK_SEQPACKET
-            assert os.get_inheritable(channel.fileno()) is False
+    with RawClient(broker.socket_dir) as raw, raw.open_call_channel() as channel:
+        assert channel.type == socket.SOCK_SEQPACKET
+        assert os.get_inheritable(channel.fileno()) is False
 
 
 def test_a_map_during_a_move_waits_for_the_swap_and_gets_the_new_backing(broker_factory):
@@ -213,7 +212,7 @@ def test_a_map_during_a_move_waits_for_the_swap_and_gets_the_new_backing(broker_
             with pytest.raises(TimeoutError):
                 first.recv(16)
             first.settimeout(10)
-            reply, _ = call_on(second, "unmap", pb.UnmapRequest(mapping_id=old_mapping))   # lets the move finish
+            reply, _ = call_on(second, "unmap", pb.UnmapRequest(mapping_id=old_mapping))  # lets the move finish
             assert reply.WhichOneof("reply") == "unmap"
             mover.join(10)
             received = fdwire.receive(first, fdwire.MAX_CALL_BYTES)

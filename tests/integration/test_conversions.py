@@ -43,7 +43,7 @@ def test_udmabuf_only_importer_gets_no_common_type_naming_why(broker):
     result = broker.run("importer", "cam", "--accept", "udmabuf")
     assert result["error"] == "NoCommonMappingType"
     assert "udmabuf: udmabuf unavailable" in result["message"]
-    assert "memfd->udmabuf: udmabuf unavailable" in result["message"]   # the converter was tried too
+    assert "memfd->udmabuf: udmabuf unavailable" in result["message"]  # the converter was tried too
 
 
 def test_host_capabilities_are_logged_at_start(broker):
@@ -61,7 +61,7 @@ def test_whole_memfd_segments_reach_a_memfd_importer_without_a_copy(broker):
         assert steps(attachment.trace) == [(0, 0, "type-differs", ""), (0, 0, "matched", "segments->memfd")]
         assert "zero-copy" in attachment.trace[-1].reason
         with attachment.map() as mapping:
-            assert os.fstat(mapping.fds[0]).st_ino == os.fstat(exported.fd).st_ino   # the exporter's pages
+            assert os.fstat(mapping.fds[0]).st_ino == os.fstat(exported.fd).st_ino  # the exporter's pages
             exported.memoryview()[:5] = b"live!"
             assert bytes(mapping.memoryview()[:5]) == b"live!"
         attachment.detach()
@@ -69,9 +69,17 @@ def test_whole_memfd_segments_reach_a_memfd_importer_without_a_copy(broker):
 
 def test_split_segments_reach_a_read_importer_that_allows_it_as_a_sealed_copy(broker):
     with broker.connect() as exp, broker.connect() as imp:
-        pool = exp.export(3 * PAGE, offers=[bufbroker.Segments(extents=[
-            bufbroker.Extent(2 * PAGE, 4), bufbroker.Extent(0, 3),
-        ])])
+        pool = exp.export(
+            3 * PAGE,
+            offers=[
+                bufbroker.Segments(
+                    extents=[
+                        bufbroker.Extent(2 * PAGE, 4),
+                        bufbroker.Extent(0, 3),
+                    ]
+                )
+            ],
+        )
         view = pool.memoryview()
         view[:3], view[2 * PAGE : 2 * PAGE + 4] = b"abc", b"WXYZ"
         attachment = imp.attach(pool.id, accept=[bufbroker.Memfd(allow_copy=True)])
@@ -82,16 +90,18 @@ def test_split_segments_reach_a_read_importer_that_allows_it_as_a_sealed_copy(br
             assert bytes(mapping.memoryview()) == b"WXYZabc"
             assert fcntl.fcntl(mapping.fds[0], fcntl.F_GET_SEALS) & fcntl.F_SEAL_WRITE
             view[:3] = b"xyz"
-            assert bytes(mapping.memoryview()) == b"WXYZabc"   # a snapshot
+            assert bytes(mapping.memoryview()) == b"WXYZabc"  # a snapshot
         with attachment.map() as mapping:
-            assert bytes(mapping.memoryview()) == b"WXYZxyz"   # each map copies again
+            assert bytes(mapping.memoryview()) == b"WXYZxyz"  # each map copies again
         view.release()
         attachment.detach()
 
 
 def test_a_copy_is_refused_for_a_read_write_importer(broker):
     with broker.connect() as exp, broker.connect() as imp:
-        pool = exp.export(2 * PAGE, offers=[bufbroker.Segments(extents=[bufbroker.Extent(0, 10), bufbroker.Extent(PAGE, 10)])])
+        pool = exp.export(
+            2 * PAGE, offers=[bufbroker.Segments(extents=[bufbroker.Extent(0, 10), bufbroker.Extent(PAGE, 10)])]
+        )
         with pytest.raises(bufbroker.NoCommonMappingType) as raised:
             imp.attach(pool.id, accept=[bufbroker.Memfd(allow_copy=True)], access="read_write")
         copy_step = raised.value.trace[-1]
@@ -102,7 +112,9 @@ def test_a_copy_is_refused_for_a_read_write_importer(broker):
 
 def test_a_copy_is_refused_for_a_read_importer_that_did_not_allow_it(broker):
     with broker.connect() as exp, broker.connect() as imp:
-        pool = exp.export(2 * PAGE, offers=[bufbroker.Segments(extents=[bufbroker.Extent(0, 10), bufbroker.Extent(PAGE, 10)])])
+        pool = exp.export(
+            2 * PAGE, offers=[bufbroker.Segments(extents=[bufbroker.Extent(0, 10), bufbroker.Extent(PAGE, 10)])]
+        )
         with pytest.raises(bufbroker.NoCommonMappingType, match=r"bufbroker.Memfd\(allow_copy=True\)"):
             imp.attach(pool.id, accept=["memfd"])
 

@@ -44,7 +44,7 @@ def test_a_second_broker_on_a_live_dir_refuses_to_start(broker):
     )
     assert second.returncode == 1
     assert f"a live broker (pid {broker.pid}) already serves {broker.socket_dir}" in second.stderr
-    with broker.connect() as session:   # the first one is undisturbed
+    with broker.connect() as session:  # the first one is undisturbed
         assert session.stats().pid == broker.pid
 
 
@@ -53,9 +53,9 @@ def test_stale_sockets_of_a_dead_broker_are_replaced(tmp_path):
     socket_dir.mkdir()
     dead = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     dead.bind(str(socket_dir / "fd.sock"))
-    dead.close()   # the file stays: what a kill -9 leaves behind
+    dead.close()  # the file stays: what a kill -9 leaves behind
     (socket_dir / "grpc.sock").write_text("left over")
-    (socket_dir / "broker.lock").write_text("12345\n")   # not locked by anyone
+    (socket_dir / "broker.lock").write_text("12345\n")  # not locked by anyone
     process = start_broker(socket_dir, NO_HTTP)
     try:
         with bufbroker.connect(socket_dir) as session:
@@ -118,7 +118,9 @@ def test_ls_lists_buffers_with_exporter_pid_and_offers(broker):
 
 
 def test_help_explains_every_command():
-    out = subprocess.run([sys.executable, "-m", "bufbroker_broker", "--help"], capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-m", "bufbroker_broker", "--help"], capture_output=True, text=True, timeout=30
+    )
     assert out.returncode == 0
     for command in ("serve", "ls", "demo"):
         assert command in out.stdout
@@ -164,10 +166,10 @@ class EchoType:
     def finish(self, offer, match, ctx):
         return offer.value
 
-    def map(self, buffer, attachment):
-        return MapResult(wrappers_pb2.StringValue(value="echo:" + attachment.map_params), [buffer.fds[0].fd])
+    def map(self, backing, params):
+        return MapResult(wrappers_pb2.StringValue(value="echo:" + params), [backing.fds[0].fd])
 
-    def unmap(self, buffer, attachment):
+    def unmap(self, backing, params):
         pass
 
     def describe(self):

@@ -23,7 +23,9 @@ def test_move_notifies_importers_who_unmap_remap_and_read_the_new_backing(broker
         follower = broker.spawn("follower", "moving")
         assert json_line(follower)["map_type"] == "segments"
         assert follower_read(follower) == {"head": "backing1" + "\x00" * 8, "size": 4096, "moves": 0}
-        non_compliant = buffer.move(8192, layout={"fourcc": "NV12", "width": 64, "height": 64}, reason="resolution change")
+        non_compliant = buffer.move(
+            8192, layout={"fourcc": "NV12", "width": 64, "height": 64}, reason="resolution change"
+        )
         assert non_compliant == []
         assert buffer.size == 8192
         buffer.memoryview()[:8] = b"backing2"
@@ -38,8 +40,11 @@ def test_move_notifies_importers_who_unmap_remap_and_read_the_new_backing(broker
 def test_move_is_refused_while_a_compat_importer_pins_the_buffer(broker):
     with broker.connect() as exp, broker.connect() as compat:
         buffer = exp.export(4096, offers=["memfd"])
-        attachment = compat.attach(buffer.id)   # empty accept list: compat, pins
-        with pytest.raises(bufbroker.FailedPrecondition, match=rf"pinned by a compat attachment of session {compat.id} \(pid {os.getpid()}\)"):
+        attachment = compat.attach(buffer.id)  # empty accept list: compat, pins
+        with pytest.raises(
+            bufbroker.FailedPrecondition,
+            match=rf"pinned by a compat attachment of session {compat.id} \(pid {os.getpid()}\)",
+        ):
             buffer.move(8192)
         attachment.detach()
         assert buffer.move(8192) == []
@@ -50,8 +55,10 @@ def test_importer_that_ignores_move_notify_is_marked_non_compliant_and_its_mappi
     with broker.connect() as exp, RawClient(broker.socket_dir) as stubborn:
         buffer = exp.export(4096, offers=["memfd"])
         events = stubborn.stub.Events(pb.EventsRequest(), metadata=stubborn.metadata)
-        assert next(events).HasField("ready")   # open, then never read again
-        attached = stubborn.call("Attach", pb.AttachRequest(buffer_id=buffer.id, accept=[mt.Match(memfd=mt.MemfdMatch())], map=True))
+        assert next(events).HasField("ready")  # open, then never read again
+        attached = stubborn.call(
+            "Attach", pb.AttachRequest(buffer_id=buffer.id, accept=[mt.Match(memfd=mt.MemfdMatch())], map=True)
+        )
         started = time.monotonic()
         assert buffer.move(4096) == [attached.attachment_id]
         assert 0.3 <= time.monotonic() - started < 3
@@ -89,7 +96,9 @@ def test_exporter_killed_with_revoke_policy_revokes_its_buffers(broker):
 
 
 def test_exporter_killed_with_keep_policy_leaves_the_buffer_until_its_last_importer_detaches(broker):
-    exporter, info = broker.exporter("--name", "kept", "--offers", "segments,memfd", "--on-exit", "keep", "--fill", "last-words|")
+    exporter, info = broker.exporter(
+        "--name", "kept", "--offers", "segments,memfd", "--on-exit", "keep", "--fill", "last-words|"
+    )
     follower = broker.spawn("follower", "kept")
     assert json_line(follower)["ready"]
     exporter.send_signal(signal.SIGKILL)
@@ -102,7 +111,7 @@ def test_exporter_killed_with_keep_policy_leaves_the_buffer_until_its_last_impor
     with broker.connect() as session:
         (kept,) = session.buffers()
         assert kept.exporter_gone and kept.fd_count == 1
-    follower.stdin.close()   # the last importer detaches
+    follower.stdin.close()  # the last importer detaches
     assert follower.wait(10) == 0
     deadline = time.monotonic() + 2
     with broker.connect() as session:
@@ -150,7 +159,7 @@ def test_a_client_that_stops_reading_its_fd_channel_is_ended_and_others_stay_res
         buffer = exp.export(4096, offers=["memfd"])
         attached = stuck.call("Attach", pb.AttachRequest(buffer_id=buffer.id))
         ended = None
-        for n in range(5000):   # never reads the fds the broker sends back
+        for n in range(5000):  # never reads the fds the broker sends back
             try:
                 stuck.call("Map", pb.MapRequest(attachment_id=attached.attachment_id))
             except grpc.RpcError as error:
@@ -161,7 +170,7 @@ def test_a_client_that_stops_reading_its_fd_channel_is_ended_and_others_stay_res
             assert time.monotonic() - started < 0.5, "a stuck client slowed another session down"
         assert ended is not None and ended[1] in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED)
         assert "stopped reading its fd channel" in broker.log() or "accepted nothing" in broker.log()
-        assert other.stats().sessions == 2   # exp and other; stuck was ended
+        assert other.stats().sessions == 2  # exp and other; stuck was ended
 
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another uid")
@@ -198,7 +207,9 @@ def test_attach_from_another_uid_is_denied_unless_allowed(open_base, broker_fact
 def test_restricted_offer_falls_through_for_everyone_else(open_base, broker_factory):
     broker = broker_factory(base=open_base)
     with broker.connect() as exp:
-        exp.export(4096, name="locked", offers=[bufbroker.Memfd(restricted_to=["uid:65534"]), "segments"], allow=["any"])
+        exp.export(
+            4096, name="locked", offers=[bufbroker.Memfd(restricted_to=["uid:65534"]), "segments"], allow=["any"]
+        )
         mine = broker.run("importer", "locked", "--accept", "memfd,segments")
         assert mine["map_type"] == "segments"
         assert mine["trace"][0]["verdict"] == "soft-mismatch" and mine["trace"][0]["reason"].startswith("restricted")

@@ -62,7 +62,16 @@ def test_clients_in_other_namespaces_share_a_buffer_through_the_socket_dir(tmp_p
         broker_pid = _child_pid(broker.pid)
         warm_up(socket_dir)
         baseline = settled_fd_count(broker_pid)
-        exporter = _isolated("tests.clients.exporter", str(socket_dir), "--name", "pod-frame", "--offers", "segments,memfd", "--fill", "across-namespaces|")
+        exporter = _isolated(
+            "tests.clients.exporter",
+            str(socket_dir),
+            "--name",
+            "pod-frame",
+            "--offers",
+            "segments,memfd",
+            "--fill",
+            "across-namespaces|",
+        )
         seen = json.loads(exporter.stdout.readline())
         # In its own PID namespace the exporter is PID 1; the broker cannot see
         # it at all (the kernel reports pid 0), and needs not: the connection

@@ -38,7 +38,9 @@ def _config_show(*args: str, env: dict | None = None) -> dict[str, tuple[str, st
 
 def test_settings_precedence_is_flags_then_environment_then_file_then_defaults(tmp_path):
     config = tmp_path / "bufbroker.toml"
-    config.write_text('[broker]\nlog_level = "debug"\ndrain_timeout = 7.5\nmax_send_queue = 99\nhttp = "127.0.0.1:9000"\n')
+    config.write_text(
+        '[broker]\nlog_level = "debug"\ndrain_timeout = 7.5\nmax_send_queue = 99\nhttp = "127.0.0.1:9000"\n'
+    )
     env = {"BUFBROKER_DRAIN_TIMEOUT": "3", "BUFBROKER_HTTP": "127.0.0.1:9001"}
     shown = _config_show("--config", str(config), "--http", "none", env=env)
     assert shown["http"] == ("none", "flag --http")
@@ -82,9 +84,28 @@ def test_unknown_setting_in_the_config_file_is_refused(tmp_path):
 
 
 def test_health_command_exits_0_when_serving_and_1_when_not(broker, tmp_path):
-    ok = subprocess.run([sys.executable, "-m", "bufbroker_broker", "health", "--socket-dir", str(broker.socket_dir)], capture_output=True, text=True, timeout=30)
+    ok = subprocess.run(
+        [sys.executable, "-m", "bufbroker_broker", "health", "--socket-dir", str(broker.socket_dir)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert ok.returncode == 0 and "SERVING" in ok.stdout
-    missing = subprocess.run([sys.executable, "-m", "bufbroker_broker", "health", "--socket-dir", str(tmp_path / "none"), "--timeout", "0.5"], capture_output=True, text=True, timeout=30)
+    missing = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bufbroker_broker",
+            "health",
+            "--socket-dir",
+            str(tmp_path / "none"),
+            "--timeout",
+            "0.5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert missing.returncode == 1
 
 
@@ -144,7 +165,7 @@ def test_sigterm_gives_up_on_a_silent_importer_at_the_deadline(broker_factory):
         buffer = exporter.export(4096)
         from bufbroker.v1 import broker_pb2 as pb
 
-        silent.call("Attach", pb.AttachRequest(buffer_id=buffer.id))   # never acknowledges
+        silent.call("Attach", pb.AttachRequest(buffer_id=buffer.id))  # never acknowledges
         started = time.monotonic()
         broker.process.send_signal(signal.SIGTERM)
         assert broker.process.wait(10) == 0
@@ -159,7 +180,16 @@ def test_http_address_in_use_fails_at_start_and_cleans_up(tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         out = subprocess.run(
-            [sys.executable, "-m", "bufbroker_broker", "serve", "--socket-dir", str(tmp_path / "run"), "--http", f"127.0.0.1:{port}"],
+            [
+                sys.executable,
+                "-m",
+                "bufbroker_broker",
+                "serve",
+                "--socket-dir",
+                str(tmp_path / "run"),
+                "--http",
+                f"127.0.0.1:{port}",
+            ],
             capture_output=True,
             text=True,
             timeout=30,
@@ -172,7 +202,9 @@ def test_http_address_in_use_fails_at_start_and_cleans_up(tmp_path):
 def test_session_limits_answer_resource_exhausted_naming_the_limit(broker_factory):
     import bufbroker
 
-    broker = broker_factory("--max-buffers-per-session", "2", "--max-attachments-per-session", "1", "--max-mappings-per-session", "1")
+    broker = broker_factory(
+        "--max-buffers-per-session", "2", "--max-attachments-per-session", "1", "--max-mappings-per-session", "1"
+    )
     with broker.connect() as exp, broker.connect() as imp:
         first = exp.export(4096, offers=["memfd"])
         exp.export(4096)
@@ -184,11 +216,11 @@ def test_session_limits_answer_resource_exhausted_naming_the_limit(broker_factor
         with pytest.raises(bufbroker.ResourceExhausted, match=r"max_attachments_per_session = 1"):
             imp.attach(first.id, accept=["memfd"])
         attachment.detach()
-        again = imp.attach(first.id, accept=["memfd"], map=True)   # detach freed the attachment and its mapping
+        again = imp.attach(first.id, accept=["memfd"], map=True)  # detach freed the attachment and its mapping
         again.mapping.close()
-        again.map().close()   # unmap frees a mapping too
+        again.map().close()  # unmap frees a mapping too
         again.detach()
-        imp.attach(first.id, accept=["memfd"]).detach()   # freed: allowed again
+        imp.attach(first.id, accept=["memfd"]).detach()  # freed: allowed again
     assert broker.stats().buffers == 0
 
 
@@ -208,7 +240,7 @@ def test_unclaimed_fds_beyond_the_pending_limit_are_refused_naming_it(broker_fac
     fds = [os.memfd_create(f"pending{i}", os.MFD_ALLOW_SEALING) for i in range(5)]
     with RawClient(broker.socket_dir) as raw:
         raw.send_fds("first", fds[:3])
-        raw.send_fds("second", fds[3:])   # 5 > 4 unclaimed
+        raw.send_fds("second", fds[3:])  # 5 > 4 unclaimed
         notice = raw.receive().message.notice
         assert notice.nonce == "second" and notice.code == "RESOURCE_EXHAUSTED"
         assert "at most 4 fds" in notice.message and "max_pending_fds" in notice.message
@@ -222,4 +254,6 @@ def test_start_raises_the_fd_soft_limit_to_the_hard_limit_and_reports_it(broker_
     broker = broker_factory(prefix=("prlimit", "--nofile=256:4096", "--"))
     assert "fd limit 4096" in broker.log()
     limits = Path(f"/proc/{broker.pid}/limits").read_text()
-    assert any(line.startswith("Max open files") and line.split()[3:5] == ["4096", "4096"] for line in limits.splitlines())
+    assert any(
+        line.startswith("Max open files") and line.split()[3:5] == ["4096", "4096"] for line in limits.splitlines()
+    )

@@ -71,8 +71,8 @@ def test_bad_fd_kind_is_invalid_argument_and_the_broker_keeps_serving(broker, tm
             with pytest.raises(bufbroker.InvalidArgument) as raised:
                 session.export(fd=fd)
             assert expected in raised.value.message
-            assert "memfd" in raised.value.message   # says what to use instead
-            good = session.export(4096)   # still serving
+            assert "memfd" in raised.value.message  # says what to use instead
+            good = session.export(4096)  # still serving
             assert good.id > 0
     finally:
         os.close(fd)
@@ -99,7 +99,7 @@ def test_registered_memfd_is_sealed_against_shrink_and_grow(broker):
         seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
         assert seals & fcntl.F_SEAL_SHRINK and seals & fcntl.F_SEAL_GROW
         with pytest.raises(PermissionError):
-            os.ftruncate(fd, 4096)   # an importer can never get SIGBUS from this
+            os.ftruncate(fd, 4096)  # an importer can never get SIGBUS from this
         with pytest.raises(PermissionError):
             os.ftruncate(fd, 16384)
     os.close(fd)
@@ -121,7 +121,10 @@ def test_duplicate_name_is_refused_and_names_the_holder(broker):
 @pytest.mark.parametrize(
     "offer, expected",
     [
-        (mt.Offer(segments=mt.SegmentsOffer(extents=[mt.Extent(fd_index=0, offset=4096, length=4096)])), "past the end"),
+        (
+            mt.Offer(segments=mt.SegmentsOffer(extents=[mt.Extent(fd_index=0, offset=4096, length=4096)])),
+            "past the end",
+        ),
         (mt.Offer(segments=mt.SegmentsOffer(extents=[mt.Extent(fd_index=3, offset=0, length=1)])), "names fd 3"),
         (mt.Offer(), "is empty"),
         (mt.Offer(plugin=mt.PluginSpec(type_name="no-such-type")), "unknown mapping type 'no-such-type'"),
@@ -148,20 +151,19 @@ def test_unclaimed_fds_are_closed_after_the_timeout(broker_factory):
         for fd in fds:
             os.close(fd)
         time.sleep(0.2)
-        assert broker.fd_count() >= broker.baseline_fds + 5   # the broker holds them for now
+        assert broker.fd_count() >= broker.baseline_fds + 5  # the broker holds them for now
         deadline = time.monotonic() + 5
         while broker.stats().fds_expired < 5 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert broker.stats().fds_expired == 5
         with pytest.raises(grpc.RpcError) as raised:
-            raw.register("never-claimed", 4096)   # too late
+            raw.register("never-claimed", 4096)  # too late
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_register_naming_a_nonce_never_sent_explains_the_fd_channel(broker):
-    with RawClient(broker.socket_dir) as raw:
-        with pytest.raises(grpc.RpcError) as raised:
-            raw.register("nothing-sent", 4096)
+    with RawClient(broker.socket_dir) as raw, pytest.raises(grpc.RpcError) as raised:
+        raw.register("nothing-sent", 4096)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "send them on the fd channel" in raised.value.details()
 
@@ -175,8 +177,8 @@ def test_malformed_fd_channel_messages_get_a_notice_and_lose_no_fd(broker):
         raw.send_fds("liar", [fd], fd_count=3)
         notice = raw.receive().message.notice
         assert notice.nonce == "liar" and "says 3 fds but 1 arrived" in notice.message
-        raw.send_raw(b"")   # an empty datagram is not a close
-        raw.send_fds("ok", [fd])   # the session still works
+        raw.send_raw(b"")  # an empty datagram is not a close
+        raw.send_fds("ok", [fd])  # the session still works
         os.ftruncate(fd, 4096)
         assert raw.register("ok", 4096).buffer.id > 0
     os.close(fd)

@@ -33,7 +33,9 @@ def test_clients_survive_a_broker_restart_and_the_gap_is_measured(tmp_path):
     broker = start_broker(socket_dir, NO_HTTP)
     clients = []
     try:
-        exporter = _client("exporter", str(socket_dir), "--name", "survivor", "--offers", "segments,memfd", "--fill", "frame-data|")
+        exporter = _client(
+            "exporter", str(socket_dir), "--name", "survivor", "--offers", "segments,memfd", "--fill", "frame-data|"
+        )
         clients.append(exporter)
         assert json_line(exporter)["name"] == "survivor"
         follower = _client("follower", str(socket_dir), "survivor")
@@ -53,9 +55,9 @@ def test_clients_survive_a_broker_restart_and_the_gap_is_measured(tmp_path):
         gap = time.monotonic() - killed_at
         with bufbroker.connect(socket_dir) as observer:
             (buffer,) = observer.buffers(name="survivor")
-            assert buffer.attachment_count == 1   # the importer is attached again
+            assert buffer.attachment_count == 1  # the importer is attached again
         assert follower_read(follower) == {"head": "frame-data|frame", "size": 4096, "moves": 0}
-        with bufbroker.connect(socket_dir) as late:   # a newcomer reads the same bytes
+        with bufbroker.connect(socket_dir) as late:  # a newcomer reads the same bytes
             attachment = late.attach("survivor", accept=["memfd"], map=True)
             assert bytes(attachment.mapping.memoryview()[:11]) == b"frame-data|"
             attachment.detach()

@@ -38,9 +38,8 @@ def test_calls_without_a_valid_token_are_unauthenticated(broker, token):
 
 
 def test_a_call_without_metadata_is_unauthenticated(broker):
-    with RawClient(broker.socket_dir) as raw:
-        with pytest.raises(grpc.RpcError) as raised:
-            raw.stub.GetStats(pb.GetStatsRequest(), timeout=10)
+    with RawClient(broker.socket_dir) as raw, pytest.raises(grpc.RpcError) as raised:
+        raw.stub.GetStats(pb.GetStatsRequest(), timeout=10)
     assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
@@ -139,7 +138,10 @@ def test_explain_against_an_offers_list_needs_no_buffer(broker):
     with broker.connect() as session:
         request = pb.ExplainRequest(
             offers=[mt.Offer(memfd=mt.MemfdOffer(max_access=mt.ACCESS_READ)), mt.Offer(segments=mt.SegmentsOffer())],
-            accept=[mt.Match(memfd=mt.MemfdMatch(access=mt.ACCESS_READ_WRITE)), mt.Match(segments=mt.SegmentsMatch(access=mt.ACCESS_READ_WRITE))],
+            accept=[
+                mt.Match(memfd=mt.MemfdMatch(access=mt.ACCESS_READ_WRITE)),
+                mt.Match(segments=mt.SegmentsMatch(access=mt.ACCESS_READ_WRITE)),
+            ],
         )
         explained = session.call("Explain", request)
         assert explained.map_type == "segments"

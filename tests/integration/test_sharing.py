@@ -10,7 +10,9 @@ import bufbroker
 
 
 def test_importer_reads_what_the_exporter_wrote_through_the_passed_fd(broker):
-    exporter, info = broker.exporter("--name", "frames", "--size", "65536", "--offers", "segments,memfd", "--fill", "frame-0042|")
+    exporter, info = broker.exporter(
+        "--name", "frames", "--size", "65536", "--offers", "segments,memfd", "--fill", "frame-0042|"
+    )
     result = broker.run("importer", "frames", "--accept", "segments,memfd")
     assert result["map_type"] == "segments"
     assert result["length"] == 65536
@@ -49,7 +51,7 @@ def test_read_write_importer_gets_a_writable_fd_and_the_exporter_sees_its_writes
 
 def test_compat_importer_gets_memfd_and_pins_the_buffer(broker):
     broker.exporter("--name", "c", "--offers", "segments,memfd")
-    result = broker.run("importer", "c")   # empty accept list
+    result = broker.run("importer", "c")  # empty accept list
     assert result.get("map_type") == "memfd", result
     assert result["pinned"] is True
     assert result["head"].startswith("bufbroker")
@@ -96,7 +98,7 @@ def test_segments_carve_frames_from_one_pool_memfd(broker):
         assert [(e.offset, e.length) for e in mapping.extents] == [(2 * page + 100, 50), (page, page)]
         first, second = mapping.views()
         assert bytes(first) == b"C" * 50 and bytes(second) == b"B" * page
-        assert len(mapping.fds) == 1   # one pool memfd, sent once
+        assert len(mapping.fds) == 1  # one pool memfd, sent once
         mapping.close()
         attachment.detach()
 
@@ -109,7 +111,16 @@ def test_segments_with_one_memfd_per_plane(broker):
         os.pwrite(fd, fill * size, 0)
         planes.append(fd)
     with broker.connect() as exp, broker.connect() as imp:
-        buffer = exp.export(fd=planes, offers=["segments"], layout={"fourcc": "NV12", "width": 64, "height": 64, "planes": [{"offset": 0, "stride": 64}, {"offset": 0, "stride": 64}]})
+        buffer = exp.export(
+            fd=planes,
+            offers=["segments"],
+            layout={
+                "fourcc": "NV12",
+                "width": 64,
+                "height": 64,
+                "planes": [{"offset": 0, "stride": 64}, {"offset": 0, "stride": 64}],
+            },
+        )
         attachment = imp.attach(buffer.id, accept=["segments"])
         with attachment.map() as mapping:
             luma, chroma = mapping.views()
@@ -130,7 +141,7 @@ def test_numpy_view_reads_without_copy(broker):
         attachment = imp.attach(buffer.id, accept=["memfd"], map=True)
         array = attachment.mapping.numpy("uint8", (64, 64))
         assert array.shape == (64, 64) and list(array[0, :4]) == [1, 2, 3, 4]
-        buffer.memoryview()[0] = 9   # a later write by the exporter is seen: no copy
+        buffer.memoryview()[0] = 9  # a later write by the exporter is seen: no copy
         assert array[0, 0] == 9
         del array
         attachment.detach()
@@ -169,7 +180,7 @@ def test_ending_the_exporter_session_revokes_its_buffers_and_tells_importers(bro
         view.release()
         with pytest.raises(bufbroker.NotFound):
             imp.attach("short-lived", accept=["memfd"])
-        attachment.detach()   # already gone at the broker: not an error
+        attachment.detach()  # already gone at the broker: not an error
 
 
 def test_revoked_buffer_refuses_attach_and_map(broker):
@@ -181,5 +192,5 @@ def test_revoked_buffer_refuses_attach_and_map(broker):
             attachment.map()
         with pytest.raises(bufbroker.FailedPrecondition, match="buffer revoked"):
             imp.attach(buffer.id, accept=["memfd"])
-        assert exp.buffers()[0].fd_count == 0   # the broker closed its fds
+        assert exp.buffers()[0].fd_count == 0  # the broker closed its fds
         attachment.detach()

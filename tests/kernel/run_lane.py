@@ -50,7 +50,7 @@ SKIP_STATUS = 77
 NO_RESULT_STATUS = 3
 RESULT_MARKER = "BUFBROKER-LANE-STATUS:"
 KERNEL_PACKAGE = re.compile(r"^linux-image-(6\.12\.\d+)\+deb12-amd64(-unsigned)?$")
-MODULES = ("netfs", "9pnet", "9pnet_virtio", "9p")   # in load order
+MODULES = ("netfs", "9pnet", "9pnet_virtio", "9p")  # in load order
 # Bump when the initramfs layout or the init script changes.
 INITRAMFS_VERSION = "1"
 
@@ -126,7 +126,9 @@ def ensure_qemu() -> str:
     if found:
         return found
     if os.geteuid() != 0:
-        raise LaneUnavailable("qemu-system-x86_64 is missing and installing it needs root (apt-get install qemu-system-x86)")
+        raise LaneUnavailable(
+            "qemu-system-x86_64 is missing and installing it needs root (apt-get install qemu-system-x86)"
+        )
     log("installing qemu-system-x86 with apt")
     command = ["apt-get", "install", "-y", "--no-install-recommends", "qemu-system-x86"]
     result = run(command, env=apt_env())
@@ -142,6 +144,7 @@ def ensure_qemu() -> str:
 
 def newest_kernel_package() -> str:
     """The newest linux-image-6.12.*+deb12-amd64[-unsigned] apt knows."""
+
     def search() -> list[str]:
         result = run(["apt-cache", "search", "--names-only", r"^linux-image-6\.12\.[0-9]+\+deb12-amd64"])
         return [line.split(" ", 1)[0] for line in result.stdout.splitlines()]
@@ -151,11 +154,13 @@ def newest_kernel_package() -> str:
         run(["apt-get", "update"], env=apt_env())
         names = [n for n in search() if KERNEL_PACKAGE.match(n)]
     if not names:
-        raise LaneUnavailable("apt knows no linux-image-6.12.*+deb12-amd64 package (is bookworm-security or -updates configured?)")
+        raise LaneUnavailable(
+            "apt knows no linux-image-6.12.*+deb12-amd64 package (is bookworm-security or -updates configured?)"
+        )
 
     def version(name: str) -> tuple[int, int]:
         patch = int(KERNEL_PACKAGE.match(name).group(1).split(".")[2])
-        return patch, 1 if name.endswith("-unsigned") else 0   # prefer -unsigned: nothing to verify
+        return patch, 1 if name.endswith("-unsigned") else 0  # prefer -unsigned: nothing to verify
 
     return max(names, key=version)
 
@@ -234,7 +239,7 @@ def _ensure_guest_image() -> tuple[Path, Path]:
     log(f"downloading {package} and busybox-static (apt-get download; nothing is installed)")
     with tempfile.TemporaryDirectory(dir=CACHE_DIR) as scratch:
         work = Path(scratch)
-        os.chmod(work, 0o755)   # apt's _apt user writes the download here
+        os.chmod(work, 0o755)  # apt's _apt user writes the download here
         kernel_deb = apt_download(package, work)
         busybox_deb = apt_download("busybox-static", work)
         extract_deb(kernel_deb, work / "kernel")
@@ -286,16 +291,24 @@ def boot(qemu: str, vmlinuz: Path, initramfs: Path, job: Path, keep: list[str], 
         append += f" lane.keep={':'.join(keep)}"
     command = [
         qemu,
-        "-accel", "tcg",
-        "-cpu", "max",
-        "-smp", str(min(os.cpu_count() or 1, 2)),
-        "-m", "1024",
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max",
+        "-smp",
+        str(min(os.cpu_count() or 1, 2)),
+        "-m",
+        "1024",
         "-nographic",
         "-no-reboot",
-        "-kernel", str(vmlinuz),
-        "-initrd", str(initramfs),
-        "-append", append,
-        "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+        "-kernel",
+        str(vmlinuz),
+        "-initrd",
+        str(initramfs),
+        "-append",
+        append,
+        "-virtfs",
+        "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
     ]
     log("booting: " + " ".join(shlex.quote(c) for c in command))
     status = None
@@ -308,7 +321,7 @@ def boot(qemu: str, vmlinuz: Path, initramfs: Path, job: Path, keep: list[str], 
             line = raw.decode(errors="replace").replace("\r", "").rstrip("\n")
             print(line, flush=True)
             if line.startswith(RESULT_MARKER):
-                status = int(line[len(RESULT_MARKER):].strip() or NO_RESULT_STATUS)
+                status = int(line[len(RESULT_MARKER) :].strip() or NO_RESULT_STATUS)
             if time.monotonic() > deadline:
                 log(f"timed out after {timeout:.0f} s; stopping the VM")
                 break

@@ -18,8 +18,7 @@ import pytest
 import bufbroker
 from bufbroker import dmabuf
 from bufbroker.buffers import make_memfd
-
-from tests.unit.test_pci import GPU, NIC, REMOTE, build_sysfs
+from tests.unit.host.test_pci import GPU, NIC, REMOTE, build_sysfs
 
 pytestmark = pytest.mark.kernel
 
@@ -35,7 +34,7 @@ def inode(fd: int) -> int:
 
 
 def test_udmabuf_importer_reads_what_the_exporter_writes_through_its_memfd(udmabuf, broker):
-    size = 3 * PAGE + 100   # not whole pages: the SDK's memfd is, so the udmabuf can be
+    size = 3 * PAGE + 100  # not whole pages: the SDK's memfd is, so the udmabuf can be
     with broker.connect() as exp, broker.connect() as imp:
         exported = exp.export(size, name="cam", offers=["udmabuf", "memfd"])
         exported.memoryview()[:10] = b"frame-0001"
@@ -57,11 +56,11 @@ def test_udmabuf_importer_reads_what_the_exporter_writes_through_its_memfd(udmab
             with mapping.cpu_access() as view:
                 assert len(view) == size
                 assert bytes(view[PAGE : PAGE + 5]) == b"later"
-            with attachment.map() as again:   # one udmabuf per buffer, kept across maps
+            with attachment.map() as again:  # one udmabuf per buffer, kept across maps
                 assert inode(again.fds[0]) == inode(fd)
-            assert exp.stats().fds_held == 2   # the memfd and its one udmabuf
+            assert exp.stats().fds_held == 2  # the memfd and its one udmabuf
         attachment.detach()
-        exported.revoke()   # closes the memfd and the udmabuf
+        exported.revoke()  # closes the memfd and the udmabuf
         assert exp.stats().fds_held == 0
 
 
@@ -81,9 +80,17 @@ def test_several_extents_become_one_udmabuf_with_create_list(udmabuf, broker):
                 assert bytes(view) == b"Y" * 2 * PAGE + b"U" * PAGE
 
         # The same through a converter: a pool's segments, for an importer that takes only udmabuf.
-        pool = exp.export(3 * PAGE, offers=[bufbroker.Segments(extents=[
-            bufbroker.Extent(2 * PAGE, PAGE), bufbroker.Extent(0, PAGE),
-        ])])
+        pool = exp.export(
+            3 * PAGE,
+            offers=[
+                bufbroker.Segments(
+                    extents=[
+                        bufbroker.Extent(2 * PAGE, PAGE),
+                        bufbroker.Extent(0, PAGE),
+                    ]
+                )
+            ],
+        )
         view = pool.memoryview()
         view[:3], view[2 * PAGE : 2 * PAGE + 3] = b"one", b"two"
         view.release()
@@ -103,25 +110,27 @@ def test_a_move_and_a_revoke_close_the_udmabuf_of_the_old_backing(udmabuf, broke
         assert attachment.trace[-1].converter == "memfd->udmabuf"
         first = inode(attachment.mapping.fds[0])
         assert exp.stats().fds_held == 2
-        exported.move(2 * PAGE)   # the SDK unmaps, then maps the new backing
+        exported.move(2 * PAGE)  # the SDK unmaps, then maps the new backing
         exported.memoryview()[PAGE : PAGE + 4] = b"next"
         mapping = attachment.wait_mapped(10)
         assert inode(mapping.fds[0]) != first and exp_name(mapping.fds[0]) == "udmabuf"
         with mapping.cpu_access() as view:
             assert len(view) == 2 * PAGE and bytes(view[PAGE : PAGE + 4]) == b"next"
-        assert exp.stats().fds_held == 2   # the old memfd and udmabuf are closed
+        assert exp.stats().fds_held == 2  # the old memfd and udmabuf are closed
         exported.revoke()
         assert exp.stats().fds_held == 0
         attachment.detach()
 
 
-def test_dma_heap_exporter_is_imported_with_sync_and_p2p_is_decided_by_the_topology(broker_factory, system_heap, tmp_path):
+def test_dma_heap_exporter_is_imported_with_sync_and_p2p_is_decided_by_the_topology(
+    broker_factory, system_heap, tmp_path
+):
     broker = broker_factory("--sysfs-root", build_sysfs(tmp_path / "sys"))
     with broker.connect() as exp, broker.connect() as imp:
         fd = dmabuf.heap_alloc(2 * PAGE, system_heap)
         offers = [bufbroker.Dmabuf(device=GPU, requires_p2p=True), "dmabuf"]
         exported = exp.export(fd=fd, name="vram", offers=offers)
-        os.close(fd)   # the SDK keeps a copy
+        os.close(fd)  # the SDK keeps a copy
         with exported.cpu_access(write=True) as view:
             view[:9] = b"from-heap"
 
@@ -154,7 +163,7 @@ def test_doctor_finds_udmabuf_and_the_system_heap(udmabuf, system_heap):
 
     lines, status = doctor_report()
     text = "\n".join(lines)
-    print(text)   # the lane's log shows what doctor says in the guest
+    print(text)  # the lane's log shows what doctor says in the guest
     assert re.search(r"^  ok +udmabuf +/dev/udmabuf \(buffers up to \d+ MiB", text, re.M), text
     assert re.search(r"^  ok +dma-heaps +system in /dev/dma_heap", text, re.M), text
     assert re.search(r"^  udmabuf +yes", text, re.M), text

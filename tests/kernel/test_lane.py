@@ -49,7 +49,8 @@ def test_kernel_lane_passes_in_a_vm_with_udmabuf_and_dma_heaps():
     (ARTIFACTS / "kernel-lane.log").write_text(output)
     summary = re.findall(r"^=+ (.*) in [\d.]+s(?: \(.*\))? =+$", output, re.M)
     (ARTIFACTS / "kernel-lane.json").write_text(
-        json.dumps({"status": process.returncode, "wall_seconds": round(elapsed, 1), "guest_pytest": summary[-1:]}) + "\n"
+        json.dumps({"status": process.returncode, "wall_seconds": round(elapsed, 1), "guest_pytest": summary[-1:]})
+        + "\n"
     )
     if process.returncode == SKIP_STATUS:
         reasons = [line.split("SKIP:", 1)[1].strip() for line in output.splitlines() if "[kernel-lane] SKIP:" in line]

@@ -34,16 +34,28 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
     from bufbroker_broker.server.settings import BrokerSettings
 
     parser.add_argument(
-        "--config", type=Path, default=None, metavar="FILE", help="TOML file with settings (top level or a [broker] table)"
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="TOML file with settings (top level or a [broker] table)",
     )
     for name, field in BrokerSettings.model_fields.items():
         flag = "--" + name.replace("_", "-")
-        kind = field.annotation if field.annotation in (int, float) else str
+        kind: type[int | float | str | Path] = (
+            Path
+            if name == "socket_dir"
+            else float
+            if field.annotation is float
+            else int
+            if field.annotation is int
+            else str
+        )
         default = "$XDG_RUNTIME_DIR/bufbroker, or /run/bufbroker as root" if field.default_factory else field.default
         parser.add_argument(
             flag,
             dest=name,
-            type=Path if name == "socket_dir" else kind,
+            type=kind,
             default=None,
             metavar=METAVARS.get(name, "N"),
             help=f"{field.description} (default: {default}; env BUFBROKER_{name.upper()})",

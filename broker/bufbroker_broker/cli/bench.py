@@ -24,9 +24,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="few samples, small sizes (a smoke run, ~30 s); numbers are not meaningful",
     )
     bench.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the results as JSON to PATH")
-    bench.add_argument(
-        "--only", action="append", choices=GROUPS, default=None, help="run only this group (repeatable)"
-    )
+    bench.add_argument("--only", action="append", choices=GROUPS, default=None, help="run only this group (repeatable)")
 
 
 def run(args: argparse.Namespace) -> int:

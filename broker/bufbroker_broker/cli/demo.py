@@ -20,7 +20,7 @@ import zlib
 from pathlib import Path
 
 POOL = 4
-HEADER = struct.Struct("<QQ")   # frame number, payload length
+HEADER = struct.Struct("<QQ")  # frame number, payload length
 
 
 def _frame_payload(block: bytes, number: int, length: int) -> bytes:
@@ -29,7 +29,9 @@ def _frame_payload(block: bytes, number: int, length: int) -> bytes:
     return rotated[:length]
 
 
-def exporter_main(socket_dir: str, frames: int, frame_size: int, ready, to_importer, from_importer, pace: float, reconnects) -> None:
+def exporter_main(
+    socket_dir: str, frames: int, frame_size: int, ready, to_importer, from_importer, pace: float, reconnects
+) -> None:
     import bufbroker
 
     block = bytes(range(256)) * ((frame_size + 255) // 256)
@@ -67,7 +69,7 @@ def importer_main(socket_dir: str, names: list, from_exporter, to_exporter, resu
     with bufbroker.connect(socket_dir) as session:
         session.on_reconnect(lambda s, gap: reconnects.put(("importer", gap)))
         attachments = [session.attach(name, accept=["segments", "memfd"], map=True) for name in names]
-        views = [a.mapping.memoryview() for a in attachments]
+        views = [a.map().memoryview() if a.mapping is None else a.mapping.memoryview() for a in attachments]
         map_type = attachments[0].map_type
         checked, expected, started = 0, 0, time.perf_counter()
         while True:
@@ -165,7 +167,7 @@ def run_demo(frames: int = 240, frame_size: int = 1 << 20, restart_at: int | Non
         result_recv, result_send = ctx.Pipe(duplex=False)
         progress = ctx.Value("l", 0)
         reconnects = ctx.Queue()
-        pace = 0.002 if restart_at is not None else 0.0   # so the restart lands mid-stream
+        pace = 0.002 if restart_at is not None else 0.0  # so the restart lands mid-stream
         exporter = ctx.Process(
             target=exporter_main,
             args=(str(socket_dir), frames, frame_size, ready_send, to_imp_send, to_exp_recv, pace, reconnects),
@@ -202,7 +204,9 @@ def run_demo(frames: int = 240, frame_size: int = 1 << 20, restart_at: int | Non
         mib = frame_size / (1 << 20)
         print(f"bufbroker demo: importer pid {importer.pid} negotiated mapping type: {result['map_type']}")
         for step in result["trace"]:
-            print(f"    offer {step.offer_index} {step.offer_type} x match {step.match_index} {step.match_type}: {step.verdict}")
+            print(
+                f"    offer {step.offer_index} {step.offer_type} x match {step.match_index} {step.match_type}: {step.verdict}"
+            )
         print(
             f"bufbroker demo: {result['frames']} frames of {mib:.2f} MiB checked in "
             f"{result['seconds']:.2f} s: {fps:.0f} frames/s, {fps * mib:.0f} MiB/s (zero-copy)"

@@ -1,7 +1,8 @@
 """`bufbroker doctor`: what this host supports, and what to do about each missing piece.
 
 The same probes as the broker's start-up capability line
-(broker/capabilities.py), then each mapping type's own verdict
+(host/capabilities.py), on the same host facts the broker probes at start
+(host/probe.py), then each mapping type's own verdict on those facts
 (``host_support``), as the broker would list them.
 
 Exit status: 0 when every piece is there, 1 when the broker runs but some
@@ -16,20 +17,22 @@ import os
 
 from bufbroker_broker import mapping_types
 from bufbroker_broker.host.capabilities import Check, HostPaths, probe_host
+from bufbroker_broker.host.probe import probe_host_facts
 
 OK, PARTIAL, BROKEN = 0, 1, 2
 
 
-def doctor_report(paths: HostPaths = HostPaths()) -> tuple[list[str], int]:
-    """The report's lines and the exit status (see the module docstring)."""
-    checks = probe_host(paths)
+def doctor_report(paths: HostPaths | None = None) -> tuple[list[str], int]:
+    """The report's lines and the exit status (see the module docstring), for ``paths`` (default: this host's)."""
+    paths = paths if paths is not None else HostPaths()
+    host = probe_host_facts(paths.sysfs, paths.dev)
+    checks = probe_host(paths, host)
     lines = [f"bufbroker doctor: kernel {os.uname().release}, uid {os.geteuid()}"]
     for check in checks:
         lines.extend(_check_lines(check))
     lines.append("mapping types:")
     for name, mapping_type in sorted(mapping_types.load_mapping_types().items()):
-        support = getattr(mapping_type, "host_support", None)
-        supported, reason = support() if callable(support) else (True, "")
+        supported, reason = mapping_types.host_support(mapping_type, host)
         verdict = "yes" if supported else "no"
         lines.append(f"  {name:<10} {verdict:<4} {reason}".rstrip())
     missing_required = [c.name for c in checks if c.required and not c.ok]

@@ -58,7 +58,6 @@ def run(args: argparse.Namespace) -> int:
     import bufbroker
     from bufbroker import specs
     from bufbroker.v1 import broker_pb2 as pb
-
     from bufbroker_broker.server.observe.introspection import trace_matrix
 
     accept = [name.strip() for name in args.accept.split(",") if name.strip()]
@@ -81,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     offers = list(found[0].offer_types) if found else []
     label = f"buffer {found[0].id} ({found[0].name})" if found and found[0].name else f"buffer {args.buffer}"
-    print(f"{label}: offers [{', '.join(offers)}]; accept [{', '.join(accept) or 'compat: memfd'}], access {args.access}")
+    print(
+        f"{label}: offers [{', '.join(offers)}]; accept [{', '.join(accept) or 'compat: memfd'}], access {args.access}"
+    )
     print(format_trace_matrix(trace_matrix(offers, accept or ["memfd"], answer.trace)))
     if answer.map_type:
         print(f"an attach would negotiate {answer.map_type}")

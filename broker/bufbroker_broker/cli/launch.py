@@ -7,11 +7,12 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import IO, Any
 
 
-def wait_until_serving(socket_dir: Path, process: Optional[subprocess.Popen] = None, timeout: Optional[float] = None) -> None:
+def wait_until_serving(socket_dir: Path, process: subprocess.Popen | None = None, timeout: float | None = None) -> None:
     """Return once DIR/fd.sock accepts connections and DIR/grpc.sock exists.
 
     ``timeout`` defaults to $BUFBROKER_START_TIMEOUT, else 15 s (slow
@@ -40,8 +41,8 @@ def wait_until_serving(socket_dir: Path, process: Optional[subprocess.Popen] = N
 def start_broker(
     socket_dir: Path,
     extra_args: Sequence[str] = (),
-    env: Optional[dict] = None,
-    stderr: Optional[int | object] = None,
+    env: dict | None = None,
+    stderr: int | IO[Any] | None = None,
     prefix: Sequence[str] = (),
 ) -> subprocess.Popen:
     """Run `python -m bufbroker_broker serve --socket-dir DIR` and wait until it serves.

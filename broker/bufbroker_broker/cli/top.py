@@ -27,7 +27,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def run(args: argparse.Namespace) -> int:
     import bufbroker
-
     from bufbroker_broker.cli.top_view import run_top_view
 
     if args.interval <= 0 or args.iterations < 0:

@@ -10,13 +10,14 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
-from bufbroker.v1 import broker_pb2 as pb
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
+
+from bufbroker.v1 import broker_pb2 as pb
 
 
 @dataclass
@@ -38,14 +39,14 @@ def take_sample(session: Any) -> Sample:
     )
 
 
-def _rate(now: Sample, before: Optional[Sample], field: str) -> str:
+def _rate(now: Sample, before: Sample | None, field: str) -> str:
     if before is None:
         return "-"
     seconds = max(now.at - before.at, 1e-6)
     return f"{(getattr(now.stats, field) - getattr(before.stats, field)) / seconds:.1f}/s"
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -53,7 +54,7 @@ def _size(n: int) -> str:
     return str(n)
 
 
-def render(now: Sample, before: Optional[Sample], own_session_id: int) -> Group:
+def render(now: Sample, before: Sample | None, own_session_id: int) -> Group:
     """One frame: a summary line, the sessions table, the buffers table."""
     s = now.stats
     summary = Text.assemble(
@@ -66,12 +67,22 @@ def render(now: Sample, before: Optional[Sample], own_session_id: int) -> Group:
     )
     sessions = Table(title="sessions", title_justify="left", expand=True)
     for column in ("ID", "PID", "UID", "GID", "ROLE", "BUFFERS", "ATTACH", "MAPS", "FDS", "EVENTS", "COMPLIANT"):
-        sessions.add_column(column, no_wrap=True, justify="right" if column not in ("ROLE", "EVENTS", "COMPLIANT") else "left")
+        sessions.add_column(
+            column, no_wrap=True, justify="right" if column not in ("ROLE", "EVENTS", "COMPLIANT") else "left"
+        )
     for info in now.sessions:
         role = info.role + (" (this top)" if info.id == own_session_id else "")
         sessions.add_row(
-            str(info.id), str(info.pid), str(info.uid), str(info.gid), role, str(info.buffers), str(info.attachments),
-            str(info.mappings), str(info.fds_held), "open" if info.events_open else "-",
+            str(info.id),
+            str(info.pid),
+            str(info.uid),
+            str(info.gid),
+            role,
+            str(info.buffers),
+            str(info.attachments),
+            str(info.mappings),
+            str(info.fds_held),
+            "open" if info.events_open else "-",
             Text("no", style="bold red") if info.non_compliant else "yes",
         )
     importers = defaultdict(list)
@@ -83,9 +94,14 @@ def render(now: Sample, before: Optional[Sample], own_session_id: int) -> Group:
     for info in now.buffers:
         state = "active" if info.state == pb.BUFFER_STATE_ACTIVE else "revoked"
         buffers.add_row(
-            str(info.id), info.name or "-", str(info.exporter_pid) + (" (gone)" if info.exporter_gone else ""),
-            _size(info.size), Text(state, style="red" if state == "revoked" else ""), ",".join(info.offer_types),
-            str(info.generation), " ".join(importers.get(info.id, [])) or "-",
+            str(info.id),
+            info.name or "-",
+            str(info.exporter_pid) + (" (gone)" if info.exporter_gone else ""),
+            _size(info.size),
+            Text(state, style="red" if state == "revoked" else ""),
+            ",".join(info.offer_types),
+            str(info.generation),
+            " ".join(importers.get(info.id, [])) or "-",
         )
     if not now.buffers:
         buffers.add_row("-", "(no buffers registered)", "", "", "", "", "", "")

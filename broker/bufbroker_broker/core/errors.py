@@ -1,8 +1,8 @@
 """The broker's closed set of errors.
 
 Each class is one kind of expected failure with the status a client sees.
-The gRPC layer maps them to status codes in one place
-(broker/api/grpc_errors.py); anything that is not a BrokerError is a bug and
+The server maps them to wire statuses in one place (bufbroker_broker/server/);
+anything that is not a BrokerError is a bug and
 becomes one generic INTERNAL, logged once with its traceback.
 
 Messages name the buffer, the type and what to do, because they are the
@@ -11,16 +11,20 @@ only thing a user of a failed call gets to read.
 
 from __future__ import annotations
 
+from bufbroker_broker.core.trace import TraceStep
+
 
 class BrokerError(Exception):
     """An expected failure reported to the client that caused it.
 
     ``status`` is the gRPC status name; ``kind`` is a stable machine-readable
-    tag the SDK uses to pick its exception class.
+    tag the SDK uses to pick its exception class. ``trace`` is set when the
+    error came out of a negotiation: the pairs examined up to it.
     """
 
     status = "UNKNOWN"
     kind = "error"
+    trace: tuple[TraceStep, ...] = ()
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -47,7 +51,7 @@ class NoCommonMappingType(FailedPrecondition):
 
     kind = "no-common-mapping-type"
 
-    def __init__(self, message: str, trace: tuple = ()) -> None:
+    def __init__(self, message: str, trace: tuple[TraceStep, ...] = ()) -> None:
         super().__init__(message)
         self.trace = trace
 

@@ -3,19 +3,33 @@
 
 Each type is a singleton object with its own offer, match and handle
 protobuf messages. Types are compared by identity, never by name. A type
-module under broker/mapping_types/ exports exactly one instance; the
-registry (broker/mapping_types/__init__.py) validates every type once, at
-start-up, with :func:`check_mapping_type`, so an incomplete type is refused
-before the first RPC rather than on it.
+module under bufbroker_broker/mapping_types/ exports exactly one instance;
+the type registry (bufbroker_broker/mapping_types/__init__.py) validates
+every type once, at start-up, with :func:`check_mapping_type`, so an
+incomplete type is refused before the first RPC rather than on it.
+
+A type is generic in its offer message, its match message and its map
+parameters (what ``finish`` fixes and ``map`` reads). The broker holds
+types of every kind side by side, as ``AnyMappingType``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, Sequence, Union, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
-if TYPE_CHECKING:
-    from bufbroker_broker.core.registry import Attachment, Buffer
+from google.protobuf.message import Message
+
+from bufbroker_broker.core.backing import Backing
+from bufbroker_broker.core.host_facts import UNPROBED, HostFacts
+
+OfferT = TypeVar("OfferT")
+MatchT = TypeVar("MatchT")
+ParamsT = TypeVar("ParamsT")
+# A converter only reads its offers and matches.
+SourceOfferT = TypeVar("SourceOfferT", contravariant=True)
+TargetMatchT = TypeVar("TargetMatchT", contravariant=True)
 
 
 @dataclass(frozen=True)
@@ -34,12 +48,18 @@ class SoftMismatch:
     reason: str
 
 
-MatchResult = Union[Matched, SoftMismatch]
+MatchResult = Matched | SoftMismatch
 
 
 @dataclass(frozen=True)
 class MatchContext:
-    """What a type's ``match`` may know about the importer and the buffer."""
+    """What a type's ``match`` may know about the importer, the buffer and the host.
+
+    ``dry_run`` is True for a negotiation against a bare offers list with no
+    buffer behind it (``explain`` before registering): the sizes, writability
+    and seals are then placeholders, and a type checks only what it can
+    without them.
+    """
 
     importer_uid: int
     importer_gid: int
@@ -49,9 +69,9 @@ class MatchContext:
     exporter_uid: int = -1
     # The seals of each fd (F_GET_SEALS at registration; 0 for non-memfds).
     fd_seals: tuple[int, ...] = ()
-    # Where this host's sysfs is (the broker's ``sysfs_root`` setting): the
-    # PCI topology for p2p reachability, udmabuf's module parameters.
-    sysfs_root: str = "/sys"
+    # What the broker probed about this host at start: udmabuf, dma-heaps, PCI topology.
+    host: HostFacts = UNPROBED
+    dry_run: bool = False
 
 
 @dataclass
@@ -62,18 +82,19 @@ class MapResult:
     ``map`` opened for this mapping alone; the caller closes them once they
     are sent (the kernel has then duplicated them into the message).
     ``retained`` lists fds ``map`` opened that the buffer keeps for later
-    maps (udmabuf's one dma-buf per buffer); the registry adopts them into
-    its ledger and closes them when the type's ``release`` hands them back.
+    maps (in ``Backing.kept``, e.g. udmabuf's one dma-buf per buffer); the
+    registry adopts them into its ledger and closes them when the backing
+    goes away.
     """
 
-    handle: Any
+    handle: Message
     fds: list[int]
     temporary: list[int] = field(default_factory=list)
     retained: list[int] = field(default_factory=list)
 
 
 @runtime_checkable
-class MappingType(Protocol):
+class MappingType(Protocol[OfferT, MatchT, ParamsT]):
     """The contract of a mapping type. Who calls what:
 
     - ``check_offer`` / ``check_match``: the broker, on RegisterBuffer and
@@ -81,48 +102,62 @@ class MappingType(Protocol):
       return the (possibly normalised) message.
     - ``match``: :func:`bufbroker_broker.core.negotiate.negotiate`, for each pair of
       this type; return Matched or SoftMismatch, or raise a BrokerError to
-      abort the whole attach (a real error must not be hidden).
+      abort the whole attach (a real error must not be hidden). It reads
+      only its arguments (the host from ``ctx.host``): no I/O.
     - ``finish``: negotiate, once, on the matched pair; returns the
       attachment's fixed map parameters (``Attachment.map_params``).
-    - ``map`` / ``unmap``: the broker, on Map and Unmap (and Unmap for every
-      mapping when an attachment goes away). Every map is unmapped.
+    - ``map`` / ``unmap``: the registry, on Map and Unmap (and Unmap for every
+      mapping when an attachment goes away), with the buffer's backing and
+      the attachment's map parameters. Every map is unmapped.
     - ``describe``: introspection; one line about the type.
 
     Optional members (looked up with getattr):
 
     - ``fd_kind``: the kind of fd a buffer offering this type must be
       registered with, ``"memfd"`` (the default) or ``"dmabuf"``; the
-      broker validates the exporter's fds accordingly (broker/fd_inspect.py).
-    - ``host_support() -> (bool, reason)``: introspection and ``bufbroker
-      doctor``; whether this host can serve the type and, if not, why.
-    - ``release(buffer) -> list[int]``: the registry, when the buffer is
-      revoked or moved; drop what ``map`` kept in ``buffer.type_state[type]``
-      and return the fds to close (the registry closes them in its ledger).
+      broker validates the exporter's fds accordingly (host/fd_inspect.py).
+    - ``host_support(host: HostFacts) -> (bool, reason)``: introspection and
+      ``bufbroker doctor``; whether this host can serve the type and, if
+      not, why.
     """
 
-    name: str
-    description: str
-    offer_message: type
-    match_message: type
-    handle_message: type
+    # Read-only members (a plain class attribute satisfies each).
+    @property
+    def name(self) -> str: ...
 
-    def check_offer(self, offer: Any, ctx_fd_sizes: Sequence[int], size: int) -> Any: ...
+    @property
+    def description(self) -> str: ...
 
-    def check_match(self, match: Any) -> Any: ...
+    @property
+    def offer_message(self) -> type[OfferT]: ...
 
-    def match(self, offer: Any, match: Any, ctx: MatchContext) -> MatchResult: ...
+    @property
+    def match_message(self) -> type[MatchT]: ...
 
-    def finish(self, offer: Any, match: Any, ctx: MatchContext) -> Any: ...
+    @property
+    def handle_message(self) -> type[Message]: ...
 
-    def map(self, buffer: "Buffer", attachment: "Attachment") -> MapResult: ...
+    def check_offer(self, offer: OfferT, fd_sizes: Sequence[int], size: int) -> OfferT: ...
 
-    def unmap(self, buffer: "Buffer", attachment: "Attachment") -> None: ...
+    def check_match(self, match: MatchT) -> MatchT: ...
+
+    def match(self, offer: OfferT, match: MatchT, ctx: MatchContext) -> MatchResult: ...
+
+    def finish(self, offer: OfferT, match: MatchT, ctx: MatchContext) -> ParamsT: ...
+
+    def map(self, backing: Backing, params: ParamsT) -> MapResult: ...
+
+    def unmap(self, backing: Backing, params: ParamsT) -> None: ...
 
     def describe(self) -> str: ...
 
 
+# Types of every kind, side by side (the type registry, offers, attachments).
+AnyMappingType = MappingType[Any, Any, Any]
+
+
 @runtime_checkable
-class Converter(Protocol):
+class Converter(Protocol[SourceOfferT, TargetMatchT, ParamsT]):
     """A way to hand out an offer of type ``source`` as type ``target``.
 
     The broker tries converters only after every direct (offer, match) pair
@@ -131,29 +166,39 @@ class Converter(Protocol):
 
     - ``match``: :func:`bufbroker_broker.core.negotiate.negotiate`, for an offer of
       ``source`` and a match of ``target``; same contract as a type's match
-      (Matched, SoftMismatch with the reason, or raise to abort).
+      (Matched, SoftMismatch with the reason, or raise to abort; no I/O).
     - ``finish``: negotiate, once, on the matched pair: the map parameters.
     - ``map`` / ``unmap``: the registry, for attachments this converter
-      produced (``Attachment.converter``), instead of the target type's.
+      produced (``Attachment.converter``), instead of the target type's;
+      ``backing.kept`` is the target type's table.
 
     ``copies`` is True when a map copies the bytes; such converters are
     tried after every zero-copy one. ``name`` is what traces show, e.g.
     ``segments->udmabuf``.
     """
 
-    name: str
-    source: MappingType
-    target: MappingType
-    copies: bool
+    @property
+    def name(self) -> str: ...
 
-    def match(self, offer: Any, match: Any, ctx: MatchContext) -> MatchResult: ...
+    @property
+    def source(self) -> AnyMappingType: ...
 
-    def finish(self, offer: Any, match: Any, ctx: MatchContext) -> Any: ...
+    @property
+    def target(self) -> AnyMappingType: ...
 
-    def map(self, buffer: "Buffer", attachment: "Attachment") -> MapResult: ...
+    @property
+    def copies(self) -> bool: ...
 
-    def unmap(self, buffer: "Buffer", attachment: "Attachment") -> None: ...
+    def match(self, offer: SourceOfferT, match: TargetMatchT, ctx: MatchContext) -> MatchResult: ...
 
+    def finish(self, offer: SourceOfferT, match: TargetMatchT, ctx: MatchContext) -> ParamsT: ...
+
+    def map(self, backing: Backing, params: ParamsT) -> MapResult: ...
+
+    def unmap(self, backing: Backing, params: ParamsT) -> None: ...
+
+
+AnyConverter = Converter[Any, Any, Any]
 
 REQUIRED_METHODS = ("check_offer", "check_match", "match", "finish", "map", "unmap", "describe")
 REQUIRED_ATTRIBUTES = ("name", "description", "offer_message", "match_message", "handle_message")
@@ -174,6 +219,6 @@ def check_mapping_type(candidate: object) -> None:
             "a mapping type needs every member of bufbroker_broker.core.mapping_type.MappingType "
             "(map without unmap is refused)"
         )
-    name = candidate.name  # type: ignore[attr-defined]
+    name = getattr(candidate, "name", None)
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
         raise TypeError(f"mapping type name {name!r} must be a short identifier like 'memfd'")

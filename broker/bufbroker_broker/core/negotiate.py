@@ -6,12 +6,24 @@ I/O, no broker state, the same answer for the same input.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
 
 from bufbroker_broker.core.errors import BrokerError, NoCommonMappingType
-from bufbroker_broker.core.mapping_type import Converter, MappingType, MatchContext, Matched, SoftMismatch
+from bufbroker_broker.core.mapping_type import AnyConverter, AnyMappingType, MatchContext, Matched, SoftMismatch
 from bufbroker_broker.core.principals import describe_peer, principal_allowed
+from bufbroker_broker.core.trace import TraceStep
+
+__all__ = [
+    "ERROR",
+    "MATCHED",
+    "SOFT_MISMATCH",
+    "TYPE_DIFFERS",
+    "Negotiation",
+    "Spec",
+    "TraceStep",
+    "negotiate",
+]
 
 TYPE_DIFFERS = "type-differs"
 SOFT_MISMATCH = "soft-mismatch"
@@ -27,43 +39,25 @@ class Spec:
     visible to; empty means everyone.
     """
 
-    type: MappingType
-    message: Any
+    type: AnyMappingType
+    message: object  # the type's offer or match message
     restricted_to: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class TraceStep:
-    """One examined (offer, match) pair and what came of it.
-
-    ``converter`` names the converter tried for the pair (empty for a
-    direct pair); its reason then starts with the converter's name too, so
-    a reader that ignores the field still sees it.
-    """
-
-    offer_index: int
-    offer_type: str
-    match_index: int
-    match_type: str
-    verdict: str
-    reason: str = ""
-    converter: str = ""
 
 
 @dataclass(frozen=True)
 class Negotiation:
     """The outcome: the chosen pair, the type's map parameters, the trace."""
 
-    map_type: MappingType
+    map_type: AnyMappingType
     offer_index: int
     match_index: int
-    map_params: Any
+    map_params: object  # what the type's (or converter's) finish returned; its map reads it
     trace: tuple[TraceStep, ...]
-    converter: Optional[Converter] = None   # set when a converter produced the match
+    converter: AnyConverter | None = None  # set when a converter produced the match
 
 
 def negotiate(
-    offers: Sequence[Spec], accept: Sequence[Spec], ctx: MatchContext, converters: Sequence[Converter] = ()
+    offers: Sequence[Spec], accept: Sequence[Spec], ctx: MatchContext, converters: Sequence[AnyConverter] = ()
 ) -> Negotiation:
     """Choose the mapping type for one attach.
 
@@ -106,7 +100,7 @@ def negotiate(
             if found is not None:
                 return found
     for offer_index, offer in enumerate(offers):
-        for copies in (False, True):   # zero-copy conversions first
+        for copies in (False, True):  # zero-copy conversions first
             for match_index, match in enumerate(accept):
                 for converter in converters:
                     if converter.copies is not copies or converter.source is not offer.type:
@@ -126,8 +120,8 @@ def _try_pair(
     match_index: int,
     ctx: MatchContext,
     trace: list[TraceStep],
-    converter: Optional[Converter],
-) -> Optional[Negotiation]:
+    converter: AnyConverter | None,
+) -> Negotiation | None:
     """Examine one pair (directly, or through ``converter``); record its step.
 
     Returns the Negotiation when it matched, None when it was a soft
@@ -146,12 +140,12 @@ def _try_pair(
         who = describe_peer(ctx.importer_uid, ctx.importer_gid)
         trace.append(step(SOFT_MISMATCH, f"restricted: this offer is not for {who}"))
         return None
-    judge = converter if converter is not None else offer.type
+    judge: AnyConverter | AnyMappingType = converter if converter is not None else offer.type
     try:
         result = judge.match(offer.message, match.message, ctx)
     except BrokerError as error:
         trace.append(step(ERROR, error.message))
-        error.trace = tuple(trace)  # type: ignore[attr-defined]
+        error.trace = tuple(trace)
         raise
     if isinstance(result, SoftMismatch):
         trace.append(step(SOFT_MISMATCH, result.reason))
@@ -170,9 +164,7 @@ def _try_pair(
     return Negotiation(match.type, offer_index, match_index, params, tuple(trace), converter)
 
 
-def _no_match_message(
-    offers: Sequence[Spec], accept: Sequence[Spec], trace: list[TraceStep]
-) -> str:
+def _no_match_message(offers: Sequence[Spec], accept: Sequence[Spec], trace: list[TraceStep]) -> str:
     offered = ", ".join(o.type.name for o in offers) or "nothing"
     accepted = ", ".join(m.type.name for m in accept) or "nothing"
     # A converter's reason already starts with its name.

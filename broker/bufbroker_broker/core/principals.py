@@ -7,7 +7,7 @@ the importer's connection (SO_PEERCRED), never against what a client says.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from bufbroker_broker.core.errors import InvalidArgument
 
@@ -26,15 +26,13 @@ def parse_principals(principals: Iterable[str], what: str) -> tuple[str, ...]:
             continue
         kind, _, number = principal.partition(":")
         if kind not in ("uid", "gid") or not number.isdigit() or int(number) >= 1 << 32:
-            raise InvalidArgument(
-                f"{what}: {principal!r} is not a principal; use uid:N, gid:N, same-uid or any"
-            )
+            raise InvalidArgument(f"{what}: {principal!r} is not a principal; use uid:N, gid:N, same-uid or any")
     return parsed
 
 
 def principal_allowed(principals: Iterable[str], uid: int, gid: int, exporter_uid: int) -> bool:
     """True when a peer with ``uid``/``gid`` is one of ``principals``."""
-    as_uid = as_gid = ""   # "uid:N" / "gid:N", formatted once, when first needed
+    as_uid = as_gid = ""  # "uid:N" / "gid:N", formatted once, when first needed
     for principal in principals:
         if principal == ANY:
             return True
@@ -44,10 +42,11 @@ def principal_allowed(principals: Iterable[str], uid: int, gid: int, exporter_ui
             continue
         if not as_uid:
             as_uid, as_gid = f"uid:{uid}", f"gid:{gid}"
-        if principal == as_uid or principal == as_gid:
+        if principal in (as_uid, as_gid):
             return True
     return False
 
 
 def describe_peer(uid: int, gid: int) -> str:
+    """How messages name a peer: ``uid:1000 gid:1000``."""
     return f"uid:{uid} gid:{gid}"

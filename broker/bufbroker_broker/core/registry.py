@@ -2,17 +2,21 @@
 
 All broker state lives here and changes only on the broker's one event
 loop, so nothing here takes a lock (the loop plays the part of the kernel's
-reservation lock). The registry never touches sockets; it closes the fds it
-owns through the FdLedger and reports what importers must hear through the
-``notify`` callback.
+reservation lock). The registry makes no system call: it closes the fds it
+owns through the FdLedger (whose creator hands it the close), hands mapping
+types only a buffer's Backing, reads the host from the HostFacts it was
+given, and reports what importers must hear through the ``notify`` callback.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
+from bufbroker.v1 import broker_pb2
+from bufbroker_broker.core.backing import Backing, BufferFd, KeptFds
 from bufbroker_broker.core.errors import (
     BrokerError,
     FailedPrecondition,
@@ -21,10 +25,34 @@ from bufbroker_broker.core.errors import (
     PermissionDenied,
     ResourceExhausted,
 )
-from bufbroker_broker.core.mapping_type import Converter, MapResult, MappingType, MatchContext
-from bufbroker_broker.core.negotiate import Negotiation, Spec, TraceStep, negotiate
-from bufbroker_broker.core.principals import SAME_UID, describe_peer, principal_allowed
 from bufbroker_broker.core.fd_ledger import FdLedger
+from bufbroker_broker.core.host_facts import HostFacts
+from bufbroker_broker.core.mapping_type import AnyConverter, AnyMappingType, MapResult, MatchContext
+from bufbroker_broker.core.negotiate import Negotiation, Spec, negotiate
+from bufbroker_broker.core.principals import SAME_UID, describe_peer, principal_allowed
+from bufbroker_broker.core.trace import TraceStep
+
+__all__ = [
+    "ACTIVE",
+    "EXIT_KEEP",
+    "EXIT_REVOKE",
+    "REVOKED",
+    "Attachment",
+    "AttachmentInvalidatedEvent",
+    "Buffer",
+    "BufferFd",
+    "Change",
+    "Event",
+    "ExporterGoneEvent",
+    "Mapping",
+    "MoveNotifyEvent",
+    "Notify",
+    "Observer",
+    "Registry",
+    "RevokedEvent",
+    "Session",
+    "SessionLimits",
+]
 
 ACTIVE = "active"
 REVOKED = "revoked"
@@ -42,23 +70,13 @@ class Session:
     uid: int
     gid: int
     events_open: bool = False
-    non_compliant: bool = False   # ignored a MoveNotify deadline
-    buffers: dict[int, "Buffer"] = field(default_factory=dict)
-    attachments: dict[int, "Attachment"] = field(default_factory=dict)
+    non_compliant: bool = False  # ignored a MoveNotify deadline
+    buffers: dict[int, Buffer] = field(default_factory=dict)
+    attachments: dict[int, Attachment] = field(default_factory=dict)
     closed: bool = False
     # Live mappings over all its attachments, kept by Registry.map/unmap so
     # the per-session limit check on every map does not walk them.
     mapping_count: int = 0
-
-
-@dataclass
-class BufferFd:
-    fd: int
-    size: int
-    writable: bool
-    kind: str = "memfd"   # or "dmabuf" (broker/fd_inspect.py)
-    seals: int = 0        # a memfd's F_GET_SEALS once the broker sealed it
-    exp_name: str = ""    # a dma-buf's exporter, from its fdinfo
 
 
 @dataclass
@@ -72,44 +90,54 @@ class Buffer:
     offers: list[Spec]
     name: str = ""
     labels: dict[str, str] = field(default_factory=dict)
-    layout: Any = None
+    layout: broker_pb2.Layout | None = None
     state: str = ACTIVE
-    attachments: dict[int, "Attachment"] = field(default_factory=dict)
+    attachments: dict[int, Attachment] = field(default_factory=dict)
     allow: tuple[str, ...] = (SAME_UID,)
     on_exporter_exit: str = EXIT_REVOKE
-    wire_offers: Any = ()   # the offers as registered, re-checked against a new backing
     exporter_gone: bool = False
     generation: int = 1
-    moving: Any = None   # set by the service while a move waits for unmaps
-    # What a mapping type's map keeps for this buffer across maps (udmabuf:
-    # its dma-buf), keyed by the type; handed back by the type's release()
-    # when the buffer is revoked or moved.
-    type_state: dict = field(default_factory=dict)
+    # What mapping types keep for this backing across maps (udmabuf: its
+    # dma-bufs), one table per attachment map_type; the registry closes
+    # every fd in them when the backing goes away (revoke, move).
+    kept: dict[AnyMappingType, KeptFds] = field(default_factory=dict)
     # (fds, sizes, writable, seals) for match_context(), which every attach
     # needs: worked out once per backing. ``fds`` is only ever replaced (on
     # move and revoke), never edited in place, so its identity is the key.
-    _fd_facts: Any = field(default=None, init=False, repr=False, compare=False)
+    _fd_facts: _FdFacts | None = field(default=None, init=False, repr=False, compare=False)
 
     def fd_facts(self) -> tuple[tuple[int, ...], tuple[bool, ...], tuple[int, ...]]:
         """The fds' sizes, writability and seals, in fd order."""
         facts = self._fd_facts
-        if facts is None or facts[0] is not self.fds:
+        if facts is None or facts.fds is not self.fds:
             fds = self.fds
-            facts = self._fd_facts = (
+            facts = self._fd_facts = _FdFacts(
                 fds,
                 tuple(f.size for f in fds),
                 tuple(f.writable for f in fds),
                 tuple(f.seals for f in fds),
             )
-        return facts[1:]
+        return facts.sizes, facts.writable, facts.seals
 
     @property
     def fd_sizes(self) -> tuple[int, ...]:
         return self.fd_facts()[0]
 
     @property
-    def pinned_by(self) -> list["Attachment"]:
+    def pinned_by(self) -> list[Attachment]:
         return [a for a in self.attachments.values() if a.pinned]
+
+    def backing(self, map_type: AnyMappingType) -> Backing:
+        """What ``map_type``'s map and unmap see of this buffer, with the type's kept fds."""
+        return Backing(self.id, self.name, self.size, self.fds, self.kept.setdefault(map_type, {}))
+
+
+@dataclass(frozen=True)
+class _FdFacts:
+    fds: list[BufferFd]
+    sizes: tuple[int, ...]
+    writable: tuple[bool, ...]
+    seals: tuple[int, ...]
 
 
 @dataclass
@@ -119,15 +147,15 @@ class Attachment:
     id: int
     buffer: Buffer
     session: Session
-    map_type: MappingType
-    map_params: Any
+    map_type: AnyMappingType
+    map_params: object  # fixed by negotiation (re-derived on a move); the mapper's map reads it
     trace: tuple[TraceStep, ...]
     pinned: bool
-    match: Optional[Spec] = None   # the accept entry that matched, for moves
-    converter: Optional[Converter] = None   # set when a converter produced map_type; it maps
-    mappings: dict[int, "Mapping"] = field(default_factory=dict)
+    match: Spec  # the accept entry that matched: a move negotiates it again
+    converter: AnyConverter | None = None  # set when a converter produced map_type; it maps
+    mappings: dict[int, Mapping] = field(default_factory=dict)
     non_compliant: bool = False
-    invalid: str = ""   # why the attachment can no longer map, if it cannot
+    invalid: str = ""  # why the attachment can no longer map, if it cannot
 
 
 @dataclass
@@ -164,7 +192,8 @@ class AttachmentInvalidatedEvent:
     reason: str
 
 
-Notify = Callable[[Session, Any], None]
+Event = RevokedEvent | MoveNotifyEvent | ExporterGoneEvent | AttachmentInvalidatedEvent
+Notify = Callable[[Session, Event], None]
 
 
 @dataclass(frozen=True)
@@ -182,7 +211,8 @@ class Change:
     session_id: int = 0
     buffer_id: int = 0
     attachment_id: int = 0
-    detail: dict = field(default_factory=dict)
+    # JSON values (observers serialise it as it is).
+    detail: dict[str, Any] = field(default_factory=dict)
 
 
 Observer = Callable[[Change], None]
@@ -195,6 +225,10 @@ class SessionLimits:
     max_buffers: int = 4096
     max_attachments: int = 4096
     max_mappings: int = 16384
+
+
+def _notify_nobody(session: Session, event: Event) -> None:
+    """The default ``notify``: a registry without transports has no one to tell."""
 
 
 def _check_limit(held: int, limit: int, what: str, setting: str) -> None:
@@ -211,16 +245,18 @@ class Registry:
     def __init__(
         self,
         ledger: FdLedger,
-        notify: Optional[Notify] = None,
+        notify: Notify | None = None,
         limits: SessionLimits = SessionLimits(),
-        converters: Sequence[Converter] = (),
-        sysfs_root: str = "/sys",
+        converters: Sequence[AnyConverter] = (),
+        *,
+        host: HostFacts,
     ) -> None:
+        """``host`` is what the broker probed about this host at start; every match reads it."""
         self.ledger = ledger
         self.limits = limits
-        self.converters = tuple(converters)   # tried by negotiate() after every direct pair
-        self.sysfs_root = sysfs_root
-        self.notify: Notify = notify or (lambda session, event: None)
+        self.converters = tuple(converters)  # tried by negotiate() after every direct pair
+        self.host = host
+        self.notify: Notify = notify or _notify_nobody
         self.sessions: dict[int, Session] = {}
         self.sessions_by_token: dict[str, Session] = {}
         self.buffers: dict[int, Buffer] = {}
@@ -238,10 +274,17 @@ class Registry:
         """Stop calling ``observer``; observing only while it matters keeps the other changes free."""
         self.observers.remove(observer)
 
-    def _emit(self, kind: str, **facts: Any) -> None:
-        if not self.observers:   # a broker without HTTP: no one to tell
+    def _emit(
+        self,
+        kind: str,
+        session_id: int = 0,
+        buffer_id: int = 0,
+        attachment_id: int = 0,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        if not self.observers:  # a broker without HTTP: no one to tell
             return
-        change = Change(kind, **facts)
+        change = Change(kind, session_id, buffer_id, attachment_id, detail if detail is not None else {})
         for observer in self.observers:
             observer(change)
 
@@ -285,8 +328,8 @@ class Registry:
         size: int,
         offers: list[Spec],
         name: str = "",
-        labels: Optional[dict[str, str]] = None,
-        layout: Any = None,
+        labels: dict[str, str] | None = None,
+        layout: broker_pb2.Layout | None = None,
         allow: tuple[str, ...] = (SAME_UID,),
         on_exporter_exit: str = EXIT_REVOKE,
     ) -> Buffer:
@@ -357,7 +400,7 @@ class Registry:
         if buffer.state == REVOKED:
             return
         buffer.state = REVOKED
-        self._release_type_state(buffer)
+        self._close_kept(buffer)
         self.ledger.close_all([f.fd for f in buffer.fds])
         buffer.fds = []
         self._emit("revoked", session_id=buffer.exporter.id, buffer_id=buffer.id, detail={"reason": reason})
@@ -381,7 +424,7 @@ class Registry:
         buffer.exporter.buffers.pop(buffer.id, None)
         self._emit("unregistered", session_id=buffer.exporter.id, buffer_id=buffer.id)
 
-    def move_notify(self, buffer: Buffer, reason: str) -> list["Attachment"]:
+    def move_notify(self, buffer: Buffer, reason: str) -> list[Attachment]:
         """Start a move: tell every importer holding a mapping to unmap.
 
         Returns the attachments the broker now waits for. Refused while a
@@ -402,8 +445,13 @@ class Registry:
         return waiting
 
     def move_commit(
-        self, buffer: Buffer, fds: list[BufferFd], size: int, offers: list[Spec], layout: Any
-    ) -> list["Attachment"]:
+        self,
+        buffer: Buffer,
+        fds: list[BufferFd],
+        size: int,
+        offers: list[Spec],
+        layout: broker_pb2.Layout | None,
+    ) -> list[Attachment]:
         """Swap the backing; return the attachments that were still mapped.
 
         Those importers did not unmap in time: they are marked non-compliant
@@ -421,7 +469,7 @@ class Registry:
                 AttachmentInvalidatedEvent(attachment.id, "it did not unmap before the move deadline; map again"),
             )
         old = [f.fd for f in buffer.fds]
-        self._release_type_state(buffer)   # e.g. the udmabuf built from the old memfds
+        self._close_kept(buffer)  # e.g. the udmabuf built from the old memfds
         buffer.fds, buffer.size, buffer.offers = fds, size, offers
         if layout is not None:
             buffer.layout = layout
@@ -442,7 +490,9 @@ class Registry:
                 )
                 attachment.map_params, attachment.invalid = again.map_params, ""
             except BrokerError as error:
-                attachment.invalid = f"after the move the buffer no longer offers it {attachment.map_type.name} ({error.message})"
+                attachment.invalid = (
+                    f"after the move the buffer no longer offers it {attachment.map_type.name} ({error.message})"
+                )
                 self.notify(attachment.session, AttachmentInvalidatedEvent(attachment.id, attachment.invalid))
         self._emit(
             "moved",
@@ -452,16 +502,16 @@ class Registry:
         )
         return late
 
-    def _release_type_state(self, buffer: Buffer) -> None:
-        """Close what mapping types kept for the buffer across maps (its udmabuf).
+    def _close_kept(self, buffer: Buffer) -> None:
+        """Close what mapping types kept for the buffer across maps (its udmabufs).
 
         Called on revoke and on move: a kept dma-buf pins the old pages, so
         it must not outlive the backing it was built from. Importers keep
         the copies they were sent.
         """
-        for mapping_type in list(buffer.type_state):
-            self.ledger.close_all(mapping_type.release(buffer))
-        buffer.type_state.clear()
+        for kept in buffer.kept.values():
+            self.ledger.close_all(list(kept.values()))
+        buffer.kept.clear()
 
     # --- attachments ----------------------------------------------------------
 
@@ -475,12 +525,12 @@ class Registry:
             fd_writable=fd_writable,
             exporter_uid=buffer.exporter.uid,
             fd_seals=fd_seals,
-            sysfs_root=self.sysfs_root,
+            host=self.host,
         )
 
     def explain_offers(self, session: Session, offers: list[Spec], accept: list[Spec]) -> Negotiation:
-        """A pure dry run against an offers list, with no buffer behind it."""
-        ctx = MatchContext(session.uid, session.gid, 0, (0,), (True,), sysfs_root=self.sysfs_root)
+        """A pure dry run against an offers list, with no buffer behind it (``MatchContext.dry_run``)."""
+        ctx = MatchContext(session.uid, session.gid, 0, (0,), (True,), host=self.host, dry_run=True)
         return negotiate(offers, accept, ctx, self.converters)
 
     def explain(self, session: Session, buffer: Buffer, accept: list[Spec], dry_run: bool = True) -> Negotiation:
@@ -492,23 +542,27 @@ class Registry:
                 f"{describe_peer(session.uid, session.gid)}: its exporter allows "
                 f"[{', '.join(buffer.allow)}]; ask it to add you to allow="
             )
-        facts = {"session_id": session.id, "buffer_id": buffer.id}
+
+        def emit(result: str, map_type: str = "") -> None:
+            detail = {"result": result, "map_type": map_type, "dry_run": dry_run}
+            self._emit("negotiated", session.id, buffer.id, detail=detail)
+
         try:
             negotiation = negotiate(buffer.offers, accept, self.match_context(session, buffer), self.converters)
         except NoCommonMappingType:
-            self._emit("negotiated", **facts, detail={"result": "no-common-type", "map_type": "", "dry_run": dry_run})
+            emit("no-common-type")
             raise
         except BrokerError:
-            self._emit("negotiated", **facts, detail={"result": "error", "map_type": "", "dry_run": dry_run})
+            emit("error")
             raise
-        self._emit(
-            "negotiated", **facts, detail={"result": "matched", "map_type": negotiation.map_type.name, "dry_run": dry_run}
-        )
+        emit("matched", negotiation.map_type.name)
         return negotiation
 
     def attach(self, session: Session, buffer: Buffer, accept: list[Spec], pinned: bool) -> Attachment:
         """Negotiate and record an attachment; nothing is created on failure."""
-        _check_limit(len(session.attachments), self.limits.max_attachments, "attachments", "max_attachments_per_session")
+        _check_limit(
+            len(session.attachments), self.limits.max_attachments, "attachments", "max_attachments_per_session"
+        )
         negotiation = self.explain(session, buffer, accept, dry_run=False)
         attachment = Attachment(
             self._next_id(),
@@ -574,8 +628,10 @@ class Registry:
             raise FailedPrecondition(f"attachment {attachment.id} was invalidated: {attachment.invalid}; attach again")
         session = attachment.session
         _check_limit(session.mapping_count, self.limits.max_mappings, "mappings", "max_mappings_per_session")
-        mapper = attachment.converter or attachment.map_type   # a converted attachment maps through its converter
-        result = mapper.map(buffer, attachment)
+        # A converted attachment maps through its converter; either way the
+        # kept fds are the attachment's map_type's (udmabuf's, converted or not).
+        mapper: AnyConverter | AnyMappingType = attachment.converter or attachment.map_type
+        result = mapper.map(buffer.backing(attachment.map_type), attachment.map_params)
         for fd in result.temporary + result.retained:
             self.ledger.adopt_opened(fd)
         mapping = Mapping(self._next_id(), attachment, len(result.fds))
@@ -594,15 +650,13 @@ class Registry:
     def mapping_find(self, session: Session, mapping_id: int) -> Mapping:
         mapping = self.mappings.get(mapping_id)
         if mapping is None or mapping.attachment.session is not session:
-            raise NotFound(
-                f"no mapping {mapping_id} in this session: it was unmapped, or its "
-                "attachment was detached"
-            )
+            raise NotFound(f"no mapping {mapping_id} in this session: it was unmapped, or its attachment was detached")
         return mapping
 
     def unmap(self, mapping: Mapping) -> None:
         attachment = mapping.attachment
-        (attachment.converter or attachment.map_type).unmap(attachment.buffer, attachment)
+        mapper: AnyConverter | AnyMappingType = attachment.converter or attachment.map_type
+        mapper.unmap(attachment.buffer.backing(attachment.map_type), attachment.map_params)
         self.mappings.pop(mapping.id, None)
         if attachment.mappings.pop(mapping.id, None) is not None:
             attachment.session.mapping_count -= 1

@@ -3,7 +3,9 @@
 Each probe returns a :class:`Check`: whether the piece works here, what was
 found, and what to do when it does not. ``required`` pieces stop the
 broker from working at all; the others only take mapping types away
-(udmabuf, dma-heap exporters, p2p reachability).
+(udmabuf, dma-heap exporters, p2p reachability). The checks of those read
+the same HostFacts the mapping types match with (host/probe.py), and add
+what to do about each missing piece.
 """
 
 from __future__ import annotations
@@ -14,15 +16,11 @@ import os
 import resource
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
-from bufbroker_broker.mapping_types.udmabuf import (
-    DEFAULT_LIST_LIMIT,
-    DEFAULT_SIZE_LIMIT_MB,
-    UdmabufType,
-    module_parameter,
-)
-from bufbroker_broker.host.pci import pci_devices
+from bufbroker_broker.core.host_facts import HostFacts, PciTopology, UdmabufFacts
+from bufbroker_broker.host.pci import probe_pci_topology
+from bufbroker_broker.host.probe import dma_heaps, probe_host_facts
+from bufbroker_broker.host.udmabuf import probe_udmabuf
 
 FD_LIMIT_WANTED = 4096
 
@@ -32,7 +30,7 @@ class Check:
     name: str
     ok: bool
     detail: str
-    fix: str = ""        # what to do when not ok
+    fix: str = ""  # what to do when not ok
     required: bool = False
 
 
@@ -47,7 +45,7 @@ class HostPaths:
     proc_config: str = "/proc/config.gz"
 
 
-def kernel_config(option: str, paths: HostPaths, release: str) -> Optional[str]:
+def kernel_config(option: str, paths: HostPaths, release: str) -> str | None:
     """``y``, ``m`` or ``n`` for a kernel config option, None when the config is not readable."""
     text = ""
     try:
@@ -70,14 +68,15 @@ def _config_source(paths: HostPaths, release: str) -> str:
     return paths.proc_config if os.path.exists(paths.proc_config) else str(Path(paths.boot, f"config-{release}"))
 
 
-def check_udmabuf(paths: HostPaths = HostPaths(), release: str = "") -> Check:
+def check_udmabuf(paths: HostPaths = HostPaths(), release: str = "", facts: UdmabufFacts | None = None) -> Check:
+    """udmabuf: usable, or why not and what to do (``facts``: already probed, else probed now)."""
     release = release or os.uname().release
-    device = os.path.join(paths.dev, "udmabuf")
-    supported, why = UdmabufType(device).host_support()
-    if supported:
-        limit = module_parameter(paths.sysfs, "size_limit_mb", DEFAULT_SIZE_LIMIT_MB)
-        extents = module_parameter(paths.sysfs, "list_limit", DEFAULT_LIST_LIMIT)
-        return Check("udmabuf", True, f"{device} (buffers up to {limit} MiB, {extents} extents)")
+    udmabuf = facts if facts is not None else probe_udmabuf(paths.dev, paths.sysfs)
+    device = udmabuf.device
+    if udmabuf.available:
+        detail = f"{device} (buffers up to {udmabuf.size_limit_mb} MiB, {udmabuf.list_limit} extents)"
+        return Check("udmabuf", True, detail)
+    why = udmabuf.reason
     if os.path.exists(device):
         fix = (
             f"give the broker's user read-write access to {device}, e.g. a udev rule "
@@ -107,22 +106,16 @@ def check_udmabuf(paths: HostPaths = HostPaths(), release: str = "") -> Check:
     return Check("udmabuf", False, detail, fix)
 
 
-def dma_heaps(paths: HostPaths = HostPaths()) -> list[str]:
-    try:
-        return sorted(os.listdir(os.path.join(paths.dev, "dma_heap")))
-    except OSError:
-        return []
-
-
-def check_dma_heaps(paths: HostPaths = HostPaths(), release: str = "") -> Check:
+def check_dma_heaps(paths: HostPaths = HostPaths(), release: str = "", heaps: tuple[str, ...] | None = None) -> Check:
+    """dma-heaps: which are there and readable (``heaps``: already probed, else listed now)."""
     release = release or os.uname().release
     heap_dir = os.path.join(paths.dev, "dma_heap")
-    heaps = dma_heaps(paths)
+    heaps = heaps if heaps is not None else dma_heaps(paths.dev)
     if heaps:
         usable = [h for h in heaps if os.access(os.path.join(heap_dir, h), os.R_OK)]
         if usable:
             return Check("dma-heaps", True, f"{', '.join(usable)} in {heap_dir}")
-        fix = f"give exporters read access to {heap_dir}/* (e.g. a udev rule for SUBSYSTEM==\"dma_heap\")"
+        fix = f'give exporters read access to {heap_dir}/* (e.g. a udev rule for SUBSYSTEM=="dma_heap")'
         return Check("dma-heaps", False, f"{', '.join(heaps)} in {heap_dir}, none readable by uid {os.geteuid()}", fix)
     config = kernel_config("CONFIG_DMABUF_HEAPS_SYSTEM", paths, release)
     if config == "n":
@@ -141,8 +134,11 @@ def check_memfd_sealing() -> Check:
         fd = os.memfd_create("bufbroker-probe", os.MFD_ALLOW_SEALING | os.MFD_CLOEXEC)
     except (OSError, AttributeError) as error:
         return Check(
-            "memfd sealing", False, f"memfd_create failed ({error})",
-            "bufbroker needs Linux 3.17 or later with memfd_create and sealing (CONFIG_MEMFD_CREATE)", True,
+            "memfd sealing",
+            False,
+            f"memfd_create failed ({error})",
+            "bufbroker needs Linux 3.17 or later with memfd_create and sealing (CONFIG_MEMFD_CREATE)",
+            True,
         )
     try:
         os.ftruncate(fd, 4096)
@@ -151,8 +147,11 @@ def check_memfd_sealing() -> Check:
         ok = fcntl.fcntl(fd, fcntl.F_GET_SEALS) & wanted == wanted
     except OSError as error:
         return Check(
-            "memfd sealing", False, f"sealing a memfd failed ({error.strerror})",
-            "bufbroker needs memfds that can be sealed (F_ADD_SEALS on tmpfs)", True,
+            "memfd sealing",
+            False,
+            f"sealing a memfd failed ({error.strerror})",
+            "bufbroker needs memfds that can be sealed (F_ADD_SEALS on tmpfs)",
+            True,
         )
     finally:
         os.close(fd)
@@ -172,30 +171,32 @@ def check_fd_limit() -> Check:
     return Check("fd limit", True, detail)
 
 
-def check_pci(paths: HostPaths = HostPaths()) -> Check:
-    devices = pci_devices(paths.sysfs)
+def check_pci(paths: HostPaths = HostPaths(), topology: PciTopology | None = None) -> Check:
+    """The PCI topology p2p reachability reads (``topology``: already probed, else probed now)."""
+    devices = (topology if topology is not None else probe_pci_topology(paths.sysfs)).addresses
     where = os.path.join(paths.sysfs, "bus", "pci", "devices")
     if devices:
         return Check("pci topology", True, f"{len(devices)} devices under {where} (for p2p reachability)")
     fix = f"p2p reachability reads {where}: mount sysfs there, or set the broker's sysfs_root"
-    return Check("pci topology", False, f"no PCI devices under {where}; dmabuf offers that require p2p will not match", fix)
+    return Check(
+        "pci topology", False, f"no PCI devices under {where}; dmabuf offers that require p2p will not match", fix
+    )
 
 
-def probe_host(paths: HostPaths = HostPaths()) -> list[Check]:
-    """Every check, required ones first."""
+def probe_host(paths: HostPaths = HostPaths(), host: HostFacts | None = None) -> list[Check]:
+    """Every check, required ones first; ``host`` is what was already probed (else probed now)."""
     release = os.uname().release
+    if host is None:
+        host = probe_host_facts(paths.sysfs, paths.dev)
     return [
         check_memfd_sealing(),
         check_fd_limit(),
-        check_udmabuf(paths, release),
-        check_dma_heaps(paths, release),
-        check_pci(paths),
+        check_udmabuf(paths, release, host.udmabuf),
+        check_dma_heaps(paths, release, host.dma_heaps),
+        check_pci(paths, host.pci),
     ]
 
 
 def summary(checks: list[Check]) -> str:
     """One line for the start-up log: each piece, yes or no with the reason."""
-    parts = []
-    for check in checks:
-        parts.append(f"{check.name}: {'yes' if check.ok else 'no'} ({check.detail})")
-    return "; ".join(parts)
+    return "; ".join(f"{check.name}: {'yes' if check.ok else 'no'} ({check.detail})" for check in checks)

@@ -12,12 +12,13 @@ Which kind a registration needs follows from its offers
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import stat
 
+from bufbroker_broker.core.backing import BufferFd
 from bufbroker_broker.core.errors import InvalidArgument
-from bufbroker_broker.core.registry import BufferFd
 
 MEMFD_HINT = "create it with os.memfd_create(name, os.MFD_ALLOW_SEALING) (the SDK's export(size=...) does)"
 DMABUF_HINT = (
@@ -66,14 +67,13 @@ def inspect_memfd(fd: int, index: int, min_size: int = 0) -> BufferFd:
     try:
         seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
     except OSError as error:
-        raise InvalidArgument(f"{where} does not support sealing ({error.strerror}); {MEMFD_HINT}")
+        raise InvalidArgument(f"{where} does not support sealing ({error.strerror}); {MEMFD_HINT}") from None
     wanted = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
-    if seals & wanted != wanted:
-        if seals & fcntl.F_SEAL_SEAL:
-            raise InvalidArgument(
-                f"{where} is a memfd without sealing support (created without "
-                f"MFD_ALLOW_SEALING, or already sealed with F_SEAL_SEAL); {MEMFD_HINT}"
-            )
+    if seals & wanted != wanted and seals & fcntl.F_SEAL_SEAL:
+        raise InvalidArgument(
+            f"{where} is a memfd without sealing support (created without "
+            f"MFD_ALLOW_SEALING, or already sealed with F_SEAL_SEAL); {MEMFD_HINT}"
+        )
     if st.st_size < min_size:
         raise InvalidArgument(
             f"{where} is a memfd of {st.st_size} bytes, smaller than the declared size "
@@ -92,18 +92,16 @@ def inspect_memfd(fd: int, index: int, min_size: int = 0) -> BufferFd:
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, wanted)
         except OSError as error:
             raise InvalidArgument(
-                f"{where}: the broker could not seal it against shrink and grow "
-                f"({error.strerror}); {MEMFD_HINT}"
-            )
+                f"{where}: the broker could not seal it against shrink and grow ({error.strerror}); {MEMFD_HINT}"
+            ) from None
         # Re-read the size: a racing exporter may have resized before sealing.
         st = os.fstat(fd)
         if st.st_size < min_size:
             raise InvalidArgument(
-                f"{where} shrank to {st.st_size} bytes while it was being sealed; "
-                "do not resize a buffer you register"
+                f"{where} shrank to {st.st_size} bytes while it was being sealed; do not resize a buffer you register"
             )
     _drop_foreign_write_permission(fd, st.st_mode)
-    seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)   # udmabuf needs to know about F_SEAL_WRITE
+    seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)  # udmabuf needs to know about F_SEAL_WRITE
     return BufferFd(fd=fd, size=st.st_size, writable=writable, seals=seals)
 
 
@@ -162,7 +160,5 @@ def _drop_foreign_write_permission(fd: int, mode: int) -> None:
     any file the uid owns: read-only is enforced across uids.
     """
     if mode & 0o022:
-        try:
+        with contextlib.suppress(OSError):  # not ours to change (broker neither root nor owner)
             os.fchmod(fd, stat.S_IMODE(mode) & ~0o022)
-        except OSError:
-            pass  # not ours to change (broker neither root nor owner)

@@ -1,18 +1,10 @@
-"""PCI topology from sysfs: can one device reach another by peer-to-peer DMA?
+"""PCI topology from sysfs, for p2p reachability (the broker's ``pci_p2pdma_distance()``).
 
-This is the broker's version of the kernel's ``pci_p2pdma_distance()``,
-read from sysfs instead of the kernel's device tree. Every PCI device has a
-link ``SYSFS/bus/pci/devices/DDDD:BB:DD.F`` to its place in the hierarchy,
-``SYSFS/devices/pciDDDD:BB/<root port>/<switch ports...>/<device>``. Two
-devices can exchange TLPs directly when their paths share a PCI bridge
-below the host bridge (the same switch, or the same device): the traffic
-turns around in that bridge. Devices whose paths meet only at the host
-bridge would route through the root complex, which the kernel allows only
-for a short whitelist of host bridges; devices under different host
-bridges would cross the CPU interconnect. Both count as unreachable here.
-
-Not modelled: ACS redirection on switch ports (which sends p2p traffic up
-to the root complex) and the kernel's host-bridge whitelist.
+Every PCI device has a link ``SYSFS/bus/pci/devices/DDDD:BB:DD.F`` to its
+place in the hierarchy, ``SYSFS/devices/pciDDDD:BB/<root port>/<switch
+ports...>/<device>``. :func:`probe_pci_topology` reads those places once into
+a :class:`~bufbroker_broker.core.host_facts.PciTopology`, plain data from
+which the core works out reachability (the rules are documented there).
 
 The sysfs root is a setting (``sysfs_root``) so tests can build synthetic
 trees; nothing here writes.
@@ -21,31 +13,19 @@ trees; nothing here writes.
 from __future__ import annotations
 
 import os
-import re
-from dataclasses import dataclass
+from collections.abc import Iterable
 
-PCI_ADDRESS = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
+from bufbroker_broker.core.host_facts import P2PVerdict, PciTopology, check_pci_address
 
-
-def check_pci_address(address: str) -> str:
-    """The address, lowercased, or ValueError saying what a PCI address looks like."""
-    normalised = address.strip().lower()
-    if not PCI_ADDRESS.match(normalised):
-        raise ValueError(f"{address!r} is not a PCI address; give DOMAIN:BUS:DEVICE.FUNCTION, e.g. 0000:03:00.0")
-    return normalised
-
-
-@dataclass(frozen=True)
-class P2PVerdict:
-    """Whether ``client`` can reach ``provider`` by p2p DMA, and why (or why not).
-
-    ``distance`` counts the links between the two devices through their
-    closest shared bridge (0 for the same device); -1 when unreachable.
-    """
-
-    reachable: bool
-    distance: int
-    reason: str
+__all__ = [
+    "DeviceNotFound",
+    "P2PVerdict",
+    "check_pci_address",
+    "device_path",
+    "p2p_reach",
+    "pci_devices",
+    "probe_pci_topology",
+]
 
 
 class DeviceNotFound(Exception):
@@ -71,37 +51,22 @@ def device_path(sysfs_root: str, address: str) -> list[str]:
     return parts
 
 
+def probe_pci_topology(sysfs_root: str, addresses: Iterable[str] | None = None) -> PciTopology:
+    """The places of ``addresses`` (default: every device listed) under ``sysfs_root``."""
+    paths: dict[str, tuple[str, ...]] = {}
+    unusable: dict[str, str] = {}
+    for address in pci_devices(sysfs_root) if addresses is None else addresses:
+        try:
+            paths[address] = tuple(device_path(sysfs_root, address))
+        except DeviceNotFound as error:
+            if os.path.lexists(os.path.join(sysfs_root, "bus", "pci", "devices", address)):
+                unusable[address] = str(error)
+    return PciTopology(sysfs_root, paths, unusable)
+
+
 def p2p_reach(sysfs_root: str, provider: str, client: str) -> P2PVerdict:
-    """Can ``client`` DMA to ``provider``'s memory peer-to-peer?"""
-    try:
-        provider_path = device_path(sysfs_root, provider)
-        client_path = device_path(sysfs_root, client)
-    except DeviceNotFound as error:
-        return P2PVerdict(False, -1, str(error))
-    if provider == client:
-        return P2PVerdict(True, 0, f"{client} is the exporting device itself")
-    if provider_path[0] != client_path[0]:
-        return P2PVerdict(
-            False,
-            -1,
-            f"{client} and {provider} are under different host bridges ({client_path[0]}, "
-            f"{provider_path[0]}): p2p would cross the CPU interconnect",
-        )
-    shared = 0
-    for a, b in zip(provider_path, client_path):
-        if a != b:
-            break
-        shared += 1
-    if shared < 2:
-        return P2PVerdict(
-            False,
-            -1,
-            f"{client} and {provider} share only the host bridge {provider_path[0]}: p2p would "
-            "route through the root complex, which is not assumed to forward it",
-        )
-    bridge = provider_path[shared - 1]
-    distance = (len(provider_path) - shared) + (len(client_path) - shared)
-    return P2PVerdict(True, distance, f"{client} reaches {provider} through bridge {bridge} (distance {distance})")
+    """Can ``client`` DMA to ``provider``'s memory peer-to-peer? (Reads sysfs now.)"""
+    return probe_pci_topology(sysfs_root, {provider, client}).p2p_reach(provider, client)
 
 
 def pci_devices(sysfs_root: str) -> list[str]:

@@ -14,13 +14,16 @@ rest; these helpers turn them into :class:`Spec` objects and back.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from importlib.metadata import entry_points
-from typing import Any
+from typing import cast
+
+from google.protobuf.message import Message
 
 from bufbroker.v1 import mapping_types_pb2 as pb
-
 from bufbroker_broker.core.errors import InvalidArgument
-from bufbroker_broker.core.mapping_type import Converter, MappingType, check_mapping_type
+from bufbroker_broker.core.host_facts import HostFacts
+from bufbroker_broker.core.mapping_type import AnyConverter, AnyMappingType, check_mapping_type
 from bufbroker_broker.core.negotiate import Spec
 from bufbroker_broker.core.principals import parse_principals
 
@@ -28,15 +31,13 @@ log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "bufbroker.mapping_types"
 
-MAPPING_TYPES: dict[str, MappingType] = {}
+MAPPING_TYPES: dict[str, AnyMappingType] = {}
 
 # Arms of the Offer/Match/Handle oneofs that are built-in types.
-_BUILTIN_ARMS = frozenset(f.name for f in pb.Offer.DESCRIPTOR.oneofs_by_name["kind"].fields) - {
-    "plugin"
-}
+_BUILTIN_ARMS = frozenset(f.name for f in pb.Offer.DESCRIPTOR.oneofs_by_name["kind"].fields) - {"plugin"}
 
 
-def register_mapping_type(mapping_type: Any) -> MappingType:
+def register_mapping_type(mapping_type: AnyMappingType) -> AnyMappingType:
     """Validate and add a type; a second type of the same name is refused."""
     check_mapping_type(mapping_type)
     existing = MAPPING_TYPES.get(mapping_type.name)
@@ -46,7 +47,7 @@ def register_mapping_type(mapping_type: Any) -> MappingType:
     return mapping_type
 
 
-def load_mapping_types() -> dict[str, MappingType]:
+def load_mapping_types() -> dict[str, AnyMappingType]:
     """Register the built-ins and every installed entry point (idempotent)."""
     from bufbroker_broker.mapping_types.dmabuf import DMABUF
     from bufbroker_broker.mapping_types.memfd import MEMFD
@@ -68,14 +69,14 @@ def load_mapping_types() -> dict[str, MappingType]:
     return MAPPING_TYPES
 
 
-def load_converters() -> tuple[Converter, ...]:
+def load_converters() -> tuple[AnyConverter, ...]:
     """The built-in converters (memfd/segments -> udmabuf, segments -> memfd), in trial order."""
     from bufbroker_broker.mapping_types.converters import CONVERTERS
 
     return CONVERTERS
 
 
-def offers_fd_kind(offers: Any) -> str:
+def offers_fd_kind(offers: Sequence[pb.Offer]) -> str:
     """The kind of fd (``memfd`` or ``dmabuf``) a buffer with these wire offers needs.
 
     Each type says which it takes (``fd_kind``, default memfd); empty
@@ -97,22 +98,35 @@ def offers_fd_kind(offers: Any) -> str:
     return next(iter(kinds), "memfd")
 
 
-def compat_type() -> MappingType:
+def host_support(mapping_type: AnyMappingType, host: HostFacts) -> tuple[bool, str]:
+    """Whether this host can serve the type, and why (not): its optional ``host_support(host)``.
+
+    A type without one works anywhere. Introspection and ``bufbroker doctor``
+    ask; negotiation does not (a type's match reads ``ctx.host`` itself).
+    """
+    support = getattr(mapping_type, "host_support", None)
+    if not callable(support):
+        return True, ""
+    supported, reason = support(host)
+    return bool(supported), str(reason)
+
+
+def compat_type() -> AnyMappingType:
     """memfd: what unaware importers accept and unaware exporters offer."""
     return MAPPING_TYPES["memfd"]
 
 
-def _lookup(name: str, role: str, index: int) -> MappingType:
+def _lookup(name: str, role: str, index: int) -> AnyMappingType:
     mapping_type = MAPPING_TYPES.get(name)
     if mapping_type is None:
         known = ", ".join(sorted(MAPPING_TYPES))
-        raise InvalidArgument(
-            f"{role} {index} names unknown mapping type {name!r}; this broker knows [{known}]"
-        )
+        raise InvalidArgument(f"{role} {index} names unknown mapping type {name!r}; this broker knows [{known}]")
     return mapping_type
 
 
-def _type_and_message(wire: Any, role: str, message_attr: str, index: int) -> tuple[MappingType, Any]:
+def _type_and_message(
+    wire: pb.Offer | pb.Match, role: str, message_attr: str, index: int
+) -> tuple[AnyMappingType, Message]:
     """The mapping type a wire offer or match names, and its type's message.
 
     Runs on every Attach: error text is only formatted when it is raised.
@@ -121,9 +135,10 @@ def _type_and_message(wire: Any, role: str, message_attr: str, index: int) -> tu
     if arm is None:
         raise InvalidArgument(f"{role} {index} is empty: set one mapping type arm (e.g. memfd)")
     if arm != "plugin":
-        return _lookup(arm, role, index), getattr(wire, arm)
+        builtin: Message = getattr(wire, arm)
+        return _lookup(arm, role, index), builtin
     mapping_type = _lookup(wire.plugin.type_name, role, index)
-    message = getattr(mapping_type, message_attr)()
+    message: Message = getattr(mapping_type, message_attr)()
     # An empty body asks with the type's defaults: a client that knows a
     # plugin type only by name (e.g. `bufbroker explain`) can still name it.
     if wire.plugin.body.type_url and not wire.plugin.body.Unpack(message):
@@ -134,7 +149,7 @@ def _type_and_message(wire: Any, role: str, message_attr: str, index: int) -> tu
     return mapping_type, message
 
 
-def offers_from_wire(offers: Any, fd_sizes: tuple[int, ...], size: int) -> list[Spec]:
+def offers_from_wire(offers: Sequence[pb.Offer], fd_sizes: tuple[int, ...], size: int) -> list[Spec]:
     """Resolve and validate an exporter's offers; empty means ``[memfd]``."""
     if not offers:
         return [Spec(compat_type(), compat_type().check_offer(pb.MemfdOffer(), fd_sizes, size))]
@@ -146,13 +161,14 @@ def offers_from_wire(offers: Any, fd_sizes: tuple[int, ...], size: int) -> list[
     return specs
 
 
-def accept_from_wire(accept: Any, access: int) -> tuple[list[Spec], bool]:
+def accept_from_wire(accept: Sequence[pb.Match], access: int) -> tuple[list[Spec], bool]:
     """Resolve an importer's accept list; returns (specs, is_compat).
 
-    An empty list is a compat importer: it accepts memfd with ``access``.
+    An empty list is a compat importer: it accepts memfd with ``access``
+    (an Access value from the wire; check_match refuses any other number).
     """
     if not accept:
-        match = pb.MemfdMatch(access=access)
+        match = pb.MemfdMatch(access=cast("pb.Access", access))
         return [Spec(compat_type(), compat_type().check_match(match))], True
     specs = []
     for index, wire in enumerate(accept):
@@ -161,20 +177,28 @@ def accept_from_wire(accept: Any, access: int) -> tuple[list[Spec], bool]:
     return specs, False
 
 
-def _wrap(container: Any, mapping_type: MappingType, message: Any) -> Any:
+def _wrap(container: pb.Offer | pb.Handle, mapping_type: AnyMappingType, message: Message) -> None:
     if mapping_type.name in _BUILTIN_ARMS:
-        getattr(container, mapping_type.name).CopyFrom(message)
+        arm: Message = getattr(container, mapping_type.name)
+        arm.CopyFrom(message)
     else:
         container.plugin.type_name = mapping_type.name
         container.plugin.body.Pack(message)
-    return container
 
 
-def handle_to_wire(mapping_type: MappingType, handle: Any) -> pb.Handle:
-    return _wrap(pb.Handle(), mapping_type, handle)
+def handle_to_wire(mapping_type: AnyMappingType, handle: Message) -> pb.Handle:
+    wire = pb.Handle()
+    _wrap(wire, mapping_type, handle)
+    return wire
 
 
 def offer_to_wire(spec: Spec) -> pb.Offer:
-    offer = _wrap(pb.Offer(), spec.type, spec.message)
+    """An offer as registered (normalised), for introspection; its message must be a protobuf message."""
+    if not isinstance(spec.message, Message):
+        raise TypeError(
+            f"offer of mapping type {spec.type.name!r} holds a {type(spec.message).__name__}, not a message"
+        )
+    offer = pb.Offer()
+    _wrap(offer, spec.type, spec.message)
     offer.restricted_to.extend(spec.restricted_to)
     return offer

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
 
 from bufbroker.v1 import mapping_types_pb2 as pb
-
 from bufbroker_broker.core.errors import InvalidArgument
 
 MAX_EXTENTS = 4096
 
 
-def normalise_extents(extents: Sequence[Any], fd_sizes: Sequence[int], size: int, what: str) -> list[pb.Extent]:
+def normalise_extents(extents: Sequence[pb.Extent], fd_sizes: Sequence[int], size: int, what: str) -> list[pb.Extent]:
     """Validate an offer's extents; the default (none given) is each fd whole.
 
     In the default, fd 0 contributes the buffer's ``size`` bytes and every

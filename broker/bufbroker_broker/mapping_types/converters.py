@@ -18,49 +18,64 @@ from __future__ import annotations
 
 import fcntl
 import os
-from typing import Any
+from typing import NamedTuple
 
 from bufbroker.v1 import mapping_types_pb2 as pb
-
+from bufbroker_broker.core.backing import Backing
 from bufbroker_broker.core.errors import ResourceExhausted
-from bufbroker_broker.core.mapping_type import MapResult, MappingType, MatchContext, MatchResult, SoftMismatch
+from bufbroker_broker.core.mapping_type import AnyMappingType, MapResult, MatchContext, MatchResult, SoftMismatch
+from bufbroker_broker.host.fds import reopen_read_only
 from bufbroker_broker.mapping_types import _access
 from bufbroker_broker.mapping_types.memfd import MEMFD
 from bufbroker_broker.mapping_types.segments import SEGMENTS
-from bufbroker_broker.mapping_types.udmabuf import UDMABUF, round_up
+from bufbroker_broker.mapping_types.udmabuf import UDMABUF, Extents, UdmabufParams, round_up
 
 COPY_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
 
 
 class ToUdmabuf:
-    """memfd or segments -> udmabuf: the offer's extents as a udmabuf offer."""
+    """memfd or segments -> udmabuf: the offer's extents as a udmabuf offer.
+
+    Its maps are udmabuf's: the kept dma-buf is the udmabuf type's, shared
+    with direct udmabuf attachments of the same extents.
+    """
 
     target = UDMABUF
     copies = False
 
-    def __init__(self, source: MappingType) -> None:
+    def __init__(self, source: AnyMappingType) -> None:
         self.source = source
         self.name = f"{source.name}->udmabuf"
 
-    def _as_udmabuf(self, offer: Any, ctx: MatchContext) -> pb.UdmabufOffer:
+    def _as_udmabuf(self, offer: pb.MemfdOffer | pb.SegmentsOffer, ctx: MatchContext) -> pb.UdmabufOffer:
         converted = pb.UdmabufOffer(max_access=offer.max_access)
-        if self.source is MEMFD:   # the memfd type is fd 0, the buffer's size
-            converted.extents.add(fd_index=0, offset=0, length=ctx.buffer_size)
-        else:
+        if isinstance(offer, pb.SegmentsOffer):
             converted.extents.extend(offer.extents)
+        else:  # the memfd type is fd 0, the buffer's size
+            converted.extents.add(fd_index=0, offset=0, length=ctx.buffer_size)
         return converted
 
-    def match(self, offer: Any, match: pb.UdmabufMatch, ctx: MatchContext) -> MatchResult:
+    def match(self, offer: pb.MemfdOffer | pb.SegmentsOffer, match: pb.UdmabufMatch, ctx: MatchContext) -> MatchResult:
         return UDMABUF.match(self._as_udmabuf(offer, ctx), match, ctx)
 
-    def finish(self, offer: Any, match: pb.UdmabufMatch, ctx: MatchContext) -> Any:
+    def finish(
+        self, offer: pb.MemfdOffer | pb.SegmentsOffer, match: pb.UdmabufMatch, ctx: MatchContext
+    ) -> UdmabufParams:
         return UDMABUF.finish(self._as_udmabuf(offer, ctx), match, ctx)
 
-    def map(self, buffer: Any, attachment: Any) -> MapResult:
-        return UDMABUF.map(buffer, attachment)
+    def map(self, backing: Backing, params: UdmabufParams) -> MapResult:
+        return UDMABUF.map(backing, params)
 
-    def unmap(self, buffer: Any, attachment: Any) -> None:
-        UDMABUF.unmap(buffer, attachment)
+    def unmap(self, backing: Backing, params: UdmabufParams) -> None:
+        UDMABUF.unmap(backing, params)
+
+
+class WholeMemfdParams(NamedTuple):
+    """segments->memfd: the access the importer gets, the memfd and the length it shows."""
+
+    access: pb.Access
+    fd_index: int
+    length: int
 
 
 class SegmentsToMemfd:
@@ -77,10 +92,12 @@ class SegmentsToMemfd:
 
     def match(self, offer: pb.SegmentsOffer, match: pb.MemfdMatch, ctx: MatchContext) -> MatchResult:
         if len(offer.extents) != 1:
-            return SoftMismatch(f"{len(offer.extents)} extents are not one whole memfd, so a memfd of them needs a copy")
+            return SoftMismatch(
+                f"{len(offer.extents)} extents are not one whole memfd, so a memfd of them needs a copy"
+            )
         extent = offer.extents[0]
         fd_size = ctx.fd_sizes[extent.fd_index] if extent.fd_index < len(ctx.fd_sizes) else 0
-        if ctx.buffer_size and (extent.offset != 0 or round_up(extent.length) < fd_size):
+        if not ctx.dry_run and (extent.offset != 0 or round_up(extent.length) < fd_size):
             return SoftMismatch(
                 f"the extent is bytes {extent.offset}..{extent.offset + extent.length} of fd {extent.fd_index}, "
                 f"not all of its {fd_size} bytes, so a memfd of it needs a copy"
@@ -88,20 +105,19 @@ class SegmentsToMemfd:
         writable = ctx.fd_writable[extent.fd_index] if extent.fd_index < len(ctx.fd_writable) else False
         return _access.match_access(offer.max_access, match.access, writable)
 
-    def finish(self, offer: pb.SegmentsOffer, match: pb.MemfdMatch, ctx: MatchContext) -> Any:
+    def finish(self, offer: pb.SegmentsOffer, match: pb.MemfdMatch, ctx: MatchContext) -> WholeMemfdParams:
         extent = offer.extents[0]
-        return (_access.requested(match.access), extent.fd_index, extent.length)
+        return WholeMemfdParams(_access.requested(match.access), extent.fd_index, extent.length)
 
-    def map(self, buffer: Any, attachment: Any) -> MapResult:
-        access, fd_index, length = attachment.map_params
-        fd = buffer.fds[fd_index].fd
-        handle = pb.MemfdHandle(size=length, access=access)
-        reopened = _access.fd_for_access(fd, access)
+    def map(self, backing: Backing, params: WholeMemfdParams) -> MapResult:
+        fd = backing.fds[params.fd_index].fd
+        handle = pb.MemfdHandle(size=params.length, access=params.access)
+        reopened = _access.fd_for_access(fd, params.access)
         if reopened is None:
             return MapResult(handle, [fd])
         return MapResult(handle, [reopened], temporary=[reopened])
 
-    def unmap(self, buffer: Any, attachment: Any) -> None:
+    def unmap(self, backing: Backing, params: WholeMemfdParams) -> None:
         """Nothing to release: the importer owns the fd it received."""
 
 
@@ -126,33 +142,33 @@ class SegmentsToMemfdCopy:
             )
         return _access.match_access(offer.max_access, match.access, True)
 
-    def finish(self, offer: pb.SegmentsOffer, match: pb.MemfdMatch, ctx: MatchContext) -> Any:
+    def finish(self, offer: pb.SegmentsOffer, match: pb.MemfdMatch, ctx: MatchContext) -> Extents:
         return tuple((e.fd_index, e.offset, e.length) for e in offer.extents)
 
-    def map(self, buffer: Any, attachment: Any) -> MapResult:
+    def map(self, backing: Backing, params: Extents) -> MapResult:
         """Copy the extents into a new sealed memfd; send it read-only."""
-        extents = attachment.map_params
+        extents = params
         total = sum(length for _, _, length in extents)
         try:
-            copy = os.memfd_create(f"bufbroker-copy-{buffer.id}", os.MFD_ALLOW_SEALING | os.MFD_CLOEXEC)
+            copy = os.memfd_create(f"bufbroker-copy-{backing.buffer_id}", os.MFD_ALLOW_SEALING | os.MFD_CLOEXEC)
             try:
                 os.ftruncate(copy, total)
                 position = 0
                 for fd_index, offset, length in extents:
-                    _copy_range(buffer.fds[fd_index].fd, offset, copy, position, length)
+                    _copy_range(backing.fds[fd_index].fd, offset, copy, position, length)
                     position += length
                 fcntl.fcntl(copy, fcntl.F_ADD_SEALS, COPY_SEALS)
-                readonly = os.open(f"/proc/self/fd/{copy}", os.O_RDONLY | os.O_CLOEXEC)
+                readonly = reopen_read_only(copy)
             finally:
                 os.close(copy)
         except OSError as error:
             raise ResourceExhausted(
-                f"{self.name}: the broker could not copy the {total} bytes of buffer {buffer.id} "
+                f"{self.name}: the broker could not copy the {total} bytes of buffer {backing.buffer_id} "
                 f"({error.strerror or error}); map again later, or accept segments to share without a copy"
             ) from None
         return MapResult(pb.MemfdHandle(size=total, access=_access.READ), [readonly], temporary=[readonly])
 
-    def unmap(self, buffer: Any, attachment: Any) -> None:
+    def unmap(self, backing: Backing, params: Extents) -> None:
         """Nothing to release: the copy went to the importer and is closed here."""
 
 
@@ -166,7 +182,7 @@ def _copy_range(source: int, offset: int, target: int, position: int, length: in
                 break
             done += copied
     except OSError:
-        pass   # e.g. EXDEV on old kernels: finish with plain reads and writes
+        pass  # e.g. EXDEV on old kernels: finish with plain reads and writes
     while done < length:
         chunk = os.pread(source, min(length - done, 1 << 20), offset + done)
         if not chunk:

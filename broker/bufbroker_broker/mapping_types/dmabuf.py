@@ -1,6 +1,6 @@
 """dmabuf: a dma-buf fd the exporter made (a dma-heap, a GPU or camera driver).
 
-The exporter registers the dma-buf fd itself (broker/fd_inspect.py checks
+The exporter registers the dma-buf fd itself (host/fd_inspect.py checks
 it is one, through /proc/self/fdinfo: ``exp_name``, ``size``); importers
 receive that same dma-buf. A dma-buf cannot be reopened read-only, so the
 fd's own mode is what every importer gets: an offer limited to ``read``
@@ -9,30 +9,37 @@ needs an O_RDONLY fd.
 An offer may name the PCI device whose memory backs the buffer and require
 peer-to-peer DMA (device memory that only a peer device can reach, like
 the kernel RFC's p2p check on SGT). Then a match must name its own device,
-accept p2p, and be reachable over the PCIe topology (broker/pci.py);
-otherwise the pair is a soft mismatch saying why.
+accept p2p, and be reachable over the PCIe topology the broker probed at
+start (``ctx.host.pci``, core/host_facts.py); otherwise the pair is a soft
+mismatch saying why.
 """
 
 from __future__ import annotations
 
-import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 from bufbroker.v1 import mapping_types_pb2 as pb
-
-from bufbroker_broker.host import pci
+from bufbroker_broker.core.backing import Backing
 from bufbroker_broker.core.errors import InvalidArgument
+from bufbroker_broker.core.host_facts import HostFacts, check_pci_address
 from bufbroker_broker.core.mapping_type import MapResult, MatchContext, MatchResult, SoftMismatch
 from bufbroker_broker.mapping_types import _access
 
-HEAP_DIR = "/dev/dma_heap"
+
+class DmabufParams(NamedTuple):
+    """The access the importer gets, the exporter's device (or empty) and whether it is p2p."""
+
+    access: pb.Access
+    device: str
+    p2p: bool
 
 
 def _device(address: str, what: str) -> str:
     if not address:
         return ""
     try:
-        return pci.check_pci_address(address)
+        return check_pci_address(address)
     except ValueError as error:
         raise InvalidArgument(f"{what}: {error}") from None
 
@@ -45,13 +52,12 @@ class DmabufType:
     handle_message = pb.DmabufHandle
     fd_kind = "dmabuf"
 
-    def host_support(self) -> tuple[bool, str]:
+    def host_support(self, host: HostFacts) -> tuple[bool, str]:
         """Always usable (exporters bring their dma-bufs); says which dma-heaps exist."""
-        try:
-            heaps = sorted(os.listdir(HEAP_DIR))
-        except OSError:
-            heaps = []
-        where = f"dma-heaps here: {', '.join(heaps)}" if heaps else "no dma-heaps here (exporters need a driver's dma-bufs)"
+        heaps = host.dma_heaps
+        where = (
+            f"dma-heaps here: {', '.join(heaps)}" if heaps else "no dma-heaps here (exporters need a driver's dma-bufs)"
+        )
         return True, f"exporters pass dma-buf fds; {where}"
 
     def check_offer(self, offer: pb.DmabufOffer, fd_sizes: Sequence[int], size: int) -> pb.DmabufOffer:
@@ -89,21 +95,27 @@ class DmabufType:
             return SoftMismatch(f"p2p: {where}; the importer names no device")
         if not match.accepts_p2p:
             return SoftMismatch(f"p2p: {where}; the importer's device {match.device} does not accept p2p")
-        verdict = pci.p2p_reach(ctx.sysfs_root, offer.device, match.device)
+        verdict = ctx.host.pci.p2p_reach(offer.device, match.device)
         if not verdict.reachable:
             return SoftMismatch(f"p2p: {verdict.reason}")
         return result
 
-    def finish(self, offer: pb.DmabufOffer, match: pb.DmabufMatch, ctx: MatchContext) -> Any:
-        return (_access.requested(match.access), offer.device, offer.requires_p2p)
+    def finish(self, offer: pb.DmabufOffer, match: pb.DmabufMatch, ctx: MatchContext) -> DmabufParams:
+        return DmabufParams(_access.requested(match.access), offer.device, offer.requires_p2p)
 
-    def map(self, buffer: Any, attachment: Any) -> MapResult:
-        access, device, p2p = attachment.map_params
-        fd = buffer.fds[0]
-        handle = pb.DmabufHandle(size=buffer.size, access=access, exp_name=fd.exp_name, exporter_device=device, p2p=p2p)
+    def map(self, backing: Backing, params: DmabufParams) -> MapResult:
+        """The exporter's dma-buf itself (it cannot be reopened read-only)."""
+        fd = backing.fds[0]
+        handle = pb.DmabufHandle(
+            size=backing.size,
+            access=params.access,
+            exp_name=fd.exp_name,
+            exporter_device=params.device,
+            p2p=params.p2p,
+        )
         return MapResult(handle, [fd.fd])
 
-    def unmap(self, buffer: Any, attachment: Any) -> None:
+    def unmap(self, backing: Backing, params: DmabufParams) -> None:
         """Nothing to release: the importer owns the fd it received."""
 
     def describe(self) -> str:

@@ -7,15 +7,23 @@ only the fds its extents use, renumbered in the order they first appear.
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 from bufbroker.v1 import mapping_types_pb2 as pb
-
+from bufbroker_broker.core.backing import Backing
 from bufbroker_broker.core.mapping_type import MapResult, MatchContext, MatchResult, SoftMismatch
 from bufbroker_broker.mapping_types import _access
 from bufbroker_broker.mapping_types._extents import MAX_EXTENTS, normalise_extents
 
-__all__ = ["MAX_EXTENTS", "SEGMENTS", "SegmentsType"]
+__all__ = ["MAX_EXTENTS", "SEGMENTS", "SegmentsParams", "SegmentsType"]
+
+
+class SegmentsParams(NamedTuple):
+    """The access the importer gets and the (normalised) offer whose extents it maps."""
+
+    access: pb.Access
+    offer: pb.SegmentsOffer
 
 
 class SegmentsType:
@@ -25,9 +33,7 @@ class SegmentsType:
     match_message = pb.SegmentsMatch
     handle_message = pb.SegmentsHandle
 
-    def check_offer(
-        self, offer: pb.SegmentsOffer, fd_sizes: Sequence[int], size: int
-    ) -> pb.SegmentsOffer:
+    def check_offer(self, offer: pb.SegmentsOffer, fd_sizes: Sequence[int], size: int) -> pb.SegmentsOffer:
         """Validate the extents; fill the default (each fd whole) when empty."""
         _access.check_access_value(offer.max_access, "segments offer")
         normalised = pb.SegmentsOffer(max_access=offer.max_access)
@@ -38,9 +44,7 @@ class SegmentsType:
         _access.check_access_value(match.access, "segments match")
         return match
 
-    def match(
-        self, offer: pb.SegmentsOffer, match: pb.SegmentsMatch, ctx: MatchContext
-    ) -> MatchResult:
+    def match(self, offer: pb.SegmentsOffer, match: pb.SegmentsMatch, ctx: MatchContext) -> MatchResult:
         used = {e.fd_index for e in offer.extents}
         writable = all(ctx.fd_writable[i] for i in used)
         result = _access.match_access(offer.max_access, match.access, writable)
@@ -48,16 +52,16 @@ class SegmentsType:
             return result
         if match.max_extents and len(offer.extents) > match.max_extents:
             return SoftMismatch(
-                f"extents: the offer has {len(offer.extents)}, the importer takes at most "
-                f"{match.max_extents}"
+                f"extents: the offer has {len(offer.extents)}, the importer takes at most {match.max_extents}"
             )
         return result
 
-    def finish(self, offer: pb.SegmentsOffer, match: pb.SegmentsMatch, ctx: MatchContext) -> Any:
-        return (_access.requested(match.access), offer)
+    def finish(self, offer: pb.SegmentsOffer, match: pb.SegmentsMatch, ctx: MatchContext) -> SegmentsParams:
+        return SegmentsParams(_access.requested(match.access), offer)
 
-    def map(self, buffer: Any, attachment: Any) -> MapResult:
-        access, offer = attachment.map_params
+    def map(self, backing: Backing, params: SegmentsParams) -> MapResult:
+        """The fds the extents use (read-only reopens for a read importer), renumbered in first use."""
+        access, offer = params
         handle = pb.SegmentsHandle(access=access)
         order: dict[int, int] = {}
         for extent in offer.extents:
@@ -67,7 +71,7 @@ class SegmentsType:
         temporary: list[int] = []
         try:
             for fd_index in order:
-                fd = buffer.fds[fd_index].fd
+                fd = backing.fds[fd_index].fd
                 reopened = _access.fd_for_access(fd, access)
                 if reopened is None:
                     fds.append(fd)
@@ -80,7 +84,7 @@ class SegmentsType:
             raise
         return MapResult(handle, fds, temporary)
 
-    def unmap(self, buffer: Any, attachment: Any) -> None:
+    def unmap(self, backing: Backing, params: SegmentsParams) -> None:
         """Nothing to release: the importer owns the fds it received."""
 
     def describe(self) -> str:

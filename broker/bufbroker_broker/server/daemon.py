@@ -15,30 +15,29 @@ import os
 import resource
 import signal
 import socket
-from contextlib import AsyncExitStack, ExitStack
+from contextlib import AsyncExitStack, ExitStack, suppress
 from pathlib import Path
-from typing import Optional
 
 import grpc
-from bufbroker.v1 import broker_pb2 as pb
-from bufbroker.v1 import broker_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import SERVICE_NAME as HEALTH_SERVICE
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from bufbroker_broker import __version__
+from bufbroker.v1 import broker_pb2 as pb
+from bufbroker.v1 import broker_pb2_grpc as pb_grpc
+from bufbroker_broker import __version__, mapping_types
+from bufbroker_broker.core.fd_ledger import FdLedger
+from bufbroker_broker.core.registry import Registry, SessionLimits
 from bufbroker_broker.host import capabilities
-from bufbroker_broker import mapping_types
+from bufbroker_broker.host.probe import probe_host_facts
 from bufbroker_broker.server.fdchannel.calls import CallServer
 from bufbroker_broker.server.fdchannel.server import FdChannelServer, Limits
-from bufbroker_broker.server.grpc.timing import RpcTimingInterceptor, RpcTimings
 from bufbroker_broker.server.grpc.service import BrokerService
-from bufbroker_broker.core.registry import Registry, SessionLimits
-from bufbroker_broker.core.fd_ledger import FdLedger
+from bufbroker_broker.server.grpc.timing import RpcTimingInterceptor, RpcTimings
+from bufbroker_broker.server.operations import Operations
 from bufbroker_broker.server.readiness import Readiness
 from bufbroker_broker.server.settings import BrokerSettings
-
 
 log = logging.getLogger("bufbroker")
 
@@ -56,13 +55,17 @@ def prepare_socket_dir(path: Path, stack: ExitStack | AsyncExitStack) -> None:
     try:
         path.mkdir(mode=0o770, parents=True, exist_ok=True)
     except OSError as error:
-        raise StartupError(f"cannot create socket dir {path}: {error.strerror}; pick one you can write with --socket-dir")
+        raise StartupError(
+            f"cannot create socket dir {path}: {error.strerror}; pick one you can write with --socket-dir"
+        ) from None
     if path.stat().st_uid == os.geteuid():
         os.chmod(path, 0o770)
     elif not os.access(path, os.W_OK | os.X_OK):
         # A dir someone else made (a Kubernetes emptyDir, a bind mount) is
         # used as it is, if we may create sockets in it.
-        raise StartupError(f"socket dir {path} belongs to uid {path.stat().st_uid} and is not writable by uid {os.geteuid()}; fix its owner or mode")
+        raise StartupError(
+            f"socket dir {path} belongs to uid {path.stat().st_uid} and is not writable by uid {os.geteuid()}; fix its owner or mode"
+        )
     lock_path = path / LOCK_FILE
     lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
     stack.callback(os.close, lock_fd)
@@ -131,7 +134,9 @@ async def serve(settings: BrokerSettings) -> None:
     async with AsyncExitStack() as stack:
         prepare_socket_dir(socket_dir, stack)
         fd_limit = raise_fd_limit()
-        ledger = FdLedger()
+        ledger = FdLedger(close=os.close)
+        # Probed once: every match reads these facts, none looks at /dev or /sys.
+        host = probe_host_facts(str(settings.sysfs_root))
         registry = Registry(
             ledger,
             limits=SessionLimits(
@@ -140,16 +145,17 @@ async def serve(settings: BrokerSettings) -> None:
                 max_mappings=settings.max_mappings_per_session,
             ),
             converters=mapping_types.load_converters(),
-            sysfs_root=str(settings.sysfs_root),
+            host=host,
         )
         fd_path, grpc_path = socket_dir / FD_SOCKET, socket_dir / GRPC_SOCKET
         channels = FdChannelServer(str(fd_path), registry, ledger, limits, __version__)
-        service = BrokerService(registry, channels, ledger, __version__, move_timeout=settings.move_timeout)
+        operations = Operations(registry, ledger, move_timeout=settings.move_timeout)
+        service = BrokerService(operations, channels, __version__)
         channels.on_session_end = service.session_ended
         readiness = Readiness()
 
         rpc_timings = RpcTimings()
-        CallServer(service, channels, rpc_timings)   # answers the SDK's fast path on call channels
+        CallServer(operations, channels, rpc_timings)  # answers the SDK's fast path on call channels
         server = grpc.aio.server(
             interceptors=[RpcTimingInterceptor(rpc_timings)],
             options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", settings.max_request_bytes)],
@@ -171,7 +177,7 @@ async def serve(settings: BrokerSettings) -> None:
         stack.callback(channels.stop)
 
         if settings.http_address is not None:
-            await start_http(settings, readiness, registry, ledger, stack, channels=channels, rpc_timings=rpc_timings)
+            await start_http(settings, readiness, operations, stack, channels=channels, rpc_timings=rpc_timings)
 
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
@@ -191,8 +197,8 @@ async def serve(settings: BrokerSettings) -> None:
             fd_limit,
         )
         # What this host's kernel supports (udmabuf, dma-heaps, ...); `bufbroker doctor` says what to do.
-        host = capabilities.probe_host(capabilities.HostPaths(sysfs=str(settings.sysfs_root)))
-        log.info("host capabilities: %s", capabilities.summary(host))
+        checks = capabilities.probe_host(capabilities.HostPaths(sysfs=str(settings.sysfs_root)), host)
+        log.info("host capabilities: %s", capabilities.summary(checks))
         await stop.wait()
         log.info("stopping: signal received; draining for up to %s s", settings.drain_timeout)
         readiness.draining = True
@@ -223,28 +229,30 @@ async def drain(registry: Registry, channels: FdChannelServer, timeout: float) -
 async def start_http(
     settings: BrokerSettings,
     readiness: Readiness,
-    registry: Registry,
-    ledger: FdLedger,
+    operations: Operations,
     stack: AsyncExitStack,
-    channels: Optional[FdChannelServer] = None,
-    rpc_timings: Optional[RpcTimings] = None,
+    channels: FdChannelServer | None = None,
+    rpc_timings: RpcTimings | None = None,
 ) -> None:
     """Serve the HTTP app in this loop until the stack unwinds."""
     # Imported here: FastAPI and uvicorn cost start-up time a broker run
     # with --http none should not pay.
     import uvicorn
 
-    from bufbroker_broker.server.observe.activity import ActivityCounters
     from bufbroker_broker.server.http.app import BrokerView, EmbeddedServer, create_app
     from bufbroker_broker.server.http.sse import EventHub
+    from bufbroker_broker.server.observe.activity import ActivityCounters
     from bufbroker_broker.server.observe.metrics import make_metrics_registry
 
-    host, port = settings.http_address
+    registry, ledger = operations.registry, operations.ledger
+    address = settings.http_address
+    assert address is not None, "start_http runs only when HTTP is on"
+    host, port = address
     admin_token = read_admin_token(settings.admin_token_file) if settings.admin_token_file is not None else None
     activity = ActivityCounters(registry)
     events = EventHub(registry, queue_limit=settings.http_event_queue)
     metrics = make_metrics_registry(registry, ledger, activity, rpc_timings, events, __version__)
-    view = BrokerView(registry, ledger, activity, events, channels=channels, admin_token=admin_token, version=__version__)
+    view = BrokerView(operations, activity, events, channels=channels, admin_token=admin_token, version=__version__)
     app = create_app(readiness, metrics, __version__, view)
     config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", lifespan="off", access_log=False, timeout_graceful_shutdown=3
@@ -252,7 +260,7 @@ async def start_http(
     server = EmbeddedServer(config)
     try:
         sockets = [config.bind_socket()]
-    except (OSError, SystemExit):   # uvicorn logs the reason and exits on bind errors
+    except (OSError, SystemExit):  # uvicorn logs the reason and exits on bind errors
         raise StartupError(
             f"cannot serve HTTP on {settings.http}: the address is in use or not available; "
             "pick another with --http HOST:PORT, or turn HTTP off with --http none"
@@ -260,7 +268,7 @@ async def start_http(
     task = asyncio.create_task(server.serve(sockets=sockets), name="bufbroker-http")
 
     async def stop_http() -> None:
-        events.close()   # end the event streams, or uvicorn waits for them
+        events.close()  # end the event streams, or uvicorn waits for them
         server.should_exit = True
         await task
 
@@ -278,7 +286,9 @@ def read_admin_token(path: Path) -> str:
         mode = path.stat().st_mode
     except (OSError, UnicodeDecodeError) as error:
         why = getattr(error, "strerror", None) or str(error)
-        raise StartupError(f"cannot read the admin token file {path}: {why}; give a readable file with --admin-token-file")
+        raise StartupError(
+            f"cannot read the admin token file {path}: {why}; give a readable file with --admin-token-file"
+        ) from None
     if len(token) < 16 or any(c.isspace() for c in token):
         raise StartupError(
             f"the admin token file {path} must hold one token of at least 16 characters without spaces "
@@ -290,7 +300,5 @@ def read_admin_token(path: Path) -> str:
 
 
 def _unlink(path: Path) -> None:
-    try:
+    with suppress(FileNotFoundError):
         path.unlink()
-    except FileNotFoundError:
-        pass

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -35,22 +35,30 @@ class BrokerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
 
     socket_dir: Path = Field(default_factory=default_socket_dir, description="directory of grpc.sock and fd.sock")
-    http: str = Field("127.0.0.1:8377", description="HOST:PORT for introspection, /metrics and health; 'none' turns it off")
+    http: str = Field(
+        "127.0.0.1:8377", description="HOST:PORT for introspection, /metrics and health; 'none' turns it off"
+    )
     log_level: str = Field("info", description="debug, info, warning or error")
     pending_fd_timeout: float = Field(10.0, gt=0, description="seconds before fds no RegisterBuffer claimed are closed")
     drain_timeout: float = Field(5.0, ge=0, description="seconds SIGTERM waits for importers to acknowledge revocation")
-    move_timeout: float = Field(2.0, ge=0, description="seconds a move waits for importers to unmap before marking them non-compliant")
-    fd_send_timeout: float = Field(5.0, gt=0, description="seconds a session's fd channel may accept nothing before the session is ended")
+    move_timeout: float = Field(
+        2.0, ge=0, description="seconds a move waits for importers to unmap before marking them non-compliant"
+    )
+    fd_send_timeout: float = Field(
+        5.0, gt=0, description="seconds a session's fd channel may accept nothing before the session is ended"
+    )
     max_pending_fds: int = Field(1024, gt=0, description="per session: fds sent but not yet claimed")
     max_send_queue: int = Field(256, gt=0, description="per session: fd-channel messages queued for a slow reader")
     max_buffers_per_session: int = Field(4096, gt=0, description="buffers one session may register")
     max_attachments_per_session: int = Field(4096, gt=0, description="attachments one session may hold")
     max_mappings_per_session: int = Field(16384, gt=0, description="mappings one session may hold")
     max_request_bytes: int = Field(1 << 20, ge=4096, description="largest gRPC request the broker reads")
-    admin_token_file: Optional[Path] = Field(
+    admin_token_file: Path | None = Field(
         None, description="file holding the bearer token that turns on the HTTP admin endpoints (revoke, end session)"
     )
-    http_event_queue: int = Field(1024, gt=0, description="per /v1/events client: events queued before a slow client is dropped")
+    http_event_queue: int = Field(
+        1024, gt=0, description="per /v1/events client: events queued before a slow client is dropped"
+    )
     sysfs_root: Path = Field(
         Path("/sys"), description="where sysfs is: the PCI topology for dmabuf p2p reachability, udmabuf's limits"
     )
@@ -73,7 +81,7 @@ class BrokerSettings(BaseSettings):
         return value
 
     @property
-    def http_address(self) -> Optional[tuple[str, int]]:
+    def http_address(self) -> tuple[str, int] | None:
         if self.http == "none":
             return None
         host, _, port = self.http.rpartition(":")
@@ -104,7 +112,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise SettingsError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as error:
         raise SettingsError(f"config file {path} is not valid TOML: {error}") from None
-    table = data.get("broker", data)   # a [broker] table, or top-level keys
+    table = data.get("broker", data)  # a [broker] table, or top-level keys
     values = {key.replace("-", "_"): value for key, value in table.items()}
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
@@ -112,7 +120,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
     return values
 
 
-def load_settings(flags: dict[str, Any], config_file: Optional[Path] = None) -> tuple[BrokerSettings, dict[str, str]]:
+def load_settings(flags: dict[str, Any], config_file: Path | None = None) -> tuple[BrokerSettings, dict[str, str]]:
     """Merge flags > environment > TOML > defaults; return settings and origins.
 
     ``flags`` holds only the flags the user gave (None values are ignored).
@@ -121,15 +129,13 @@ def load_settings(flags: dict[str, Any], config_file: Optional[Path] = None) -> 
     if config_file is not None:
         layers.append((f"config file {config_file}", _read_toml(config_file)))
     env = {
-        field: os.environ[ENV_PREFIX + field.upper()]
-        for field in FIELDS
-        if ENV_PREFIX + field.upper() in os.environ
+        field: os.environ[ENV_PREFIX + field.upper()] for field in FIELDS if ENV_PREFIX + field.upper() in os.environ
     }
     layers.append(("environment", {f: v for f, v in env.items()}))
     layers.append(("flag", {k: v for k, v in flags.items() if v is not None}))
     merged: dict[str, Any] = {}
     origins = {field: "default" for field in FIELDS}
-    for origin, values in layers:   # lowest precedence first
+    for origin, values in layers:  # lowest precedence first
         for field, value in values.items():
             merged[field] = value
             if origin == "environment":

@@ -1,9 +1,13 @@
 """bufbroker: share memory buffers between processes through a broker.
 
+An exporter, in one process:
+
     import bufbroker
     with bufbroker.connect() as session:
         buf = session.export(1 << 20, name="frames", offers=["segments", "memfd"])
         buf.memoryview()[:5] = b"hello"
+
+and an importer, in another:
 
     with bufbroker.connect() as session:
         attachment = session.attach("frames", accept=["segments", "memfd"])

@@ -2,27 +2,27 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import logging
 import mmap
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
+from typing import Any
 
 from bufbroker import dmabuf, errors, fdwire
 from bufbroker.errors import BrokerError, FailedPrecondition, NotFound, Unavailable
 from bufbroker.planes import layout_from_wire
+from bufbroker.rpc import BrokerRpc
 from bufbroker.trace import TraceStep, trace_from_wire
 from bufbroker.v1 import broker_pb2 as pb
 from bufbroker.v1 import mapping_types_pb2 as mt
 
-if TYPE_CHECKING:
-    from bufbroker.session import Session
-
 PAGE = mmap.PAGESIZE
 log = logging.getLogger("bufbroker")
-DMABUF_TYPES = ("udmabuf", "dmabuf")   # handles whose one fd is a kernel dma-buf
+DMABUF_TYPES = ("udmabuf", "dmabuf")  # handles whose one fd is a kernel dma-buf
 
 
 @dataclass(frozen=True)
@@ -44,35 +44,40 @@ class Attachment:
 
     def __init__(
         self,
-        session: "Session",
+        rpc: BrokerRpc,
         response: pb.AttachResponse,
-        request: Optional[pb.AttachRequest] = None,
-        fds: Optional[list[int]] = None,
+        request: pb.AttachRequest | None = None,
+        fds: list[int] | None = None,
     ) -> None:
-        self.session = session
-        self.request = request or pb.AttachRequest()   # replayed after a broker restart
+        self._rpc = rpc
+        self.request = request or pb.AttachRequest()  # replayed after a broker restart
         self.id = response.attachment_id
         self.buffer_id = response.buffer_id
         self.map_type: str = response.map_type
         self.trace: list[TraceStep] = trace_from_wire(response.trace)
         self.pinned = response.pinned
         self.detached = False
-        self.revoked = ""   # the reason, once the exporter or broker withdrew the buffer
+        self.revoked = ""  # the reason, once the exporter or broker withdrew the buffer
         self.exporter_gone = False
-        self.moves = 0      # moves handled so far
-        self.move_error: Optional[BaseException] = None   # why the last re-map failed
-        self._revoke_callbacks: list[Callable[["Attachment", str], None]] = []
-        self._move_callbacks: list[Callable[["Attachment", str], None]] = []
-        self._mappings: set[Mapping] = set()
+        self.moves = 0  # moves handled so far
+        self.move_error: BaseException | None = None  # why the last re-map (or re-attach) failed
+        self._revoke_callbacks: list[Callable[[Attachment, str], None]] = []
+        self._move_callbacks: list[Callable[[Attachment, str], None]] = []
+        # The one record of what is mapped: this process's live mappings, the
+        # current one (``mapping``) first. ``_changed`` wakes wait_mapped().
         self._lock = threading.Lock()
-        self._mapped = threading.Event()
-        self.mapping: Optional[Mapping] = None
+        self._changed = threading.Condition(self._lock)
+        self._mappings: list[Mapping] = []
         if response.HasField("mapping"):
-            self.mapping = Mapping._from_response(self, response.mapping, fds)
-            self._mappings.add(self.mapping)
-            self._mapped.set()
+            self._mappings.append(Mapping._from_response(self, response.mapping, fds or []))
 
-    def on_revoke(self, callback: Callable[["Attachment", str], None]) -> None:
+    @property
+    def mapping(self) -> Mapping | None:
+        """The current mapping: after a move, the new one the SDK made; None when nothing is mapped."""
+        with self._lock:
+            return self._mappings[0] if self._mappings else None
+
+    def on_revoke(self, callback: Callable[[Attachment, str], None]) -> None:
         """Call ``callback(attachment, reason)`` when the buffer is revoked.
 
         It runs on the session's events thread. Afterwards the SDK detaches
@@ -81,7 +86,7 @@ class Attachment:
         """
         self._revoke_callbacks.append(callback)
 
-    def on_move(self, callback: Callable[["Attachment", str], None]) -> None:
+    def on_move(self, callback: Callable[[Attachment, str], None]) -> None:
         """Call ``callback(attachment, reason)`` after the SDK handled a move.
 
         When the exporter moves the buffer, the SDK by itself closes this
@@ -92,150 +97,186 @@ class Attachment:
         """
         self._move_callbacks.append(callback)
 
-    def wait_mapped(self, timeout: Optional[float] = None) -> "Mapping":
-        """The current mapping, waiting while a move re-maps it."""
-        if not self._mapped.wait(timeout):
-            raise TimeoutError(f"attachment {self.id} was not re-mapped within {timeout} s")
-        mapping = self.mapping
-        if mapping is None:
-            raise FailedPrecondition(f"attachment {self.id} has no mapping: {self.move_error or self.revoked or 'map() it first'}")
-        return mapping
+    def wait_mapped(self, timeout: float | None = None) -> Mapping:
+        """The current mapping, waiting while a move re-maps it.
 
-    def _on_move_notify(self, reason: str) -> None:
-        """Unmap now (the broker waits for it), re-map once the swap is done."""
-        had_mapping = self._drop_mappings(tell_broker=True)
-        if had_mapping:
-            threading.Thread(target=self._remap, args=(reason,), name="bufbroker-remap", daemon=True).start()
-
-    def _on_invalidated(self, reason: str) -> None:
-        """The broker dropped our mappings; map again if we can."""
-        had_mapping = self._drop_mappings(tell_broker=False)
-        if had_mapping:
-            threading.Thread(target=self._remap, args=(reason,), name="bufbroker-remap", daemon=True).start()
-
-    def _drop_mappings(self, tell_broker: bool) -> bool:
-        with self._lock:
-            mappings = list(self._mappings)
-            self._mappings.clear()
-            self.mapping = None
-            self._mapped.clear()
-        for mapping in mappings:
-            mapping._release()
-            if tell_broker and not self.session.closed:
-                try:
-                    self.session.fast_call("Unmap", pb.UnmapRequest(mapping_id=mapping.id))
-                except BrokerError:
-                    pass  # already dropped at the broker
-        return bool(mappings)
-
-    def _remap(self, reason: str) -> None:
-        try:
-            self.mapping = self.map()
-            self.moves += 1
-            self.move_error = None
-        except BaseException as error:   # reported through wait_mapped()/move_error
-            self.move_error = error
-            log.warning("bufbroker: attachment %d could not map again after a move: %s", self.id, error)
-        finally:
-            self._mapped.set()
-        for callback in list(self._move_callbacks):
-            try:
-                callback(self, reason)
-            except Exception:
-                log.exception("bufbroker: an on_move callback failed")
-
-    def _attach_again(self, deadline: float) -> None:
-        """After a broker restart: attach again by name and map if we had a mapping.
-
-        Mappings already held stay valid (same pages); the new mapping makes
-        the new broker count us, so moves reach us again. An attachment made
-        by buffer id cannot be found again: ids do not survive a restart.
+        Raises FailedPrecondition when there is none and will be none (the
+        re-map failed, the buffer was revoked, the attachment detached), and
+        TimeoutError when none came within ``timeout`` seconds.
         """
-        if self.detached or self.revoked:
-            return
-        if self.request.WhichOneof("buffer") != "buffer_name":
-            self.move_error = errors.Unavailable("the broker restarted and this attachment was made by id; attach again by name")
-            log.warning("bufbroker: attachment %d was made by buffer id and is lost with the broker restart", self.id)
-            return
-        request = pb.AttachRequest()
-        request.CopyFrom(self.request)
-        request.map = self.mapping is not None or bool(self._mappings)
-        while True:
-            try:
-                response, fds = self.session.fast_call("Attach", request)
-                break
-            except errors.NotFound:
-                # The exporter has not registered it again yet.
-                if time.monotonic() > deadline:
-                    self.move_error = errors.Unavailable(f"buffer {self.request.buffer_name!r} did not come back after the broker restart")
-                    log.error("bufbroker: %s", self.move_error)
-                    return
-                time.sleep(0.02)
-            except errors.BrokerError as error:
-                self.move_error = error
-                log.error("bufbroker: could not attach %r again: %s", self.request.buffer_name, error)
-                return
-        attachments = self.session._attachments
-        attachments.pop(self.id, None)
-        self.id, self.buffer_id = response.attachment_id, response.buffer_id
-        attachments[self.id] = self
-        if response.HasField("mapping"):
-            mapping = Mapping._from_response(self, response.mapping, fds)
-            with self._lock:
-                self._mappings.add(mapping)
-                self.mapping = mapping
-                self._mapped.set()
+        with self._lock:
+            settled = self._changed.wait_for(lambda: self._mappings or self._unmappable_because(), timeout)
+            if self._mappings:
+                return self._mappings[0]
+        if not settled:
+            raise TimeoutError(f"attachment {self.id} was not re-mapped within {timeout} s")
+        raise FailedPrecondition(f"attachment {self.id} has no mapping: {self._unmappable_because()}")
 
-    def _on_revoked(self, reason: str) -> None:
-        self.revoked = reason
-        for callback in list(self._revoke_callbacks):
-            try:
-                callback(self, reason)
-            except Exception:
-                log.exception("bufbroker: an on_revoke callback failed")
-        if not self.detached:
-            self.detached = True
-            try:
-                self.session.fast_call("Detach", pb.DetachRequest(attachment_id=self.id))
-            except BrokerError:
-                pass  # already gone at the broker: the acknowledgement is moot
+    def _unmappable_because(self) -> str:
+        """Why no mapping will come by itself ("" while one may: mapped, re-mapping, or not yet mapped)."""
+        if self.move_error is not None:
+            return str(self.move_error)
+        if self.revoked:
+            return f"buffer revoked: {self.revoked}"
+        if self.detached:
+            return "the attachment is detached; attach again"
+        return ""
 
-    def map(self) -> "Mapping":
+    def map(self) -> Mapping:
         """Map the buffer: the handle and fds for it. Close the Mapping (or use ``with``)."""
         if self.revoked:
             raise FailedPrecondition(f"buffer revoked: {self.revoked}; attach to a live buffer")
         if self.detached:
             raise ValueError(f"attachment {self.id} is detached; attach again")
         try:
-            response, fds = self.session.fast_call("Map", pb.MapRequest(attachment_id=self.id))
+            response, fds = self._rpc.fast_call("Map", pb.MapRequest(attachment_id=self.id))
         except NotFound:
-            if self.revoked:   # the SDK acknowledged a revocation while we asked
+            if self.revoked:  # the SDK acknowledged a revocation while we asked
                 raise FailedPrecondition(f"buffer revoked: {self.revoked}; attach to a live buffer") from None
             raise
         mapping = Mapping._from_response(self, response, fds)
-        with self._lock:
-            self._mappings.add(mapping)
-            if self.mapping is None:
-                self.mapping = mapping
-                self._mapped.set()
+        self._add_mapping(mapping)
         return mapping
 
     def detach(self) -> None:
         """End the attachment; the broker drops its mappings."""
         if self.detached:
             return
-        self.detached = True
-        self._drop_mappings(tell_broker=False)   # Detach drops them at the broker
-        try:
-            self.session.fast_call("Detach", pb.DetachRequest(attachment_id=self.id))
-        except NotFound:
-            pass  # the broker already dropped it (its buffer was unregistered)
+        self._set_detached()
+        self._drop_mappings(tell_broker=False)  # Detach drops them at the broker
+        with contextlib.suppress(NotFound):  # the broker already dropped it (its buffer was unregistered)
+            self._rpc.fast_call("Detach", pb.DetachRequest(attachment_id=self.id))
 
-    def __enter__(self) -> "Attachment":
+    # --- the mappings list ------------------------------------------------------------
+
+    def _add_mapping(self, mapping: Mapping, current: bool = False) -> None:
+        with self._lock:
+            if current:
+                self._mappings.insert(0, mapping)
+            else:
+                self._mappings.append(mapping)
+            self._changed.notify_all()
+
+    def _forget_mapping(self, mapping: Mapping) -> None:
+        with self._lock:
+            if mapping in self._mappings:
+                self._mappings.remove(mapping)
+
+    def _drop_mappings(self, tell_broker: bool) -> bool:
+        """Release every mapping here (and unmap each at the broker if ``tell_broker``); True if there were any."""
+        with self._lock:
+            mappings, self._mappings = self._mappings, []
+        for mapping in mappings:
+            mapping._release()
+            if tell_broker and not self._rpc.closed:
+                with contextlib.suppress(BrokerError):  # already dropped at the broker
+                    self._rpc.fast_call("Unmap", pb.UnmapRequest(mapping_id=mapping.id))
+        return bool(mappings)
+
+    def _set_detached(self) -> None:
+        with self._lock:
+            self.detached = True
+            self._changed.notify_all()
+
+    # --- what the session's events and restarts do -----------------------------------
+
+    def _on_move_notify(self, reason: str) -> None:
+        """Unmap now (the broker waits for it), re-map once the swap is done."""
+        self._start_remap(reason, tell_broker=True)
+
+    def _on_invalidated(self, reason: str) -> None:
+        """The broker dropped our mappings; map again if we can."""
+        self._start_remap(reason, tell_broker=False)
+
+    def _on_exporter_gone(self) -> None:
+        self.exporter_gone = True
+
+    def _on_revoked(self, reason: str) -> None:
+        with self._lock:
+            self.revoked = reason
+            self._changed.notify_all()
+        for callback in list(self._revoke_callbacks):
+            try:
+                callback(self, reason)
+            except Exception:
+                log.exception("bufbroker: an on_revoke callback failed")
+        if not self.detached:
+            self._set_detached()
+            with contextlib.suppress(BrokerError):  # already gone at the broker: the acknowledgement is moot
+                self._rpc.fast_call("Detach", pb.DetachRequest(attachment_id=self.id))
+
+    def _start_remap(self, reason: str, tell_broker: bool) -> None:
+        with self._lock:
+            self.move_error = None  # a new move: an old failure says nothing about it
+        if self._drop_mappings(tell_broker):
+            threading.Thread(target=self._remap, args=(reason,), name="bufbroker-remap", daemon=True).start()
+
+    def _remap(self, reason: str) -> None:
+        try:
+            self.map()
+            self.moves += 1
+        except BaseException as error:  # reported through wait_mapped()/move_error
+            with self._lock:
+                self.move_error = error
+                self._changed.notify_all()
+            log.warning("bufbroker: attachment %d could not map again after a move: %s", self.id, error)
+        for callback in list(self._move_callbacks):
+            try:
+                callback(self, reason)
+            except Exception:
+                log.exception("bufbroker: an on_move callback failed")
+
+    def _attach_again(self, deadline: float) -> bool:
+        """After a broker restart: attach again by name and map if we had a mapping; True if attached.
+
+        Mappings already held stay valid (same pages); the new mapping makes
+        the new broker count us, so moves reach us again. An attachment made
+        by buffer id cannot be found again: ids do not survive a restart.
+        The caller (the session) files the attachment under its new ``id``.
+        """
+        if self.detached or self.revoked:
+            return False
+        if self.request.WhichOneof("buffer") != "buffer_name":
+            self.move_error = errors.Unavailable(
+                "the broker restarted and this attachment was made by id; attach again by name"
+            )
+            log.warning("bufbroker: attachment %d was made by buffer id and is lost with the broker restart", self.id)
+            return False
+        request = pb.AttachRequest()
+        request.CopyFrom(self.request)
+        request.map = self.mapping is not None
+        while True:
+            try:
+                response, fds = self._rpc.fast_call("Attach", request)
+                break
+            except errors.NotFound:
+                # The exporter has not registered it again yet.
+                if time.monotonic() > deadline:
+                    self.move_error = errors.Unavailable(
+                        f"buffer {self.request.buffer_name!r} did not come back after the broker restart"
+                    )
+                    log.error("bufbroker: %s", self.move_error)
+                    return False
+                time.sleep(0.02)
+            except errors.BrokerError as error:
+                self.move_error = error
+                log.error("bufbroker: could not attach %r again: %s", self.request.buffer_name, error)
+                return False
+        self.id, self.buffer_id = response.attachment_id, response.buffer_id
+        if response.HasField("mapping"):
+            self._add_mapping(Mapping._from_response(self, response.mapping, fds), current=True)
+        return True
+
+    def _close_locally(self) -> None:
+        """The session ended: release this process's mappings and tell the broker nothing."""
+        self._set_detached()
+        self._drop_mappings(tell_broker=False)
+
+    def __enter__(self) -> Attachment:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if not self.session.closed:
+        if not self._rpc.closed:
             self.detach()
 
     def __repr__(self) -> str:
@@ -267,23 +308,23 @@ class Mapping:
         fds: list[int],
         size: int,
         generation: int = 0,
-        layout: Optional[dict[str, Any]] = None,
+        layout: dict[str, Any] | None = None,
     ) -> None:
         self.attachment = attachment
         self.id = mapping_id
         self.handle = handle
         self.fds = fds
         self.size = size
-        self.generation = generation   # the buffer's backing it shows: 1, then +1 per move
-        self.layout = layout           # the exporter's layout at that generation, or None
+        self.generation = generation  # the buffer's backing it shows: 1, then +1 per move
+        self.layout = layout  # the exporter's layout at that generation, or None
         self.type = handle.WhichOneof("kind") or ""
         self._mmaps: list[mmap.mmap] = []
-        self._views: Optional[list[memoryview]] = None
+        self._views: list[memoryview] | None = None
         self.closed = False
 
     @classmethod
-    def _from_response(cls, attachment: Attachment, response: pb.MapResponse, fds: list[int]) -> "Mapping":
-        """A Mapping from a MapResponse and the fds that came with it (Session.fast_call)."""
+    def _from_response(cls, attachment: Attachment, response: pb.MapResponse, fds: list[int]) -> Mapping:
+        """A Mapping from a MapResponse and the fds that came with it (BrokerRpc.fast_call)."""
         if len(fds) != response.fd_count:
             fdwire.close_fds(fds)
             raise Unavailable(f"mapping {response.mapping_id}: expected {response.fd_count} fds, got {len(fds)}")
@@ -335,7 +376,7 @@ class Mapping:
         return views[0]
 
     @contextlib.contextmanager
-    def cpu_access(self, write: bool = False) -> Iterator[memoryview]:
+    def cpu_access(self, write: bool = False) -> Iterator[builtins.memoryview]:
         """The buffer as one memoryview, for CPU reads (and writes if ``write``).
 
         For a dma-buf (udmabuf, dmabuf) the block runs between
@@ -368,15 +409,11 @@ class Mapping:
         self.closed = True
         if self._views is not None:
             for view in self._views:
-                try:
+                with contextlib.suppress(BufferError):  # a numpy array still uses it; the pages stay until it goes
                     view.release()
-                except BufferError:
-                    pass  # a numpy array still uses it; the pages stay until it goes
         for region in self._mmaps:
-            try:
+            with contextlib.suppress(BufferError):  # a view the user still holds keeps the pages mapped
                 region.close()
-            except BufferError:
-                pass  # a view the user still holds keeps the pages mapped
         fdwire.close_fds(self.fds)
 
     def close(self) -> None:
@@ -384,17 +421,14 @@ class Mapping:
         if self.closed:
             return
         self._release()
-        with self.attachment._lock:
-            self.attachment._mappings.discard(self)
-            if self.attachment.mapping is self:
-                self.attachment.mapping = None
-        if not self.attachment.detached and not self.attachment.session.closed:
-            try:
-                self.attachment.session.fast_call("Unmap", pb.UnmapRequest(mapping_id=self.id))
-            except (NotFound, Unavailable):
-                pass  # the broker already dropped it (move, revoke, restart) or is gone
+        attachment = self.attachment
+        attachment._forget_mapping(self)
+        if not attachment.detached and not attachment._rpc.closed:
+            # The broker may have dropped it already (move, revoke, restart) or be gone.
+            with contextlib.suppress(NotFound, Unavailable):
+                attachment._rpc.fast_call("Unmap", pb.UnmapRequest(mapping_id=self.id))
 
-    def __enter__(self) -> "Mapping":
+    def __enter__(self) -> Mapping:
         return self
 
     def __exit__(self, *exc: object) -> None:

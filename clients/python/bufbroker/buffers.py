@@ -2,52 +2,20 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import mmap
-import os
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
-from bufbroker import dmabuf, fdwire
+from bufbroker import dmabuf, fdwire, specs
+from bufbroker.backing import backing_fds
+from bufbroker.backing import make_memfd as make_memfd  # its old home: tests/kernel imports it from here
+from bufbroker.planes import layout_to_wire
+from bufbroker.rpc import BrokerRpc
 from bufbroker.v1 import broker_pb2 as pb
 
-if TYPE_CHECKING:
-    from bufbroker.session import Session
-
-
 EXIT_POLICIES = {"revoke": pb.EXPORTER_EXIT_POLICY_REVOKE, "keep": pb.EXPORTER_EXIT_POLICY_KEEP}
-
-
-def make_memfd(name: str, size: int) -> int:
-    """A sealable memfd for a buffer of ``size`` bytes (the broker seals shrink and grow).
-
-    The memfd is rounded up to whole pages (an mmap shows whole pages
-    anyway), so the broker can also hand it out as a udmabuf.
-    """
-    fd = os.memfd_create(name[:200], os.MFD_ALLOW_SEALING | os.MFD_CLOEXEC)
-    try:
-        os.fchmod(fd, 0o644)   # only the owner may reopen it writable
-        os.ftruncate(fd, -(-size // mmap.PAGESIZE) * mmap.PAGESIZE)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def layout_to_wire(layout: Mapping[str, Any]) -> pb.Layout:
-    """A Layout from a dict: fourcc, width, height, modifier, planes=[{offset, stride}]."""
-    known = {"fourcc", "width", "height", "modifier", "planes"}
-    unknown = set(layout) - known
-    if unknown:
-        raise ValueError(f"unknown layout keys {sorted(unknown)}; use {sorted(known)}")
-    wire = pb.Layout(
-        fourcc=layout.get("fourcc", ""),
-        width=layout.get("width", 0),
-        height=layout.get("height", 0),
-        modifier=layout.get("modifier", 0),
-    )
-    for plane in layout.get("planes", ()):
-        wire.planes.add(offset=plane.get("offset", 0), stride=plane.get("stride", 0))
-    return wire
 
 
 class ExportedBuffer:
@@ -58,16 +26,25 @@ class ExportedBuffer:
     (its name becomes free). Closing the session does both.
     """
 
-    def __init__(self, session: "Session", info: pb.BufferInfo, fds: list[int], request: pb.RegisterBufferRequest) -> None:
-        self.session = session
-        self.request = request   # how it was registered: replayed after a broker restart
+    def __init__(
+        self,
+        rpc: BrokerRpc,
+        info: pb.BufferInfo,
+        fds: list[int],
+        request: pb.RegisterBufferRequest,
+        on_close: Callable[[ExportedBuffer], None] = lambda exported: None,
+    ) -> None:
+        """``on_close(self)`` runs once when the handle closes, so its session stops keeping it."""
+        self._rpc = rpc
+        self._on_close = on_close
+        self.request = request  # how it was registered: replayed after a broker restart
         self.info = info
         self.id = info.id
         self.name = info.name
         self.size = info.size
         self.fds = fds
         self._mmap: mmap.mmap | None = None
-        self._is_dmabuf: Optional[bool] = None
+        self._is_dmabuf: bool | None = None
         self._closed = False
 
     @property
@@ -80,10 +57,10 @@ class ExportedBuffer:
             raise ValueError(f"buffer {self.id} was unregistered; its memory is no longer mapped here")
         if self._mmap is None:
             self._mmap = mmap.mmap(self.fd, self.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        return memoryview(self._mmap)
+        return builtins.memoryview(self._mmap)
 
     @contextlib.contextmanager
-    def cpu_access(self, write: bool = True) -> Iterator[memoryview]:
+    def cpu_access(self, write: bool = True) -> Iterator[builtins.memoryview]:
         """The exporter's view of the buffer for one CPU access.
 
         When the buffer is a dma-buf (a ``dmabuf`` export) the block runs
@@ -103,9 +80,9 @@ class ExportedBuffer:
         self,
         new_memfd_or_size: int | Sequence[int],
         *,
-        offers: Optional[Sequence[Any]] = None,
-        layout: Optional[Mapping[str, Any]] = None,
-        size: Optional[int] = None,
+        offers: Sequence[specs.Spec] | None = None,
+        layout: Mapping[str, Any] | None = None,
+        size: int | None = None,
         reason: str = "",
     ) -> list[int]:
         """Replace the backing: a new size (the SDK makes a memfd) or your memfd(s).
@@ -117,20 +94,19 @@ class ExportedBuffer:
         that did not unmap in time (marked non-compliant). Re-take
         ``memoryview()`` afterwards: the old one is released.
         """
-        from bufbroker import specs
-        from bufbroker.session import backing_fds
-
         if isinstance(new_memfd_or_size, int):
             fds, new_size = backing_fds(new_memfd_or_size, None, self.name or "bufbroker")
         else:
             fds, new_size = backing_fds(None, new_memfd_or_size, self.name or "bufbroker")
         new_size = size or new_size
         try:
-            request = pb.MoveBufferRequest(buffer_id=self.id, size=new_size, reason=reason, offers=specs.offers_to_wire(offers))
+            request = pb.MoveBufferRequest(
+                buffer_id=self.id, size=new_size, reason=reason, offers=specs.offers_to_wire(offers)
+            )
             if layout is not None:
                 request.layout.CopyFrom(layout_to_wire(layout))
-            request.nonce = self.session.send_fds(fds)
-            response = self.session.call("MoveBuffer", request)
+            request.nonce = self._rpc.send_fds(fds)
+            response = self._rpc.call("MoveBuffer", request)
         except BaseException:
             fdwire.close_fds(fds)
             raise
@@ -146,25 +122,13 @@ class ExportedBuffer:
             self.request.layout.CopyFrom(request.layout)
         return list(response.non_compliant_attachment_ids)
 
-    def _register_again(self) -> None:
-        """After a broker restart: register under the same name and settings."""
-        old_id = self.id
-        request = pb.RegisterBufferRequest()
-        request.CopyFrom(self.request)
-        request.nonce = self.session.send_fds(self.fds)   # the broker gets copies; we keep ours
-        response = self.session.call("RegisterBuffer", request)
-        self.info, self.id = response.buffer, response.buffer.id
-        exports = self.session._exports
-        exports.pop(old_id, None)
-        exports[self.id] = self
-
     def revoke(self, reason: str = "") -> None:
         """Withdraw the buffer: importers get Revoked; attach and map fail."""
-        self.session.call("RevokeBuffer", pb.RevokeBufferRequest(buffer_id=self.id, reason=reason))
+        self._rpc.call("RevokeBuffer", pb.RevokeBufferRequest(buffer_id=self.id, reason=reason))
 
     def unregister(self) -> None:
         """Revoke and forget the buffer, then release the exporter's fds."""
-        self.session.call("UnregisterBuffer", pb.UnregisterBufferRequest(buffer_id=self.id))
+        self._rpc.call("UnregisterBuffer", pb.UnregisterBufferRequest(buffer_id=self.id))
         self.close()
 
     def close(self) -> None:
@@ -172,16 +136,30 @@ class ExportedBuffer:
         if self._closed:
             return
         self._closed = True
-        self.session._exports.pop(self.id, None)
+        self._on_close(self)
         self._release_mapping()
         fdwire.close_fds(self.fds)
 
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` or ``unregister()`` released this process's fds."""
+        return self._closed
+
+    def _register_again(self) -> None:
+        """After a broker restart: register under the same name and settings.
+
+        The caller (the session) files the buffer under its new ``id``.
+        """
+        request = pb.RegisterBufferRequest()
+        request.CopyFrom(self.request)
+        request.nonce = self._rpc.send_fds(self.fds)  # the broker gets copies; we keep ours
+        response = self._rpc.call("RegisterBuffer", request)
+        self.info, self.id = response.buffer, response.buffer.id
+
     def _release_mapping(self) -> None:
         if self._mmap is not None:
-            try:
+            with contextlib.suppress(BufferError):  # a memoryview is still alive; the mapping goes with it
                 self._mmap.close()
-            except BufferError:
-                pass  # a memoryview is still alive; the mapping goes with it
             self._mmap = None
 
     def __repr__(self) -> str:

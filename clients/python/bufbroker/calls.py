@@ -10,10 +10,13 @@ waits for another's call, e.g. an unmap on a move while maps wait for it).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+
+from google.protobuf.message import Message
 
 from bufbroker import errors, fdwire
 from bufbroker.v1 import fd_channel_pb2 as pb
@@ -23,7 +26,7 @@ log = logging.getLogger("bufbroker")
 # A call waits at most this long for its reply (a map during a move waits
 # for the move, a few seconds at most); then the channel is given up.
 CALL_TIMEOUT = 60.0
-MAX_CHANNELS = 8   # per session; the broker allows 16
+MAX_CHANNELS = 8  # per session; the broker allows 16
 
 
 class ChannelBroken(Exception):
@@ -38,8 +41,13 @@ class CallChannel:
         self.sock.settimeout(CALL_TIMEOUT)
         self.last_id = 0
 
-    def call(self, kind: str, request: Any) -> tuple[Any, list[int]]:
-        """Send ``request`` as a ``kind`` call; the CallReply and the fds that came with it."""
+    def call(self, kind: str, request: Message) -> tuple[pb.CallReply, list[int]]:
+        """Send ``request`` as a ``kind`` call (attach, map, unmap, detach).
+
+        Returns the CallReply and the fds that came with it (the caller owns
+        them). Raises ChannelBroken when the channel can carry no more calls:
+        discard it then.
+        """
         self.last_id += 1
         message = pb.FdMessage()
         message.call.call_id = self.last_id
@@ -47,7 +55,7 @@ class CallChannel:
         try:
             self.sock.sendmsg([message.SerializeToString()])
             received = fdwire.receive(self.sock, fdwire.MAX_CALL_BYTES)
-        except socket.timeout:
+        except TimeoutError:
             raise ChannelBroken(f"no reply within {CALL_TIMEOUT} s") from None
         except OSError as error:
             raise ChannelBroken(str(error)) from None
@@ -59,10 +67,8 @@ class CallChannel:
         return reply, received.fds
 
     def close(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)   # wakes a thread blocked in a call
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in a call
         self.sock.close()
 
 
@@ -74,11 +80,11 @@ class CallPool:
         self._lock = threading.Lock()
         self._free: list[CallChannel] = []
         self._all: list[CallChannel] = []
-        self._opening = 0   # channels being opened, outside the lock
+        self._opening = 0  # channels being opened, outside the lock
         self._usable = True
         self._closed = False
 
-    def borrow(self) -> Optional[CallChannel]:
+    def borrow(self) -> CallChannel | None:
         """A free channel, a new one, or None (all busy, or the broker has none to give)."""
         with self._lock:
             if self._free:
@@ -86,7 +92,7 @@ class CallPool:
             if not self._usable or self._closed or len(self._all) + self._opening >= MAX_CHANNELS:
                 return None
             self._opening += 1
-        channel: Optional[CallChannel] = None
+        channel: CallChannel | None = None
         try:
             channel = CallChannel(self._open_one())
         except (errors.BrokerError, OSError) as error:
@@ -98,11 +104,12 @@ class CallPool:
             elif not self._closed:
                 self._all.append(channel)
                 return channel
-        if channel is not None:   # the pool closed while it opened
+        if channel is not None:  # the pool closed while it opened
             channel.close()
         return None
 
     def give_back(self, channel: CallChannel) -> None:
+        """Return a borrowed channel after a call that got its reply."""
         with self._lock:
             if not self._closed:
                 self._free.append(channel)
@@ -110,12 +117,14 @@ class CallPool:
         channel.close()
 
     def discard(self, channel: CallChannel) -> None:
+        """Close a borrowed channel that broke (ChannelBroken); the pool may open another."""
         with self._lock:
             if channel in self._all:
                 self._all.remove(channel)
         channel.close()
 
     def close(self) -> None:
+        """Close every channel, busy ones included (their calls raise ChannelBroken)."""
         with self._lock:
             self._closed = True
             channels = list(self._all)

@@ -22,7 +22,7 @@ import fcntl
 import mmap
 import os
 import struct
-from typing import Iterator
+from collections.abc import Iterator
 
 HEAP_DIR = "/dev/dma_heap"
 
@@ -34,7 +34,7 @@ def _ioc(direction: int, kind: str, number: int, size: int) -> int:
 _WRITE, _READ = 1, 2
 
 # include/uapi/linux/dma-buf.h
-_SYNC = struct.Struct("=Q")   # struct dma_buf_sync {__u64 flags}
+_SYNC = struct.Struct("=Q")  # struct dma_buf_sync {__u64 flags}
 DMA_BUF_SYNC_READ = 1 << 0
 DMA_BUF_SYNC_WRITE = 2 << 0
 DMA_BUF_SYNC_RW = DMA_BUF_SYNC_READ | DMA_BUF_SYNC_WRITE
@@ -43,13 +43,13 @@ DMA_BUF_SYNC_END = 1 << 2
 DMA_BUF_IOCTL_SYNC = _ioc(_WRITE, "b", 0, _SYNC.size)
 
 # include/uapi/linux/dma-heap.h
-_HEAP_ALLOC = struct.Struct("=QIIQ")   # struct dma_heap_allocation_data {len, fd, fd_flags, heap_flags}
+_HEAP_ALLOC = struct.Struct("=QIIQ")  # struct dma_heap_allocation_data {len, fd, fd_flags, heap_flags}
 DMA_HEAP_IOCTL_ALLOC = _ioc(_READ | _WRITE, "H", 0, _HEAP_ALLOC.size)
 
 
 def fdinfo(fd: int) -> dict[str, str]:
     """The ``key: value`` lines of /proc/self/fdinfo/FD (a dma-buf has exp_name and size)."""
-    info = {}
+    info: dict[str, str] = {}
     with open(f"/proc/self/fdinfo/{fd}") as file:
         for line in file:
             key, sep, value = line.partition(":")
@@ -100,7 +100,8 @@ def heap_alloc(size: int, heap: str = "system") -> int:
         length = -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
         data = bytearray(_HEAP_ALLOC.pack(length, 0, os.O_RDWR | os.O_CLOEXEC, 0))
         fcntl.ioctl(heap_fd, DMA_HEAP_IOCTL_ALLOC, data, True)
-        return _HEAP_ALLOC.unpack(data)[1]
+        fd: int = _HEAP_ALLOC.unpack(data)[1]
+        return fd
     finally:
         os.close(heap_fd)
 
@@ -137,7 +138,6 @@ def cpu_access(fd: int, size: int | None = None, write: bool = False) -> Iterato
             yield view
     finally:
         view.release()
-        try:
+        # If the caller kept a slice of the view, the pages stay mapped until it goes.
+        with contextlib.suppress(BufferError):
             region.close()
-        except BufferError:
-            pass   # the caller kept a slice of the view: the pages stay mapped until it goes

@@ -6,8 +6,13 @@ from typing import Any
 
 import grpc
 
-ERROR_KIND_KEY = "bufbroker-error-kind"
-TRACE_KEY = "bufbroker-trace-bin"
+from bufbroker import protocol
+from bufbroker.trace import TraceStep, trace_from_wire
+from bufbroker.v1 import broker_pb2
+
+# Kept for callers that read them from here; defined in bufbroker.protocol.
+ERROR_KIND_KEY = protocol.ERROR_KIND_KEY
+TRACE_KEY = protocol.TRACE_KEY
 
 
 class BrokerError(Exception):
@@ -15,7 +20,7 @@ class BrokerError(Exception):
 
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
 
-    def __init__(self, message: str, code: grpc.StatusCode | None = None, trace: list | None = None) -> None:
+    def __init__(self, message: str, code: grpc.StatusCode | None = None, trace: list[TraceStep] | None = None) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
@@ -55,33 +60,50 @@ class Unavailable(BrokerError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
-_BY_CODE = {
+_BY_KIND: dict[str, type[BrokerError]] = {
+    protocol.KIND_NOT_FOUND: NotFound,
+    protocol.KIND_INVALID_ARGUMENT: InvalidArgument,
+    protocol.KIND_FAILED_PRECONDITION: FailedPrecondition,
+    protocol.KIND_NO_COMMON_MAPPING_TYPE: NoCommonMappingType,
+    protocol.KIND_PERMISSION_DENIED: PermissionDenied,
+    protocol.KIND_UNAUTHENTICATED: Unauthenticated,
+    protocol.KIND_RESOURCE_EXHAUSTED: ResourceExhausted,
+    protocol.KIND_UNAVAILABLE: Unavailable,
+}
+_BY_CODE: dict[grpc.StatusCode, type[BrokerError]] = {
     cls.code: cls
-    for cls in (NotFound, InvalidArgument, FailedPrecondition, PermissionDenied, Unauthenticated, ResourceExhausted, Unavailable)
+    for cls in (
+        NotFound,
+        InvalidArgument,
+        FailedPrecondition,
+        PermissionDenied,
+        Unauthenticated,
+        ResourceExhausted,
+        Unavailable,
+    )
 }
 
 
 def _error_class(code: grpc.StatusCode, kind: str) -> type[BrokerError]:
-    return NoCommonMappingType if kind == "no-common-mapping-type" else _BY_CODE.get(code, BrokerError)
+    """The exception class for a failure: by its kind, else by its status (gRPC's own failures have no kind)."""
+    return _BY_KIND.get(kind) or _BY_CODE.get(code, BrokerError)
 
 
 def from_rpc_error(error: grpc.RpcError) -> BrokerError:
     """The SDK exception for a failed RPC, with the trace if the broker sent one."""
-    from bufbroker.trace import trace_from_wire
-    from bufbroker.v1 import broker_pb2
-
-    code = error.code()
+    call: Any = error  # a failed call's RpcError is also its grpc.Call
+    code: grpc.StatusCode = call.code()
     kind = ""
-    trace: list[Any] = []
-    for key, value in error.trailing_metadata() or ():
-        if key == ERROR_KIND_KEY:
+    trace: list[TraceStep] = []
+    for key, value in call.trailing_metadata() or ():
+        if key == protocol.ERROR_KIND_KEY:
             kind = value
-        elif key == TRACE_KEY:
+        elif key == protocol.TRACE_KEY:
             explained = broker_pb2.ExplainResponse()
             explained.ParseFromString(value)
             trace = trace_from_wire(explained.trace)
     cls = _error_class(code, kind)
-    details = error.details() or str(code)
+    details: str = call.details() or str(code)
     if code == grpc.StatusCode.UNAVAILABLE and cls is Unavailable and not kind:
         details = f"the broker is unreachable ({details}); is `bufbroker serve` running?"
     return cls(details, code, trace)
@@ -89,7 +111,5 @@ def from_rpc_error(error: grpc.RpcError) -> BrokerError:
 
 def from_call_error(error: Any) -> BrokerError:
     """The SDK exception for a call-channel CallError (the same as for the RPC)."""
-    from bufbroker.trace import trace_from_wire
-
     code = grpc.StatusCode.__members__.get(error.code, grpc.StatusCode.UNKNOWN)
     return _error_class(code, error.kind)(error.message or error.code, code, trace_from_wire(error.trace))

@@ -8,11 +8,14 @@ by the socket, so there is no framing beyond the protobuf itself.
 from __future__ import annotations
 
 import array
+import contextlib
 import os
 import socket
 import struct
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from bufbroker import protocol
 from bufbroker.v1 import fd_channel_pb2 as pb
 
 # The kernel refuses more than SCM_MAX_FD (253) fds in one message.
@@ -23,7 +26,8 @@ MAX_MESSAGE_BYTES = 4096
 MAX_CALL_BYTES = 65536
 _ANCILLARY_BYTES = socket.CMSG_SPACE(MAX_FDS_PER_MESSAGE * array.array("i").itemsize)
 
-SESSION_METADATA_KEY = "bufbroker-session"
+# Kept here for the broker and tests that read it from this module; defined in bufbroker.protocol.
+SESSION_METADATA_KEY = protocol.SESSION_METADATA_KEY
 
 
 class FdWireError(ValueError):
@@ -36,9 +40,9 @@ class Received:
 
     message: pb.FdMessage | None
     fds: list[int]
-    truncated: bool     # MSG_CTRUNC: the kernel dropped some of the fds
-    eof: bool           # the peer closed the connection
-    error: str = ""     # why ``message`` is None although data arrived
+    truncated: bool  # MSG_CTRUNC: the kernel dropped some of the fds
+    eof: bool  # the peer closed the connection
+    error: str = ""  # why ``message`` is None although data arrived
 
 
 def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> pb.FdMessage:
@@ -56,7 +60,8 @@ def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> pb.FdMessage:
 
 
 def encode(message: pb.FdMessage) -> bytes:
-    return message.SerializeToString()
+    data: bytes = message.SerializeToString()
+    return data
 
 
 def fds_from_ancillary(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
@@ -86,14 +91,14 @@ def receive(sock: socket.socket, max_bytes: int = MAX_MESSAGE_BYTES) -> Received
         return Received(None, fds, truncated, False, str(error))
 
 
-def send(sock: socket.socket, message: pb.FdMessage, fds: list[int] = ()) -> None:
+def send(sock: socket.socket, message: pb.FdMessage, fds: Sequence[int] = ()) -> None:
     """Send one datagram with ``fds`` attached (the caller keeps its copies)."""
     if len(fds) > MAX_FDS_PER_MESSAGE:
         raise ValueError(f"{len(fds)} fds in one message; the kernel allows {MAX_FDS_PER_MESSAGE}")
     sock.sendmsg([encode(message)], ancillary(fds))
 
 
-def ancillary(fds: list[int]) -> list[tuple[int, int, bytes]]:
+def ancillary(fds: Sequence[int]) -> list[tuple[int, int, bytes]]:
     """SCM_RIGHTS ancillary data carrying ``fds`` (none when empty)."""
     if not fds:
         return []
@@ -103,12 +108,12 @@ def ancillary(fds: list[int]) -> list[tuple[int, int, bytes]]:
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
     """(pid, uid, gid) of the peer, as the kernel recorded them at connect."""
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", raw)
+    pid, uid, gid = struct.unpack("3i", raw)
+    return pid, uid, gid
 
 
-def close_fds(fds: list[int]) -> None:
+def close_fds(fds: Iterable[int]) -> None:
+    """Close each fd, ignoring those already closed."""
     for fd in fds:
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass

@@ -11,15 +11,18 @@ bytes, without copying, and build packed layouts for exporters.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
+
+from bufbroker.v1 import broker_pb2 as pb
 
 # fourcc -> per plane (horizontal divisor, vertical divisor, bytes per sample):
 # a plane of a W x H frame has ceil(H / v) rows of ceil(W / h) * bytes bytes.
 FOURCCS: dict[str, tuple[tuple[int, int, int], ...]] = {
-    "I420": ((1, 1, 1), (2, 2, 1), (2, 2, 1)),   # Y, U, V
-    "YV12": ((1, 1, 1), (2, 2, 1), (2, 2, 1)),   # Y, V, U
-    "NV12": ((1, 1, 1), (2, 2, 2)),              # Y, interleaved UV
-    "NV21": ((1, 1, 1), (2, 2, 2)),              # Y, interleaved VU
+    "I420": ((1, 1, 1), (2, 2, 1), (2, 2, 1)),  # Y, U, V
+    "YV12": ((1, 1, 1), (2, 2, 1), (2, 2, 1)),  # Y, V, U
+    "NV12": ((1, 1, 1), (2, 2, 2)),  # Y, interleaved UV
+    "NV21": ((1, 1, 1), (2, 2, 2)),  # Y, interleaved VU
     "GREY": ((1, 1, 1),),
 }
 
@@ -50,8 +53,9 @@ def packed_layout(fourcc: str, width: int, height: int, align: int = 1) -> tuple
         raise ValueError(f"align must be a power of two, not {align}")
     shapes = plane_shapes(fourcc, width, height)
     luma_stride = _ceil_div(shapes[0][1], align) * align
-    planes, offset = [], 0
-    for (rows, row_bytes), (h, _, size) in zip(shapes, FOURCCS[fourcc]):
+    planes: list[dict[str, int]] = []
+    offset = 0
+    for (rows, row_bytes), (h, _, size) in zip(shapes, FOURCCS[fourcc], strict=True):
         stride = luma_stride // h * size if h > 1 else luma_stride
         stride = max(stride, row_bytes)
         planes.append({"offset": offset, "stride": stride})
@@ -59,7 +63,24 @@ def packed_layout(fourcc: str, width: int, height: int, align: int = 1) -> tuple
     return {"fourcc": fourcc, "width": width, "height": height, "planes": planes}, offset
 
 
-def layout_from_wire(wire: Any) -> dict[str, Any]:
+def layout_to_wire(layout: Mapping[str, Any]) -> pb.Layout:
+    """A Layout from a dict: fourcc, width, height, modifier, planes=[{offset, stride}]."""
+    known = {"fourcc", "width", "height", "modifier", "planes"}
+    unknown = set(layout) - known
+    if unknown:
+        raise ValueError(f"unknown layout keys {sorted(unknown)}; use {sorted(known)}")
+    wire = pb.Layout(
+        fourcc=layout.get("fourcc", ""),
+        width=layout.get("width", 0),
+        height=layout.get("height", 0),
+        modifier=layout.get("modifier", 0),
+    )
+    for plane in layout.get("planes", ()):
+        wire.planes.add(offset=plane.get("offset", 0), stride=plane.get("stride", 0))
+    return wire
+
+
+def layout_from_wire(wire: pb.Layout) -> dict[str, Any]:
     """A layout dict from a ``bufbroker.v1.Layout`` (the inverse of what export() sends)."""
     layout: dict[str, Any] = {
         "fourcc": wire.fourcc,
@@ -89,8 +110,8 @@ def plane_arrays(buffer: Any, layout: Mapping[str, Any]) -> list[Any]:
     if len(planes) != len(shapes):
         raise ValueError(f"a {fourcc} layout needs {len(shapes)} planes, this one has {len(planes)}")
     size = memoryview(buffer).nbytes
-    arrays = []
-    for index, ((rows, row_bytes), plane) in enumerate(zip(shapes, planes)):
+    arrays: list[Any] = []
+    for index, ((rows, row_bytes), plane) in enumerate(zip(shapes, planes, strict=True)):
         offset, stride = plane.get("offset", 0), plane.get("stride", 0)
         if stride < row_bytes:
             raise ValueError(f"{fourcc} plane {index}: stride {stride} is shorter than a row ({row_bytes} bytes)")

@@ -7,15 +7,21 @@ one type cannot be read as another.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence, Union
+from typing import Any, Protocol
 
 from bufbroker.v1 import mapping_types_pb2 as pb
 
-_ACCESS = {"read": pb.ACCESS_READ, "read_write": pb.ACCESS_READ_WRITE, None: pb.ACCESS_UNSPECIFIED}
+_ACCESS: dict[str | None, pb.Access] = {
+    "read": pb.ACCESS_READ,
+    "read_write": pb.ACCESS_READ_WRITE,
+    None: pb.ACCESS_UNSPECIFIED,
+}
 
 
-def access_value(access: str | None) -> int:
+def access_value(access: str | None) -> pb.Access:
+    """The wire Access for "read", "read_write" or None (unspecified); ValueError otherwise."""
     try:
         return _ACCESS[access]
     except KeyError:
@@ -45,10 +51,14 @@ class Memfd:
     name = "memfd"
 
     def offer(self) -> pb.Offer:
-        return pb.Offer(memfd=pb.MemfdOffer(max_access=access_value(self.access)), restricted_to=list(self.restricted_to))
+        return pb.Offer(
+            memfd=pb.MemfdOffer(max_access=access_value(self.access)), restricted_to=list(self.restricted_to)
+        )
 
     def match(self, default_access: str) -> pb.Match:
-        return pb.Match(memfd=pb.MemfdMatch(access=access_value(self.access or default_access), allow_copy=self.allow_copy))
+        return pb.Match(
+            memfd=pb.MemfdMatch(access=access_value(self.access or default_access), allow_copy=self.allow_copy)
+        )
 
 
 @dataclass(frozen=True)
@@ -57,8 +67,8 @@ class Segments:
 
     extents: Sequence[Extent] = field(default_factory=tuple)
     access: str | None = None
-    max_extents: int = 0   # as a match: the most extents the importer handles
-    restricted_to: Sequence[str] = ()   # as an offer: only these principals see it
+    max_extents: int = 0  # as a match: the most extents the importer handles
+    restricted_to: Sequence[str] = ()  # as an offer: only these principals see it
     name = "segments"
 
     def offer(self) -> pb.Offer:
@@ -115,14 +125,16 @@ class Dmabuf:
 
     access: str | None = None
     device: str = ""
-    requires_p2p: bool = False   # as an offer
-    accepts_p2p: bool = False    # as a match
+    requires_p2p: bool = False  # as an offer
+    accepts_p2p: bool = False  # as a match
     restricted_to: Sequence[str] = ()
     name = "dmabuf"
 
     def offer(self) -> pb.Offer:
         return pb.Offer(
-            dmabuf=pb.DmabufOffer(max_access=access_value(self.access), device=self.device, requires_p2p=self.requires_p2p),
+            dmabuf=pb.DmabufOffer(
+                max_access=access_value(self.access), device=self.device, requires_p2p=self.requires_p2p
+            ),
             restricted_to=list(self.restricted_to),
         )
 
@@ -155,13 +167,20 @@ class Plugin:
         return match
 
 
-Spec = Union[str, Memfd, Segments, Udmabuf, Dmabuf, Plugin]
-_BY_NAME = {"memfd": Memfd, "segments": Segments, "udmabuf": Udmabuf, "dmabuf": Dmabuf}
+Spec = str | Memfd | Segments | Udmabuf | Dmabuf | Plugin
+
+
+class _SpecObject(Protocol):
+    def offer(self) -> pb.Offer: ...
+    def match(self, default_access: str) -> pb.Match: ...
+
+
+_BY_NAME: dict[str, type[_SpecObject]] = {"memfd": Memfd, "segments": Segments, "udmabuf": Udmabuf, "dmabuf": Dmabuf}
 # The built-in types' names, for clients that build accept lists from text (`bufbroker explain`).
 TYPE_NAMES: tuple[str, ...] = tuple(_BY_NAME)
 
 
-def _resolve(spec: Spec) -> Any:
+def _resolve(spec: Spec) -> _SpecObject:
     if isinstance(spec, str):
         cls = _BY_NAME.get(spec)
         if cls is None:
@@ -171,15 +190,17 @@ def _resolve(spec: Spec) -> Any:
                 "bufbroker.Plugin(...))"
             )
         return cls()
-    if isinstance(spec, (Memfd, Segments, Udmabuf, Dmabuf, Plugin)):
+    if isinstance(spec, Memfd | Segments | Udmabuf | Dmabuf | Plugin):
         return spec
     raise TypeError(f"expected a mapping type name or spec, got {spec!r}")
 
 
 def offers_to_wire(offers: Sequence[Spec] | None) -> list[pb.Offer]:
+    """The wire offers for an exporter's ordered list (names or spec objects); None is empty."""
     return [_resolve(s).offer() for s in offers or ()]
 
 
 def accept_to_wire(accept: Sequence[Spec] | None, access: str) -> list[pb.Match]:
+    """The wire accept list for an importer's ordered list; entries without an access get ``access``."""
     access_value(access)
     return [_resolve(s).match(access) for s in accept or ()]

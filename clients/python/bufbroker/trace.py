@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -24,14 +25,15 @@ class TraceStep:
     converter: str = ""
 
 
-def trace_from_wire(steps: Iterable) -> list[TraceStep]:
+def trace_from_wire(steps: Iterable[Any]) -> list[TraceStep]:
+    """TraceSteps from the wire's ``bufbroker.v1.TraceStep`` messages (a response's ``trace``)."""
     return [
         TraceStep(s.offer_index, s.offer_type, s.match_index, s.match_type, s.verdict, s.reason, s.converter)
         for s in steps
     ]
 
 
-def format_trace(trace: list[TraceStep]) -> str:
+def format_trace(trace: Iterable[TraceStep]) -> str:
     """A one-line-per-pair table for logs and the CLI."""
     lines = []
     for s in trace:

@@ -1,11 +1,11 @@
-"""Answering calls on a session's call channels (the importer's fast path).
+"""Answering calls on a session's call channels (the importer's fast path): a thin adapter.
 
-A call is Attach, Map, Unmap or Detach, with the same checks and errors as
-the RPC of that name (the logic is BrokerService's); the reply is one
-datagram with the mapping's fds attached. Calls are answered right away on
-the event loop; only an Attach(map) or Map of a buffer that is moving waits,
-in a task, for the swap. Timings go to the same RPC metrics as gRPC calls,
-under the service name ``bufbroker.v1.CallChannel``.
+A call is Attach, Map, Unmap or Detach: the same operations, checks and errors
+as the RPC of that name (server/operations.py); the reply is one datagram with
+the mapping's fds attached. Calls are answered right away on the event loop;
+only an Attach(map) or Map of a buffer that is moving waits, in a task, for
+the swap. Timings go to the same RPC metrics as gRPC calls, under the service
+name ``bufbroker.v1.CallChannel``.
 """
 
 from __future__ import annotations
@@ -13,23 +13,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from bufbroker import fdwire
 from bufbroker.v1 import broker_pb2 as bpb
 from bufbroker.v1 import fd_channel_pb2 as pb
-
-from bufbroker_broker.server.fdchannel.server import Connection, FdChannelServer, call_error
-from bufbroker_broker.server.grpc.timing import RpcTimings
-from bufbroker_broker.server.grpc.service import BrokerService
 from bufbroker_broker.core.errors import BrokerError, InvalidArgument, ResourceExhausted
-from bufbroker_broker.core.registry import Attachment, Buffer, Mapping
+from bufbroker_broker.core.registry import Buffer
+from bufbroker_broker.server.fdchannel.server import Connection, FdChannelServer
+from bufbroker_broker.server.grpc.timing import RpcTimings
 from bufbroker_broker.server.observe.latency import REQUEST_STARTED
+from bufbroker_broker.server.operations import Operations
+from bufbroker_broker.server.wire.errors import call_error, internal_call_error
+from bufbroker_broker.server.wire.messages import attach_response, map_response, named_buffer
 
 log = logging.getLogger(__name__)
 
 SERVICE = "bufbroker.v1.CallChannel"
 METHODS = {"attach": "Attach", "map": "Map", "unmap": "Unmap", "detach": "Detach"}
+
+# The reply, its fds, which of them to close once sent, and how to undo if it is not delivered.
+Answer = tuple[pb.FdMessage, list[int], list[int], Callable[[], None] | None]
 
 
 class _MustWait(Exception):
@@ -40,19 +44,19 @@ class _MustWait(Exception):
 
 
 class CallServer:
-    def __init__(self, service: BrokerService, channels: FdChannelServer, timings: Optional[RpcTimings] = None) -> None:
-        self.service = service
-        self.registry = service.registry
+    def __init__(self, operations: Operations, channels: FdChannelServer, timings: RpcTimings | None = None) -> None:
+        self.operations = operations
         self.channels = channels
         self.timings = timings
-        self._waiting: set[asyncio.Task] = set()   # calls waiting out a move
+        self._waiting: set[asyncio.Task[None]] = set()  # calls waiting out a move
         channels.on_call = self.handle
 
     def handle(self, channel: Connection, call: pb.Call) -> None:
         kind = call.WhichOneof("request")
         started = time.perf_counter()
-        marker = REQUEST_STARTED.set(started)   # the negotiation histogram measures from here
+        marker = REQUEST_STARTED.set(started)  # the negotiation histogram measures from here
         code = "OK"
+        undo: Callable[[], None] | None = None
         try:
             reply, fds, temporary, undo = self._answer(channel, call, kind)
         except _MustWait as wait:
@@ -62,11 +66,11 @@ class CallServer:
             return
         except BrokerError as error:
             code = error.status
-            reply, fds, temporary, undo = call_error(call.call_id, error), [], [], None
+            reply, fds, temporary = call_error(call.call_id, error), [], []
         except Exception:
             log.exception("bug answering a %s call; the client got INTERNAL", kind)
             code = "INTERNAL"
-            reply, fds, temporary, undo = _internal_reply(call.call_id, kind), [], [], None
+            reply, fds, temporary = internal_call_error(call.call_id, METHODS.get(kind or "", "a call")), [], []
         finally:
             REQUEST_STARTED.reset(marker)
         data = fdwire.encode(reply)
@@ -75,72 +79,65 @@ class CallServer:
                 undo()
             self.channels.ledger.close_all(temporary)
             code, fds, temporary, undo = "RESOURCE_EXHAUSTED", [], [], None
-            data = fdwire.encode(call_error(call.call_id, ResourceExhausted(
+            too_big = ResourceExhausted(
                 f"the reply would be {len(data)} bytes, more than a call channel carries ({fdwire.MAX_CALL_BYTES}); "
                 "use the gRPC call, or shorten the accept list"
-            )))
+            )
+            data = fdwire.encode(call_error(call.call_id, too_big))
         sent = self.channels.reply(channel, data, fds, temporary)
         if undo is not None:
-            sent.add_done_callback(lambda done: undo() if done.exception() is not None else None)
+            then_undo = undo
+            sent.add_done_callback(lambda done: then_undo() if done.exception() is not None else None)
         if self.timings is not None:
             self.timings.observe(SERVICE, METHODS.get(kind or "", "Unknown"), code, time.perf_counter() - started)
 
     async def _after_move(self, channel: Connection, call: pb.Call, buffer: Buffer) -> None:
         try:
-            await self.service.wait_out_move(buffer)
+            await self.operations.wait_out_move(buffer)
         except BrokerError as error:
             self.channels.reply(channel, fdwire.encode(call_error(call.call_id, error)))
             return
         if not channel.closed:
-            self.handle(channel, call)   # from the start: the attachment may be gone by now
+            self.handle(channel, call)  # from the start: the attachment may be gone by now
 
-    def _answer(
-        self, channel: Connection, call: pb.Call, kind: Optional[str]
-    ) -> tuple[pb.FdMessage, list[int], list[int], Optional[Callable[[], None]]]:
-        """The reply, its fds, which of them to close once sent, and how to undo if it is not delivered."""
-        session, registry = channel.session, self.registry
+    def _answer(self, channel: Connection, call: pb.Call, kind: str | None) -> Answer:
+        session, operations = channel.session, self.operations
         if kind == "attach":
             request = call.attach
-            buffer = self.service.find_buffer(request)
-            if request.map and buffer.moving is not None:
-                raise _MustWait(buffer)
-            attachment, response = self.service.attach_now(session, request, buffer)
+            buffer = operations.find_buffer(*named_buffer(request))
             if not request.map:
-                return pb.FdMessage(reply=pb.CallReply(call_id=call.call_id, attach=response)), [], [], None
-            try:
-                mapping, result, mapped = self.service.map_now(attachment)
-            except BrokerError:
-                registry.detach(attachment)   # nothing half-made survives
-                raise
-            response.mapping.CopyFrom(mapped)
-            reply = pb.FdMessage(reply=pb.CallReply(call_id=call.call_id, attach=response))
-            return reply, result.fds, result.temporary, lambda: self._undo(attachment, mapping, detach=True)
+                response = attach_response(operations.attach(session, buffer, request.accept, request.access))
+                return _reply(call, attach=response), [], [], None
+            if operations.moving(buffer):
+                raise _MustWait(buffer)
+            attachment, mapping, result = operations.attach_map_now(session, buffer, request.accept, request.access)
+            response = attach_response(attachment)
+            response.mapping.CopyFrom(map_response(mapping, result))
+            return (
+                _reply(call, attach=response),
+                result.fds,
+                result.temporary,
+                lambda: operations.undo(mapping, attachment),
+            )
         if kind == "map":
-            attachment = registry.attachment_find(session, call.map.attachment_id)
-            if attachment.buffer.moving is not None:
+            attachment = operations.attachment(session, call.map.attachment_id)
+            if operations.moving(attachment.buffer):
                 raise _MustWait(attachment.buffer)
-            mapping, result, response = self.service.map_now(attachment)
-            reply = pb.FdMessage(reply=pb.CallReply(call_id=call.call_id, map=response))
-            return reply, result.fds, result.temporary, lambda: self._undo(attachment, mapping, detach=False)
+            mapping, result = operations.map_now(attachment)
+            return (
+                _reply(call, map=map_response(mapping, result)),
+                result.fds,
+                result.temporary,
+                lambda: operations.undo(mapping),
+            )
         if kind == "unmap":
-            registry.unmap(registry.mapping_find(session, call.unmap.mapping_id))
-            return pb.FdMessage(reply=pb.CallReply(call_id=call.call_id, unmap=bpb.UnmapResponse())), [], [], None
+            operations.unmap(session, call.unmap.mapping_id)
+            return _reply(call, unmap=bpb.UnmapResponse()), [], [], None
         if kind == "detach":
-            registry.detach(registry.attachment_find(session, call.detach.attachment_id))
-            return pb.FdMessage(reply=pb.CallReply(call_id=call.call_id, detach=bpb.DetachResponse())), [], [], None
+            operations.detach(session, call.detach.attachment_id)
+            return _reply(call, detach=bpb.DetachResponse()), [], [], None
         raise InvalidArgument("the call names no request: set attach, map, unmap or detach")
 
-    def _undo(self, attachment: Attachment, mapping: Mapping, detach: bool) -> None:
-        """The reply never reached the client: drop what it would have held."""
-        if mapping.id in self.registry.mappings:
-            self.registry.unmap(mapping)
-        if detach and attachment.id in self.registry.attachments:
-            self.registry.detach(attachment)
 
-
-def _internal_reply(call_id: int, kind: Optional[str]) -> pb.FdMessage:
-    return pb.FdMessage(reply=pb.CallReply(call_id=call_id, error=pb.CallError(
-        code="INTERNAL", kind="internal",
-        message=f"internal error in {METHODS.get(kind or '', 'a call')}; the broker logged the details "
-        "(this is a bug: please report it)",
-    )))
+def _reply(call: pb.Call, **answer: object) -> pb.FdMessage:
+    return pb.FdMessage(reply=pb.CallReply(call_id=call.call_id, **answer))  # type: ignore[arg-type]

@@ -20,16 +20,16 @@ import secrets
 import select
 import socket
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional
+from typing import Any
 
 from bufbroker import fdwire
 from bufbroker.v1 import fd_channel_pb2 as pb
-
-from bufbroker_broker.server.grpc.errors import trace_to_wire
 from bufbroker_broker.core.errors import BrokerError, InvalidArgument, ResourceExhausted, Unavailable
-from bufbroker_broker.core.registry import Registry, Session
 from bufbroker_broker.core.fd_ledger import FdLedger
+from bufbroker_broker.core.registry import Registry, Session
+from bufbroker_broker.server.wire.errors import call_error, notice
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +38,12 @@ FDS_DROPPED = "fds dropped: receiver out of file descriptors or refused by a sec
 
 @dataclass
 class Limits:
-    pending_fd_timeout: float = 10.0   # unclaimed fds are closed after this
-    nonce_wait: float = 2.0            # how long RegisterBuffer waits for its fds
-    max_pending_fds: int = 1024        # per session, sent but not yet claimed
-    max_send_queue: int = 256          # datagrams queued for a slow reader
-    send_timeout: float = 5.0          # Map waits this long for its fds to go out
-    max_call_channels: int = 16        # per session
+    pending_fd_timeout: float = 10.0  # unclaimed fds are closed after this
+    nonce_wait: float = 2.0  # how long RegisterBuffer waits for its fds
+    max_pending_fds: int = 1024  # per session, sent but not yet claimed
+    max_send_queue: int = 256  # datagrams queued for a slow reader
+    send_timeout: float = 5.0  # Map waits this long for its fds to go out
+    max_call_channels: int = 16  # per session
 
 
 @dataclass
@@ -70,8 +70,8 @@ class Connection:
 
     sock: socket.socket
     session: Session
-    main: Optional["Connection"] = None
-    call_channels: list["Connection"] = field(default_factory=list)
+    main: Connection | None = None
+    call_channels: list[Connection] = field(default_factory=list)
     pending: dict[str, _Pending] = field(default_factory=dict)
     failed: dict[str, BrokerError] = field(default_factory=dict)
     waiters: dict[str, asyncio.Future] = field(default_factory=dict)
@@ -104,14 +104,20 @@ class FdChannelServer:
         # Answers a Call on a call channel: on_call(connection, call).
         self.on_call: Callable[[Connection, Any], None] = lambda connection, call: None
         self.connections: dict[int, Connection] = {}
-        self._listener: Optional[socket.socket] = None
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._listener: socket.socket | None = None
+        self._running_loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the server runs on; set by :meth:`start`, which every other use follows."""
+        assert self._running_loop is not None, "FdChannelServer.start() must run first"
+        return self._running_loop
 
     # --- listening ------------------------------------------------------------
 
     def start(self, listener: socket.socket) -> None:
         """Serve on an already bound and listening socket."""
-        self._loop = asyncio.get_running_loop()
+        self._running_loop = asyncio.get_running_loop()
         self._listener = listener
         listener.setblocking(False)
         self._loop.add_reader(listener.fileno(), self._on_accept)
@@ -136,6 +142,8 @@ class FdChannelServer:
         return connection
 
     def _on_accept(self) -> None:
+        if self._listener is None:  # stopped accepting since the loop saw it readable
+            return
         try:
             sock, _ = self._listener.accept()
         except (BlockingIOError, InterruptedError):
@@ -200,14 +208,14 @@ class FdChannelServer:
                 problem = f"malformed call-channel message ({received.error}); use the bufbroker SDK"
             elif message.WhichOneof("kind") != "call":
                 problem = f"a call channel carries only calls, not {message.WhichOneof('kind')}"
-            if problem:
+            if problem or message is None:
                 call_id = message.call.call_id if message is not None and message.HasField("call") else 0
                 self.reply(channel, fdwire.encode(call_error(call_id, InvalidArgument(problem))))
                 continue
             self.on_call(channel, message.call)
 
     def reply(
-        self, channel: Connection, data: bytes, fds: Optional[list[int]] = None, temporary: Optional[list[int]] = None
+        self, channel: Connection, data: bytes, fds: list[int] | None = None, temporary: list[int] | None = None
     ) -> asyncio.Future:
         """Send a call's encoded reply, with ``fds`` attached; the future says when it is out."""
         return self._enqueue(channel, data, fds or [], temporary or [])
@@ -261,9 +269,7 @@ class FdChannelServer:
             self._refuse(
                 connection,
                 "",
-                InvalidArgument(
-                    f"clients may only send send_fds on the fd channel, not {message.WhichOneof('kind')}"
-                ),
+                InvalidArgument(f"clients may only send send_fds on the fd channel, not {message.WhichOneof('kind')}"),
             )
             return
         error = self._check_send_fds(connection, message.send_fds, received.fds)
@@ -277,7 +283,7 @@ class FdChannelServer:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _check_send_fds(self, connection: Connection, send: pb.SendFds, fds: list[int]) -> Optional[BrokerError]:
+    def _check_send_fds(self, connection: Connection, send: pb.SendFds, fds: list[int]) -> BrokerError | None:
         nonce = send.nonce
         if not nonce or len(nonce) > 128:
             return InvalidArgument("send_fds needs a nonce of 1 to 128 characters")
@@ -286,9 +292,7 @@ class FdChannelServer:
         if not fds:
             return InvalidArgument(f"send_fds {nonce!r} carried no fds; attach them as SCM_RIGHTS")
         if send.fd_count != len(fds):
-            return InvalidArgument(
-                f"send_fds {nonce!r} says {send.fd_count} fds but {len(fds)} arrived"
-            )
+            return InvalidArgument(f"send_fds {nonce!r} says {send.fd_count} fds but {len(fds)} arrived")
         limit = self.limits.max_pending_fds
         if connection.pending_fd_count + len(fds) > limit:
             return ResourceExhausted(
@@ -304,8 +308,8 @@ class FdChannelServer:
             waiter = connection.waiters.pop(nonce, None)
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
-        notice = pb.FdMessage(notice=pb.Notice(nonce=nonce, code=error.status, message=error.message))
-        self._enqueue(connection, fdwire.encode(notice), [], [])
+        refusal = notice(nonce, error)
+        self._enqueue(connection, fdwire.encode(refusal), [], [])
 
     def _expire(self, connection: Connection, nonce: str) -> None:
         pending = connection.pending.pop(nonce, None)
@@ -324,7 +328,7 @@ class FdChannelServer:
             waiter = connection.waiters.setdefault(nonce, self._loop.create_future())
             try:
                 await asyncio.wait_for(asyncio.shield(waiter), self.limits.nonce_wait)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 connection.waiters.pop(nonce, None)
                 raise InvalidArgument(
                     f"no fds arrived under nonce {nonce!r}: send them on the fd channel "
@@ -357,7 +361,7 @@ class FdChannelServer:
         sent = self._enqueue(connection, fdwire.encode(message), fds, temporary)
         try:
             await asyncio.wait_for(asyncio.shield(sent), self.limits.send_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning(
                 "ending session %d (pid %d): its fd channel accepted nothing for %s s",
                 session.id,
@@ -365,11 +369,10 @@ class FdChannelServer:
                 self.limits.send_timeout,
             )
             self.end(connection, "fd delivery timed out")
-            raise Unavailable(
-                "the fds could not be delivered: your session stopped reading its fd channel"
-            ) from None
-        if sent.exception() is not None:
-            raise sent.exception()
+            raise Unavailable("the fds could not be delivered: your session stopped reading its fd channel") from None
+        failure = sent.exception()
+        if failure is not None:
+            raise failure
         return ticket
 
     def _enqueue(self, connection: Connection, data: bytes, fds: list[int], temporary: list[int]) -> asyncio.Future:
@@ -456,13 +459,6 @@ class FdChannelServer:
         self.connections.pop(session.id, None)
         self.registry.session_close(session)
         self.on_session_end(session)
-
-
-def call_error(call_id: int, error: BrokerError) -> pb.FdMessage:
-    """The reply to a failed call: what the RPC of the same name would have aborted with."""
-    return pb.FdMessage(reply=pb.CallReply(call_id=call_id, error=pb.CallError(
-        code=error.status, kind=error.kind, message=error.message, trace=trace_to_wire(getattr(error, "trace", ()))
-    )))
 
 
 def _peer_hung_up(sock: socket.socket) -> bool:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import inspect
 import time
 from collections import Counter
-from typing import Any, Awaitable, Callable, Optional
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 
@@ -46,9 +47,9 @@ class RpcTimingInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Optional[grpc.RpcMethodHandler]]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> Optional[grpc.RpcMethodHandler]:
+    ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None or not inspect.iscoroutinefunction(handler.unary_unary):
             return handler
@@ -56,7 +57,7 @@ class RpcTimingInterceptor(grpc.aio.ServerInterceptor):
         behaviour = handler.unary_unary
         timings = self.timings
 
-        async def timed(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def timed(request: Any, context: Any) -> Any:
             started = time.perf_counter()
             marker = REQUEST_STARTED.set(started)
             try:

@@ -14,36 +14,28 @@ import contextlib
 import hmac
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Iterator, Optional
+from typing import Annotated, Any
 
 import uvicorn
 from fastapi import Body, Depends, FastAPI, Header, HTTPException, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import StringConstraints
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import StringConstraints
 
-from bufbroker_broker.server.observe import introspection
-from bufbroker_broker.server.observe.activity import ActivityCounters
+from bufbroker_broker.core.errors import BrokerError, InvalidArgument
 from bufbroker_broker.server.http import models as m
 from bufbroker_broker.server.http.sse import EventHub, EventStreamResponse, parse_last_event_id
-from bufbroker_broker.core.errors import BrokerError, InvalidArgument
-from bufbroker_broker.core.registry import Registry, Session
-from bufbroker_broker.core.fd_ledger import FdLedger
+from bufbroker_broker.server.observe import introspection
+from bufbroker_broker.server.observe.activity import ActivityCounters
 from bufbroker_broker.server.observe.latency import REQUEST_STARTED
+from bufbroker_broker.server.operations import Operations, dry_run_session
 from bufbroker_broker.server.readiness import Readiness
+from bufbroker_broker.server.wire import offers as wire_offers
+from bufbroker_broker.server.wire.errors import http_status
 
-# gRPC status names of BrokerErrors -> HTTP status codes.
-HTTP_STATUS = {
-    "INVALID_ARGUMENT": 400,
-    "UNAUTHENTICATED": 401,
-    "PERMISSION_DENIED": 403,
-    "NOT_FOUND": 404,
-    "FAILED_PRECONDITION": 409,
-    "RESOURCE_EXHAUSTED": 429,
-    "UNAVAILABLE": 503,
-}
 # A label filter: key=value, the key not empty.
 LabelFilter = Annotated[str, StringConstraints(pattern=r"^[^=]+=", max_length=512)]
 MAX_PAGE = 1000
@@ -63,12 +55,11 @@ DASHBOARD_CSP = (
 class BrokerView:
     """What the HTTP app may read (and, with an admin token, change)."""
 
-    registry: Registry
-    ledger: FdLedger
+    operations: Operations
     activity: ActivityCounters
     events: EventHub
-    channels: Any = None                  # bufbroker_broker.server.fdchannel.server.FdChannelServer: ends sessions
-    admin_token: Optional[str] = None     # None: admin endpoints are off
+    channels: Any = None  # bufbroker_broker.server.fdchannel.server.FdChannelServer: ends sessions
+    admin_token: str | None = None  # None: admin endpoints are off
     version: str = ""
     started: float = field(default_factory=time.monotonic)
 
@@ -78,7 +69,7 @@ def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 def create_app(
-    readiness: Readiness, metrics: CollectorRegistry, version: str, broker: Optional[BrokerView] = None
+    readiness: Readiness, metrics: CollectorRegistry, version: str, broker: BrokerView | None = None
 ) -> FastAPI:
     """The HTTP app: health and metrics always; introspection when given ``broker``."""
     app = FastAPI(
@@ -106,7 +97,9 @@ def create_app(
     @app.get(
         "/metrics",
         response_class=Response,
-        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format"}},
+        responses={
+            200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format"}
+        },
         tags=["operations"],
     )
     async def metrics_endpoint() -> Response:
@@ -120,45 +113,45 @@ def create_app(
 
     @app.exception_handler(BrokerError)
     async def broker_error(request: Request, error: BrokerError) -> JSONResponse:
-        return JSONResponse({"detail": error.message}, status_code=HTTP_STATUS.get(error.status, 400))
+        return JSONResponse({"detail": error.message}, status_code=http_status(error))
 
     return app
 
 
 def _add_introspection(app: FastAPI, broker: BrokerView) -> None:
-    registry = broker.registry
+    operations = broker.operations
+    registry = operations.registry
 
     @app.get("/v1/buffers", response_model=m.BufferPage, tags=["introspection"])
     async def list_buffers(
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="buffers per page")] = DEFAULT_PAGE,
         cursor: Annotated[
-            Optional[str], Query(max_length=20, pattern=r"^[0-9]*$", description="next_cursor of the previous page")
+            str | None, Query(max_length=20, pattern=r"^[0-9]*$", description="next_cursor of the previous page")
         ] = None,
-        name: Annotated[Optional[str], Query(max_length=256, description="exact buffer name")] = None,
-        label: Annotated[Optional[list[LabelFilter]], Query(description="key=value; repeat to require several")] = None,
-        exporter_pid: Annotated[Optional[int], Query(ge=0, lt=2**32)] = None,
-        mapping_type: Annotated[Optional[str], Query(max_length=64, description="buffers offering this type")] = None,
-        state: Optional[m.BufferState] = None,
+        name: Annotated[str | None, Query(max_length=256, description="exact buffer name")] = None,
+        label: Annotated[list[LabelFilter] | None, Query(description="key=value; repeat to require several")] = None,
+        exporter_pid: Annotated[int | None, Query(ge=0, lt=2**32)] = None,
+        mapping_type: Annotated[str | None, Query(max_length=64, description="buffers offering this type")] = None,
+        state: m.BufferState | None = None,
     ) -> m.BufferPage:
         """Buffers in id order, a page at a time, filtered; one snapshot per page."""
-        after = _parse_cursor(cursor)
         labels = _parse_labels(label or [])
-        matching = [
-            b
-            for _, b in sorted(registry.buffers.items())
-            if (name is None or b.name == name)
-            and all(b.labels.get(k) == v for k, v in labels)
-            and (exporter_pid is None or b.exporter.pid == exporter_pid)
-            and (mapping_type is None or any(o.type.name == mapping_type for o in b.offers))
-            and (state is None or b.state == state)
-        ]
-        page = [b for b in matching if b.id > after][:limit]
-        more = bool(page) and matching[-1].id > page[-1].id
+        listed = operations.list_buffers(
+            _parse_cursor(cursor),
+            limit,
+            lambda b: (
+                (name is None or b.name == name)
+                and all(b.labels.get(k) == v for k, v in labels)
+                and (exporter_pid is None or b.exporter.pid == exporter_pid)
+                and (mapping_type is None or any(o.type.name == mapping_type for o in b.offers))
+                and (state is None or b.state == state)
+            ),
+        )
         return m.BufferPage(
-            buffers=[m.buffer_model(b) for b in page],
-            total=len(matching),
+            buffers=[m.buffer_model(b) for b in listed.buffers],
+            total=listed.total,
             limit=limit,
-            next_cursor=str(page[-1].id) if more else None,
+            next_cursor=str(listed.buffers[-1].id) if listed.more else None,
         )
 
     @app.get("/v1/buffers/{buffer_id}", response_model=m.BufferDetail, responses=_problems(404), tags=["introspection"])
@@ -173,29 +166,31 @@ def _add_introspection(app: FastAPI, broker: BrokerView) -> None:
 
     @app.get("/v1/attachments", response_model=m.AttachmentList, tags=["introspection"])
     async def list_attachments(
-        buffer_id: Annotated[Optional[int], Query(ge=1, le=MAX_ID)] = None,
-        session_id: Annotated[Optional[int], Query(ge=1, le=MAX_ID)] = None,
+        buffer_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+        session_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     ) -> m.AttachmentList:
         """Every attachment (or a buffer's, or a session's), with its negotiated type and trace."""
         return m.AttachmentList(
             attachments=[
                 m.attachment_model(a)
                 for _, a in sorted(registry.attachments.items())
-                if (buffer_id is None or a.buffer.id == buffer_id) and (session_id is None or a.session.id == session_id)
+                if (buffer_id is None or a.buffer.id == buffer_id)
+                and (session_id is None or a.session.id == session_id)
             ]
         )
 
     @app.get("/v1/mapping-types", response_model=m.MappingTypeList, tags=["introspection"])
     async def list_mapping_types() -> m.MappingTypeList:
         """Each registered mapping type, its description and whether this host supports it."""
-        return m.MappingTypeList(mapping_types=[m.mapping_type_model(i) for i in introspection.list_mapping_types()])
+        infos = introspection.list_mapping_types(registry.host)
+        return m.MappingTypeList(mapping_types=[m.mapping_type_model(i) for i in infos])
 
     @app.post("/v1/explain", response_model=m.ExplainResult, responses=_problems(400, 404), tags=["introspection"])
     async def explain(request: Annotated[m.ExplainRequest, Body()]) -> m.ExplainResult:
         """A dry run of negotiation: what an attach would get, and the full trace matrix. Attaches nothing."""
         started = REQUEST_STARTED.set(time.perf_counter())
         try:
-            return _explain(registry, request)
+            return _explain(operations, request)
         finally:
             REQUEST_STARTED.reset(started)
 
@@ -216,18 +211,22 @@ def _add_introspection(app: FastAPI, broker: BrokerView) -> None:
             sessions=[m.session_model(s) for _, s in sorted(registry.sessions.items())],
             buffers=[m.buffer_model(b) for b in buffers],
             buffers_total=len(registry.buffers),
-            attachments=[m.attachment_model(a) for _, a in sorted(registry.attachments.items()) if a.buffer.id in shown],
+            attachments=[
+                m.attachment_model(a) for _, a in sorted(registry.attachments.items()) if a.buffer.id in shown
+            ],
         )
 
     @app.get(
         "/v1/events",
         response_class=EventStreamResponse,
         status_code=200,
-        responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}, "description": "Server-Sent Events"}},
+        responses={
+            200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}, "description": "Server-Sent Events"}
+        },
         tags=["introspection"],
     )
     async def events(
-        last_event_id: Annotated[Optional[str], Header(max_length=20, description="resume after this event id")] = None,
+        last_event_id: Annotated[str | None, Header(max_length=20, description="resume after this event id")] = None,
     ) -> EventStreamResponse:
         """Registry changes as Server-Sent Events, in order: ``event`` is the kind (registered,
         attached, mapped, moved, revoked, session-ended, ...), ``data`` is JSON with the ids and
@@ -235,7 +234,7 @@ def _add_introspection(app: FastAPI, broker: BrokerView) -> None:
         return EventStreamResponse(broker.events, parse_last_event_id(last_event_id))
 
 
-def _parse_cursor(cursor: Optional[str]) -> int:
+def _parse_cursor(cursor: str | None) -> int:
     return int(cursor) if cursor else 0
 
 
@@ -243,7 +242,7 @@ def _parse_labels(labels: list[str]) -> list[tuple[str, str]]:
     return [(key, value) for key, _, value in (entry.partition("=") for entry in labels)]
 
 
-def _explain(registry: Registry, request: m.ExplainRequest) -> m.ExplainResult:
+def _explain(operations: Operations, request: m.ExplainRequest) -> m.ExplainResult:
     if request.buffer_id is not None and request.buffer_name is not None:
         raise InvalidArgument("name the buffer once: give buffer_id or buffer_name, not both")
     has_buffer = request.buffer_id is not None or request.buffer_name is not None
@@ -252,22 +251,15 @@ def _explain(registry: Registry, request: m.ExplainRequest) -> m.ExplainResult:
     if not has_buffer and not request.offers:
         raise InvalidArgument("name a buffer (buffer_id or buffer_name) or give a non-empty offers list")
     # A dry run has no client session: explain for the uid/gid asked, else the broker's own.
-    asker = Session(
-        id=0,
-        token="",
-        pid=os.getpid(),
-        uid=os.getuid() if request.uid is None else request.uid,
-        gid=os.getgid() if request.gid is None else request.gid,
-    )
-    access = introspection.access_by_name(request.access)
-    accept = introspection.accept_by_name(request.accept, access)
+    asker = dry_run_session(request.uid, request.gid)
+    access = wire_offers.access_by_name(request.access)
+    accept = wire_offers.accept_by_name(request.accept, access)
     if has_buffer:
-        buffer = registry.buffer_find(request.buffer_id or 0, request.buffer_name or "")
-        answer = introspection.explain(registry, asker, accept, access, buffer=buffer)
+        buffer = operations.find_buffer(request.buffer_id or 0, request.buffer_name or "")
+        answer = operations.explain(asker, accept, access, buffer=buffer)
         offers = [o.type.name for o in buffer.offers]
     else:
-        wire_offers = introspection.offers_by_name(request.offers or [])
-        answer = introspection.explain(registry, asker, accept, access, offers=wire_offers)
+        answer = operations.explain(asker, accept, access, wire_offers=wire_offers.offers_by_name(request.offers or []))
         offers = [entry.partition(":")[0] for entry in request.offers or []]
     matches = [name.strip() for name in request.accept] or ["memfd"]
     return m.ExplainResult(
@@ -280,19 +272,19 @@ def _explain(registry: Registry, request: m.ExplainRequest) -> m.ExplainResult:
 
 
 def _stats(broker: BrokerView) -> m.Stats:
-    registry, ledger, activity = broker.registry, broker.ledger, broker.activity
+    stats, activity = broker.operations.stats(), broker.activity
     return m.Stats(
         version=broker.version,
         pid=os.getpid(),
         uptime_seconds=round(time.monotonic() - broker.started, 3),
-        sessions=len(registry.sessions),
-        buffers=len(registry.buffers),
-        attachments=len(registry.attachments),
-        mappings=len(registry.mappings),
-        fds_held=ledger.held,
-        fds_received=ledger.received,
-        fds_sent=ledger.sent,
-        fds_expired=ledger.expired,
+        sessions=stats.sessions,
+        buffers=stats.buffers,
+        attachments=stats.attachments,
+        mappings=stats.mappings,
+        fds_held=stats.fds_held,
+        fds_received=stats.fds_received,
+        fds_sent=stats.fds_sent,
+        fds_expired=stats.fds_expired,
         negotiations=activity.negotiations_by_result(),
         moves=activity.moves,
         revokes=activity.revokes,
@@ -304,9 +296,9 @@ def _add_admin(app: FastAPI, broker: BrokerView) -> None:
     """POST /v1/buffers/{id}/revoke and DELETE /v1/sessions/{id}: off (404) without a token."""
     bearer = HTTPBearer(auto_error=False, description="the token in the broker's --admin-token-file")
     enabled = broker.admin_token is not None
-    registry = broker.registry
+    operations = broker.operations
 
-    async def require_admin(credentials: Optional[HTTPAuthorizationCredentials] = Depends(bearer)) -> None:
+    async def require_admin(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
         if not enabled:
             raise HTTPException(404, ADMIN_OFF)
         if credentials is None:
@@ -315,22 +307,22 @@ def _add_admin(app: FastAPI, broker: BrokerView) -> None:
                 "this endpoint needs 'Authorization: Bearer <token>' with the token from the broker's --admin-token-file",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        if not hmac.compare_digest(credentials.credentials.encode(), broker.admin_token.encode()):
+        if not hmac.compare_digest(credentials.credentials.encode(), (broker.admin_token or "").encode()):
             raise HTTPException(403, "wrong admin token: use the one in the broker's --admin-token-file")
 
-    admin = {"dependencies": [Depends(require_admin)], "include_in_schema": enabled, "tags": ["admin"]}
+    admin: dict[str, Any] = {"dependencies": [Depends(require_admin)], "include_in_schema": enabled, "tags": ["admin"]}
 
     @app.post(
         "/v1/buffers/{buffer_id}/revoke", response_model=m.Revoked, responses=_problems(400, 401, 403, 404), **admin
     )
     async def revoke_buffer(
         buffer_id: Annotated[int, Path(ge=1, le=MAX_ID)],
-        request: Annotated[Optional[m.RevokeRequest], Body()] = None,
+        request: Annotated[m.RevokeRequest | None, Body()] = None,
     ) -> m.Revoked:
         """Revoke a buffer as an operator: importers are told, further attach and map fail."""
-        buffer = registry.buffer_find(buffer_id)
+        buffer = operations.find_buffer(buffer_id)
         reason = (request.reason if request else "") or "revoked by an operator"
-        registry.buffer_revoke(buffer, reason)
+        operations.registry.buffer_revoke(buffer, reason)
         return m.Revoked(buffer_id=buffer.id, state="revoked", reason=reason)
 
     @app.delete("/v1/sessions/{session_id}", response_model=m.SessionEnded, responses=_problems(401, 403, 404), **admin)
@@ -349,7 +341,11 @@ def _add_dashboard(app: FastAPI) -> None:
     from bufbroker_broker.server.http.dashboard import ASSETS
 
     files = {name: (path.read_bytes(), media) for name, (path, media) in ASSETS.items()}
-    headers = {"Content-Security-Policy": DASHBOARD_CSP, "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
+    headers = {
+        "Content-Security-Policy": DASHBOARD_CSP,
+        "X-Content-Type-Options": "nosniff",
+        "Cache-Control": "no-cache",
+    }
 
     def serve(name: str) -> Response:
         body, media = files[name]

@@ -8,15 +8,14 @@ has a field for an fd, a session token or memory contents.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
-from bufbroker.v1 import broker_pb2 as pb
-from google.protobuf.json_format import MessageToDict
 from pydantic import BaseModel, ConfigDict, Field
 
-from bufbroker_broker.server.observe import introspection
-from bufbroker_broker import mapping_types
+from bufbroker.v1 import broker_pb2 as pb
 from bufbroker_broker.core import registry as core
+from bufbroker_broker.server.observe import introspection
+from bufbroker_broker.server.wire.offers import offer_description
 
 BufferState = Literal["active", "revoked"]
 Access = Literal["read", "read_write"]
@@ -64,7 +63,9 @@ class TraceStep(Model):
     match_type: str
     verdict: str = Field(description="type-differs, soft-mismatch, matched or error")
     reason: str
-    converter: str = Field(description="the converter tried for this pair (e.g. segments->memfd); empty for a direct pair")
+    converter: str = Field(
+        description="the converter tried for this pair (e.g. segments->memfd); empty for a direct pair"
+    )
 
 
 class TraceCell(Model):
@@ -86,7 +87,7 @@ class TraceMatrix(Model):
     offers: list[str]
     matches: list[str]
     cells: list[list[TraceCell]]
-    chosen: Optional[ChosenPair]
+    chosen: ChosenPair | None
 
 
 class Attachment(Model):
@@ -109,7 +110,7 @@ class Buffer(Model):
     name: str
     size: int = Field(description="bytes")
     labels: dict[str, str]
-    layout: Optional[Layout]
+    layout: Layout | None
     offer_types: list[str]
     offers: list[Offer]
     exporter_pid: int
@@ -133,7 +134,7 @@ class BufferPage(Model):
     buffers: list[Buffer]
     total: int = Field(description="buffers matching the filters, on every page")
     limit: int
-    next_cursor: Optional[str] = Field(description="pass as cursor for the next page; null on the last one")
+    next_cursor: str | None = Field(description="pass as cursor for the next page; null on the last one")
 
 
 class Session(Model):
@@ -174,23 +175,29 @@ class MappingTypeList(Model):
 class ExplainRequest(Model):
     """A dry run: against a buffer (buffer_id or buffer_name) or a bare offers list."""
 
-    buffer_id: Optional[int] = Field(None, ge=1, le=2**63 - 1)
-    buffer_name: Optional[str] = Field(None, max_length=256)
-    offers: Optional[list[str]] = Field(
+    buffer_id: int | None = Field(None, ge=1, le=2**63 - 1)
+    buffer_name: str | None = Field(None, max_length=256)
+    offers: list[str] | None = Field(
         None, max_length=64, description="with no buffer: offer types in exporter order, each TYPE or TYPE:read"
     )
     accept: list[str] = Field(
-        default_factory=list, max_length=64, description="the importer's types in its order; empty: a compat importer (memfd)"
+        default_factory=list,
+        max_length=64,
+        description="the importer's types in its order; empty: a compat importer (memfd)",
     )
     access: Access = "read"
-    uid: Optional[int] = Field(None, ge=0, lt=2**32, description="explain for an importer of this uid (default: the broker's)")
-    gid: Optional[int] = Field(None, ge=0, lt=2**32, description="explain for an importer of this gid (default: the broker's)")
+    uid: int | None = Field(
+        None, ge=0, lt=2**32, description="explain for an importer of this uid (default: the broker's)"
+    )
+    gid: int | None = Field(
+        None, ge=0, lt=2**32, description="explain for an importer of this gid (default: the broker's)"
+    )
 
 
 class ExplainResult(Model):
     would_attach: bool
-    map_type: Optional[str] = Field(description="what an attach would negotiate; null when it would fail")
-    error: Optional[str] = Field(description="why an attach would fail")
+    map_type: str | None = Field(description="what an attach would negotiate; null when it would fail")
+    error: str | None = Field(description="why an attach would fail")
     trace: list[TraceStep]
     matrix: TraceMatrix
 
@@ -268,20 +275,8 @@ def trace_matrix(offers: list[str], matches: list[str], trace: Any) -> TraceMatr
 
 
 def _offer(offer: Any) -> Offer:
-    arm = offer.WhichOneof("kind")
-    restricted = list(offer.restricted_to)
-    if arm is None:
-        return Offer(type="unknown", options={}, restricted_to=restricted)
-    if arm != "plugin":
-        message = getattr(offer, arm)
-        return Offer(type=arm, options=MessageToDict(message, preserving_proto_field_name=True), restricted_to=restricted)
-    mapping_type = mapping_types.MAPPING_TYPES.get(offer.plugin.type_name)
-    options: dict[str, Any] = {}
-    if mapping_type is not None:
-        message = mapping_type.offer_message()
-        if offer.plugin.body.Unpack(message):
-            options = MessageToDict(message, preserving_proto_field_name=True)
-    return Offer(type=offer.plugin.type_name, options=options, restricted_to=restricted)
+    type_name, options, restricted = offer_description(offer)
+    return Offer(type=type_name, options=options, restricted_to=restricted)
 
 
 def buffer_model(buffer: core.Buffer) -> Buffer:
@@ -350,7 +345,7 @@ def session_model(session: core.Session) -> Session:
         pid=info.pid,
         uid=info.uid,
         gid=info.gid,
-        role=info.role,
+        role=introspection.session_role(session),
         buffers=info.buffers,
         attachments=info.attachments,
         mappings=info.mappings,
@@ -363,4 +358,6 @@ def session_model(session: core.Session) -> Session:
 
 
 def mapping_type_model(info: pb.MappingTypeInfo) -> MappingType:
-    return MappingType(name=info.name, description=info.description, supported=info.supported, support_reason=info.support_reason)
+    return MappingType(
+        name=info.name, description=info.description, supported=info.supported, support_reason=info.support_reason
+    )

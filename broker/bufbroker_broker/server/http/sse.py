@@ -19,7 +19,7 @@ import json
 import logging
 import time
 from collections import deque
-from typing import Any, Optional
+from typing import Any
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -28,17 +28,17 @@ from bufbroker_broker.core.registry import Change, Registry
 
 log = logging.getLogger(__name__)
 
-HISTORY = 1024          # events remembered for Last-Event-ID replay
-KEEPALIVE = 15.0        # seconds between comments on a quiet stream
-SEND_TIMEOUT = 5.0      # a client that accepts nothing this long is dropped
-RETRY_MS = 2000         # what EventSource waits before reconnecting
+HISTORY = 1024  # events remembered for Last-Event-ID replay
+KEEPALIVE = 15.0  # seconds between comments on a quiet stream
+SEND_TIMEOUT = 5.0  # a client that accepts nothing this long is dropped
+RETRY_MS = 2000  # what EventSource waits before reconnecting
 
 
 # One encoder for every message: json.dumps with options builds a new one per call.
 _JSON = json.JSONEncoder(separators=(",", ":"), default=str)
 
 
-def encode_change(seq: int, change: Change, when: Optional[float] = None) -> bytes:
+def encode_change(seq: int, change: Change, when: float | None = None) -> bytes:
     """One SSE message: ``id``, ``event`` (the change's kind) and JSON ``data``.
 
     ``when`` is the change's time.time() (default: now).
@@ -85,7 +85,7 @@ class EventClient:
             self.wake.clear()
             try:
                 await asyncio.wait_for(self.wake.wait(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return []
         messages = list(self.queue)
         self.queue.clear()
@@ -125,19 +125,24 @@ class EventHub:
             self.clients.discard(client)
             self.dropped += 1
             log.warning("dropping a /v1/events client: it reads too slowly (%s)", why)
-        client.queue.clear()   # it resumes from the history with Last-Event-ID instead
+        client.queue.clear()  # it resumes from the history with Last-Event-ID instead
         client.end(dropped=True)
 
-    def subscribe(self, last_event_id: Optional[int] = None) -> EventClient:
+    def subscribe(self, last_event_id: int | None = None) -> EventClient:
         """A new client; with ``last_event_id``, first the remembered events after it."""
         client = EventClient(self.queue_limit)
         if self.closed:
             client.end()
             return client
         if last_event_id is not None:
-            for seq, when, change in self.history:
-                if seq > last_event_id and not client.offer(encode_change(seq, change, when)):
-                    break
+            # The whole replay is queued, beyond the live limit: a client dropped for a
+            # full queue always has more than queue_limit events to catch up on, and
+            # cutting the replay short would lose some silently. The history bounds it.
+            replay = [encode_change(seq, change, when) for seq, when, change in self.history if seq > last_event_id]
+            client.queue.extend(replay)
+            client.limit += len(replay)
+            if replay:
+                client.wake.set()
         self.clients.add(client)
         return client
 
@@ -152,7 +157,7 @@ class EventHub:
             self.unsubscribe(client)
 
 
-def parse_last_event_id(value: Optional[str]) -> Optional[int]:
+def parse_last_event_id(value: str | None) -> int | None:
     if value is None:
         return None
     try:
@@ -171,7 +176,7 @@ class EventStreamResponse(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, hub: EventHub, last_event_id: Optional[int]) -> None:
+    def __init__(self, hub: EventHub, last_event_id: int | None) -> None:
         super().__init__(
             content=None,
             media_type=self.media_type,
@@ -203,9 +208,8 @@ class EventStreamResponse(Response):
             if messages:
                 if not await self._write(send, b"".join(messages), client):
                     return False
-            elif not client.closed:
-                if not await self._write(send, b": keepalive\n\n", client):
-                    return False
+            elif not client.closed and not await self._write(send, b": keepalive\n\n", client):
+                return False
             if client.closed and not client.queue:
                 if client.dropped:
                     notice = b'event: dropped\ndata: {"reason":"this client read too slowly; reconnect with Last-Event-ID"}\n\n'
@@ -216,10 +220,10 @@ class EventStreamResponse(Response):
     async def _write(self, send: Send, body: bytes, client: EventClient, more: bool = True) -> bool:
         try:
             await asyncio.wait_for(send({"type": "http.response.body", "body": body, "more_body": more}), SEND_TIMEOUT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.hub.drop(client, f"nothing accepted for {SEND_TIMEOUT} s")
             return False
-        except OSError:   # the client hung up while we wrote
+        except OSError:  # the client hung up while we wrote
             client.end()
             return False
         return True

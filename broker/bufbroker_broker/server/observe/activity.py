@@ -22,17 +22,17 @@ class ActivityCounters:
         self.registry = registry
         self.sessions_opened = 0
         self.sessions_ended = 0
-        self.buffers_registered: Counter[str] = Counter()   # by the exporter's preferred type
+        self.buffers_registered: Counter[str] = Counter()  # by the exporter's preferred type
         self.bytes_registered: Counter[str] = Counter()
-        self.attaches: Counter[str] = Counter()             # by negotiated type
+        self.attaches: Counter[str] = Counter()  # by negotiated type
         self.detaches = 0
-        self.maps: Counter[str] = Counter()                 # by negotiated type
+        self.maps: Counter[str] = Counter()  # by negotiated type
         self.unmaps = 0
-        self.negotiations: Counter[tuple[str, str, bool]] = Counter()   # (result, map_type, dry_run)
+        self.negotiations: Counter[tuple[str, str, bool]] = Counter()  # (result, map_type, dry_run)
         self.negotiation_seconds = LatencyHistogram(NEGOTIATION_BUCKETS)
         self.moves = 0
         self.revokes = 0
-        self.conversions: Counter[str] = Counter()          # attaches served through a converter, by its name
+        self.conversions: Counter[str] = Counter()  # attaches served through a converter, by its name
         registry.observe(self.record)
 
     def record(self, change: Change) -> None:

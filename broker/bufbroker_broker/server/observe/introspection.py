@@ -7,19 +7,21 @@ session tokens or memory contents.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Literal
 
 from bufbroker.v1 import broker_pb2 as pb
-from bufbroker.v1 import mapping_types_pb2 as mpb
-
 from bufbroker_broker import mapping_types
-from bufbroker_broker.server.grpc.errors import trace_to_wire
-from bufbroker_broker.core.errors import BrokerError, InvalidArgument, NotFound
+from bufbroker_broker.core.host_facts import HostFacts
 from bufbroker_broker.core.registry import ACTIVE, EXIT_KEEP, Attachment, Buffer, Registry, Session
+from bufbroker_broker.host.probe import probe_host_facts
+from bufbroker_broker.server.wire.errors import trace_to_wire
+
+Role = Literal["exporter", "importer", "both", "idle"]
 
 
-def session_role(session: Session) -> str:
+def session_role(session: Session) -> Role:
     if session.buffers and session.attachments:
         return "both"
     if session.buffers:
@@ -65,19 +67,19 @@ def list_sessions(registry: Registry) -> list[pb.SessionInfo]:
 
 def list_attachments(registry: Registry, buffer_id: int = 0) -> list[pb.AttachmentInfo]:
     return [
-        attachment_info(a)
-        for _, a in sorted(registry.attachments.items())
-        if not buffer_id or a.buffer.id == buffer_id
+        attachment_info(a) for _, a in sorted(registry.attachments.items()) if not buffer_id or a.buffer.id == buffer_id
     ]
 
 
-def list_mapping_types() -> list[pb.MappingTypeInfo]:
+def list_mapping_types(host: HostFacts | None = None) -> list[pb.MappingTypeInfo]:
+    """Every registered type and whether ``host`` (the facts probed at start; else probed now) serves it."""
+    if host is None:
+        host = probe_host_facts()
     infos = []
     for name, mapping_type in mapping_types.MAPPING_TYPES.items():
         # Optional member: a type that depends on the host (udmabuf) says
         # whether it can work here and why not.
-        support = getattr(mapping_type, "host_support", None)
-        supported, reason = support() if callable(support) else (True, "")
+        supported, reason = mapping_types.host_support(mapping_type, host)
         infos.append(
             pb.MappingTypeInfo(
                 name=name, description=mapping_type.describe(), supported=supported, support_reason=reason
@@ -102,7 +104,9 @@ def buffer_info(buffer: Buffer) -> pb.BufferInfo:
         fd_count=len(buffer.fds),
         generation=buffer.generation,
         allow=list(buffer.allow),
-        on_exporter_exit=pb.EXPORTER_EXIT_POLICY_KEEP if buffer.on_exporter_exit == EXIT_KEEP else pb.EXPORTER_EXIT_POLICY_REVOKE,
+        on_exporter_exit=pb.EXPORTER_EXIT_POLICY_KEEP
+        if buffer.on_exporter_exit == EXIT_KEEP
+        else pb.EXPORTER_EXIT_POLICY_REVOKE,
         exporter_gone=buffer.exporter_gone,
         pinned_by=", ".join(f"session {a.session.id} (pid {a.session.pid})" for a in buffer.pinned_by),
     )
@@ -130,7 +134,7 @@ class TraceMatrix:
     offers: tuple[str, ...]
     matches: tuple[str, ...]
     cells: tuple[tuple[tuple[str, str, str], ...], ...]
-    chosen: Optional[tuple[int, int]]
+    chosen: tuple[int, int] | None
 
 
 def trace_matrix(offers: Sequence[str], matches: Sequence[str], trace: Iterable[Any]) -> TraceMatrix:
@@ -159,76 +163,3 @@ def trace_matrix(offers: Sequence[str], matches: Sequence[str], trace: Iterable[
         if step.verdict == "matched":
             chosen = (step.offer_index, step.match_index)
     return TraceMatrix(tuple(rows), tuple(columns), tuple(tuple(row) for row in cells), chosen)
-
-
-def _spec_by_name(container: Any, name: str, message_attr: str, access_field: str, access: int) -> Any:
-    """Fill one Offer or Match oneof for a type given by name, with its access."""
-    arms = {f.name for f in container.DESCRIPTOR.oneofs_by_name["kind"].fields} - {"plugin"}
-    if name in arms:
-        message = getattr(container, name)
-        message.SetInParent()
-        if access and access_field in message.DESCRIPTOR.fields_by_name:
-            setattr(message, access_field, access)
-        return container
-    container.plugin.type_name = name
-    mapping_type = mapping_types.MAPPING_TYPES.get(name)
-    if mapping_type is not None:   # unknown names are left for the broker to refuse, with its list
-        message = getattr(mapping_type, message_attr)()
-        if access and access_field in message.DESCRIPTOR.fields_by_name:
-            setattr(message, access_field, access)
-        container.plugin.body.Pack(message)
-    return container
-
-
-def offers_by_name(names: Sequence[str]) -> list[mpb.Offer]:
-    """Offers from ``TYPE`` or ``TYPE:read`` / ``TYPE:read_write`` (the most an importer gets)."""
-    offers = []
-    for entry in names:
-        name, _, access = entry.partition(":")
-        offers.append(_spec_by_name(mpb.Offer(), name.strip(), "offer_message", "max_access", access_by_name(access)))
-    return offers
-
-
-def accept_by_name(names: Sequence[str], access: int) -> list[mpb.Match]:
-    """An accept list from type names, each asking for ``access``."""
-    return [_spec_by_name(mpb.Match(), name.strip(), "match_message", "access", access) for name in names]
-
-
-def access_by_name(name: str) -> int:
-    values = {"": mpb.ACCESS_UNSPECIFIED, "read": mpb.ACCESS_READ, "read_write": mpb.ACCESS_READ_WRITE}
-    if name not in values:
-        raise InvalidArgument(f"access {name!r} is not one of read, read_write")
-    return values[name]
-
-
-# What a dry run against a bare offers list may assume about the buffer.
-EXPLAIN_MAX_SIZE = 1 << 46
-
-
-def explain(
-    registry: Registry,
-    session: Session,
-    accept: Sequence[mpb.Match],
-    access: int,
-    buffer: Optional[Buffer] = None,
-    offers: Sequence[mpb.Offer] = (),
-) -> pb.ExplainResponse:
-    """Negotiate without attaching, against ``buffer`` or a bare ``offers`` list.
-
-    Returns the chosen type (empty when nothing matched), the full trace and,
-    when an attach would fail, why. Raises NotFound or InvalidArgument for
-    bad input (an unknown type, a bad access value), as Attach would.
-    """
-    specs, _ = mapping_types.accept_from_wire(accept, access)
-    try:
-        if buffer is None:
-            negotiation = registry.explain_offers(
-                session, mapping_types.offers_from_wire(offers, (EXPLAIN_MAX_SIZE,), EXPLAIN_MAX_SIZE), specs
-            )
-        else:
-            negotiation = registry.explain(session, buffer, specs)
-    except (NotFound, InvalidArgument):
-        raise
-    except BrokerError as error:
-        return pb.ExplainResponse(trace=trace_to_wire(getattr(error, "trace", ())), error=error.message)
-    return pb.ExplainResponse(map_type=negotiation.map_type.name, trace=trace_to_wire(negotiation.trace))

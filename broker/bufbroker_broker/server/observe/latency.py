@@ -8,8 +8,8 @@ out of this module keeps it out of a broker started with ``--http none``.
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Sequence
 from contextvars import ContextVar
-from typing import Optional, Sequence
 
 # Negotiation is a pure, in-memory function: microseconds to a millisecond.
 NEGOTIATION_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1)
@@ -18,7 +18,7 @@ RPC_BUCKETS = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 
 
 # When the request being handled on this task (a gRPC call, an HTTP explain)
 # started, in time.perf_counter() seconds; None outside a request.
-REQUEST_STARTED: ContextVar[Optional[float]] = ContextVar("bufbroker_request_started", default=None)
+REQUEST_STARTED: ContextVar[float | None] = ContextVar("bufbroker_request_started", default=None)
 
 
 class LatencyHistogram:
@@ -28,7 +28,7 @@ class LatencyHistogram:
         if list(bounds) != sorted(set(bounds)):
             raise ValueError(f"histogram bounds must be strictly increasing, got {bounds}")
         self.bounds = tuple(bounds)
-        self.counts = [0] * (len(self.bounds) + 1)   # the last one is +Inf
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
         self.sum = 0.0
         self.count = 0
 
@@ -40,7 +40,7 @@ class LatencyHistogram:
     def cumulative(self) -> list[tuple[str, int]]:
         """(upper bound, observations <= it) pairs ending with +Inf, as Prometheus wants."""
         pairs, running = [], 0
-        for bound, count in zip((*map(repr, self.bounds), "+Inf"), self.counts):
+        for bound, count in zip((*map(repr, self.bounds), "+Inf"), self.counts, strict=False):
             running += count
             pairs.append((bound, running))
         return pairs

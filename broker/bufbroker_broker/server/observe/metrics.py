@@ -12,20 +12,31 @@ interceptor. Names carry the ``bufbroker_`` prefix and base units
 from __future__ import annotations
 
 from collections import Counter
-from typing import Iterator, Optional
+from collections.abc import Iterator, Sized
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from bufbroker_broker import mapping_types
-from bufbroker_broker.server.observe.activity import NEGOTIATION_RESULTS, ActivityCounters
-from bufbroker_broker.server.grpc.timing import RpcTimings
-from bufbroker_broker.core.registry import ACTIVE, REVOKED, Registry
 from bufbroker_broker.core.fd_ledger import FdLedger
-from bufbroker_broker.server.observe.introspection import session_role
+from bufbroker_broker.core.registry import ACTIVE, REVOKED, Registry
+from bufbroker_broker.server.grpc.timing import RpcTimings
+from bufbroker_broker.server.observe.activity import NEGOTIATION_RESULTS, ActivityCounters
+from bufbroker_broker.server.observe.introspection import Role, session_role
 
-ROLES = ("exporter", "importer", "both", "idle")
+ROLES: tuple[Role, ...] = ("exporter", "importer", "both", "idle")
+
+
+class EventClients(Protocol):
+    """What the metrics read of the HTTP event stream (server/http/sse.py EventHub)."""
+
+    @property
+    def clients(self) -> Sized: ...
+
+    @property
+    def dropped(self) -> int: ...
 
 
 class BrokerCollector(Collector):
@@ -33,16 +44,16 @@ class BrokerCollector(Collector):
         self,
         registry: Registry,
         ledger: FdLedger,
-        activity: Optional[ActivityCounters] = None,
-        rpc_timings: Optional[RpcTimings] = None,
-        event_clients: Optional[object] = None,
+        activity: ActivityCounters | None = None,
+        rpc_timings: RpcTimings | None = None,
+        event_clients: EventClients | None = None,
         version: str = "",
     ) -> None:
         self.registry = registry
         self.ledger = ledger
         self.activity = activity
         self.rpc_timings = rpc_timings
-        self.event_clients = event_clients   # bufbroker_broker.server.http.sse.EventHub, when HTTP serves events
+        self.event_clients = event_clients  # bufbroker_broker.server.http.sse.EventHub, when HTTP serves events
         self.version = version
 
     def collect(self) -> Iterator:
@@ -54,7 +65,9 @@ class BrokerCollector(Collector):
             yield from self._rpcs(self.rpc_timings)
         if self.event_clients is not None:
             hub = self.event_clients
-            yield GaugeMetricFamily("bufbroker_http_event_clients", "Clients streaming GET /v1/events.", value=len(hub.clients))
+            yield GaugeMetricFamily(
+                "bufbroker_http_event_clients", "Clients streaming GET /v1/events.", value=len(hub.clients)
+            )
             yield CounterMetricFamily(
                 "bufbroker_http_event_clients_dropped",
                 "Event-stream clients dropped because they read too slowly.",
@@ -74,14 +87,20 @@ class BrokerCollector(Collector):
         yield sessions
 
         states = sorted({ACTIVE, REVOKED} | {b.state for b in registry.buffers.values()})
-        type_names = sorted(set(mapping_types.MAPPING_TYPES) | {o.type.name for b in registry.buffers.values() for o in b.offers})
+        type_names = sorted(
+            set(mapping_types.MAPPING_TYPES) | {o.type.name for b in registry.buffers.values() for o in b.offers}
+        )
         buffers = GaugeMetricFamily("bufbroker_buffers", "Registered buffers, by state.", labels=["state"])
         size = GaugeMetricFamily("bufbroker_buffer_bytes", "Bytes of registered buffers, by state.", labels=["state"])
         offered = GaugeMetricFamily(
-            "bufbroker_offered_buffers", "Registered buffers offering each mapping type, by state.", labels=["type", "state"]
+            "bufbroker_offered_buffers",
+            "Registered buffers offering each mapping type, by state.",
+            labels=["type", "state"],
         )
         offered_bytes = GaugeMetricFamily(
-            "bufbroker_offered_bytes", "Bytes of registered buffers offering each mapping type, by state.", labels=["type", "state"]
+            "bufbroker_offered_bytes",
+            "Bytes of registered buffers offering each mapping type, by state.",
+            labels=["type", "state"],
         )
         by_state: Counter[str] = Counter()
         bytes_by_state: Counter[str] = Counter()
@@ -104,7 +123,9 @@ class BrokerCollector(Collector):
         yield offered
         yield offered_bytes
 
-        attachments = GaugeMetricFamily("bufbroker_attachments", "Attachments, by negotiated type.", labels=["map_type"])
+        attachments = GaugeMetricFamily(
+            "bufbroker_attachments", "Attachments, by negotiated type.", labels=["map_type"]
+        )
         by_map_type = Counter(a.map_type.name for a in registry.attachments.values())
         for name in sorted(set(mapping_types.MAPPING_TYPES) | set(by_map_type)):
             attachments.add_metric([name], by_map_type[name])
@@ -137,12 +158,16 @@ class BrokerCollector(Collector):
             yield CounterMetricFamily(name, help_text, value=value)
 
     def _activity(self, activity: ActivityCounters) -> Iterator:
-        yield CounterMetricFamily("bufbroker_sessions_opened", "Sessions opened since start.", value=activity.sessions_opened)
+        yield CounterMetricFamily(
+            "bufbroker_sessions_opened", "Sessions opened since start.", value=activity.sessions_opened
+        )
         registered = CounterMetricFamily(
             "bufbroker_buffers_registered", "Buffers registered, by the exporter's preferred type.", labels=["type"]
         )
         registered_bytes = CounterMetricFamily(
-            "bufbroker_registered_bytes", "Bytes of buffers registered, by the exporter's preferred type.", labels=["type"]
+            "bufbroker_registered_bytes",
+            "Bytes of buffers registered, by the exporter's preferred type.",
+            labels=["type"],
         )
         for name in sorted(set(mapping_types.MAPPING_TYPES) | set(activity.buffers_registered)):
             registered.add_metric([name], activity.buffers_registered[name])
@@ -184,7 +209,11 @@ class BrokerCollector(Collector):
 
         for name, value, help_text in (
             ("bufbroker_moves", activity.moves, "Buffer moves (backing replaced)."),
-            ("bufbroker_revokes", activity.revokes, "Buffers revoked (by exporters, operators, shutdown or session end)."),
+            (
+                "bufbroker_revokes",
+                activity.revokes,
+                "Buffers revoked (by exporters, operators, shutdown or session end).",
+            ),
         ):
             yield CounterMetricFamily(name, help_text, value=value)
         converter_uses = CounterMetricFamily(
@@ -197,13 +226,17 @@ class BrokerCollector(Collector):
 
     def _rpcs(self, timings: RpcTimings) -> Iterator:
         duration = HistogramMetricFamily(
-            "bufbroker_rpc_duration_seconds", "Seconds to serve a unary call, by service and method (gRPC; call channels as bufbroker.v1.CallChannel).", labels=["service", "method"]
+            "bufbroker_rpc_duration_seconds",
+            "Seconds to serve a unary call, by service and method (gRPC; call channels as bufbroker.v1.CallChannel).",
+            labels=["service", "method"],
         )
         for (service, method), histogram in sorted(timings.durations.items()):
             duration.add_metric([service, method], histogram.cumulative(), sum_value=histogram.sum)
         yield duration
         calls = CounterMetricFamily(
-            "bufbroker_rpcs", "Unary calls served, by service, method and status code (gRPC; call channels as bufbroker.v1.CallChannel).", labels=["service", "method", "code"]
+            "bufbroker_rpcs",
+            "Unary calls served, by service, method and status code (gRPC; call channels as bufbroker.v1.CallChannel).",
+            labels=["service", "method", "code"],
         )
         for (service, method, code), count in sorted(timings.codes.items()):
             calls.add_metric([service, method, code], count)
@@ -213,9 +246,9 @@ class BrokerCollector(Collector):
 def make_metrics_registry(
     registry: Registry,
     ledger: FdLedger,
-    activity: Optional[ActivityCounters] = None,
-    rpc_timings: Optional[RpcTimings] = None,
-    event_clients: Optional[object] = None,
+    activity: ActivityCounters | None = None,
+    rpc_timings: RpcTimings | None = None,
+    event_clients: EventClients | None = None,
     version: str = "",
 ) -> CollectorRegistry:
     metrics = CollectorRegistry(auto_describe=False)

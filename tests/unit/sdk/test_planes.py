@@ -32,7 +32,7 @@ def test_plane_arrays_follow_offsets_and_strides_without_copying():
     y, u, v = plane_arrays(memory, layout)
     assert (y.shape, u.shape, v.shape) == ((48, 64), (24, 32), (24, 32))
     v[1, 2] = 7
-    assert memory[layout["planes"][2]["offset"] + 1 * 64 + 2] == 7   # chroma stride: 128 // 2
+    assert memory[layout["planes"][2]["offset"] + 1 * 64 + 2] == 7  # chroma stride: 128 // 2
     assert numpy.shares_memory(y, numpy.frombuffer(memory, numpy.uint8))
 
 

@@ -14,11 +14,11 @@ import os
 import pytest
 
 from bufbroker.v1 import mapping_types_pb2 as pb
-
+from bufbroker_broker.core.backing import Backing, BufferFd
 from bufbroker_broker.core.errors import NoCommonMappingType
-from bufbroker_broker.core.mapping_type import Matched, MatchContext, SoftMismatch
+from bufbroker_broker.core.host_facts import HostFacts, UdmabufFacts
+from bufbroker_broker.core.mapping_type import MatchContext, Matched, SoftMismatch
 from bufbroker_broker.core.negotiate import MATCHED, SOFT_MISMATCH, TYPE_DIFFERS, Spec, negotiate
-from bufbroker_broker.core.registry import Attachment, Buffer, BufferFd, Session
 from bufbroker_broker.mapping_types.converters import (
     CONVERTERS,
     MEMFD_TO_UDMABUF,
@@ -32,18 +32,21 @@ from bufbroker_broker.mapping_types.udmabuf import UDMABUF
 
 PAGE = mmap.PAGESIZE
 READ, READ_WRITE = pb.ACCESS_READ, pb.ACCESS_READ_WRITE
-NO_UDMABUF = pytest.mark.skipif(
-    os.path.exists("/dev/udmabuf"), reason="this host has /dev/udmabuf: the kernel lane covers udmabuf conversions"
-)
+# A host as the probe reports one without /dev/udmabuf (host/udmabuf.py); the
+# kernel lane converts to real udmabufs.
+NO_UDMABUF = HostFacts(udmabuf=UdmabufFacts(False, "/dev/udmabuf does not exist (the kernel needs CONFIG_UDMABUF)"))
 
 
-def ctx(fd_sizes=(2 * PAGE,), size=None, writable=None) -> MatchContext:
+def ctx(fd_sizes=(2 * PAGE,), size=None, writable=None, dry_run=False) -> MatchContext:
     writable = writable or (True,) * len(fd_sizes)
-    return MatchContext(0, 0, fd_sizes[0] if size is None else size, tuple(fd_sizes), tuple(writable))
+    size = fd_sizes[0] if size is None else size
+    return MatchContext(0, 0, size, tuple(fd_sizes), tuple(writable), host=NO_UDMABUF, dry_run=dry_run)
 
 
 def segments(*extents: tuple[int, int, int], access=pb.ACCESS_UNSPECIFIED) -> pb.SegmentsOffer:
-    return pb.SegmentsOffer(extents=[pb.Extent(fd_index=i, offset=o, length=n) for i, o, n in extents], max_access=access)
+    return pb.SegmentsOffer(
+        extents=[pb.Extent(fd_index=i, offset=o, length=n) for i, o, n in extents], max_access=access
+    )
 
 
 def reason(result) -> str:
@@ -53,7 +56,10 @@ def reason(result) -> str:
 
 def test_converters_are_ordered_zero_copy_first_and_name_source_and_target():
     assert [c.name for c in CONVERTERS] == [
-        "memfd->udmabuf", "segments->udmabuf", "segments->memfd", "segments->memfd-copy",
+        "memfd->udmabuf",
+        "segments->udmabuf",
+        "segments->memfd",
+        "segments->memfd-copy",
     ]
     assert [c.copies for c in CONVERTERS] == [False, False, False, True]
     assert (MEMFD_TO_UDMABUF.source, MEMFD_TO_UDMABUF.target) == (MEMFD, UDMABUF)
@@ -75,6 +81,13 @@ def test_the_tail_of_the_last_page_counts_as_covered():
 def test_part_of_a_memfd_needs_a_copy():
     result = SEGMENTS_TO_MEMFD.match(segments((0, PAGE, PAGE)), pb.MemfdMatch(), ctx())
     assert f"not all of its {2 * PAGE} bytes, so a memfd of it needs a copy" in reason(result)
+
+
+def test_a_dry_run_without_a_buffer_cannot_tell_whether_one_extent_is_a_whole_memfd():
+    dry = ctx((0,), size=0, dry_run=True)
+    assert SEGMENTS_TO_MEMFD.match(segments((0, PAGE, PAGE)), pb.MemfdMatch(), dry) == Matched()
+    # The same sizes without the flag are a real (empty) memfd: the rule applies.
+    assert "needs a copy" in reason(SEGMENTS_TO_MEMFD.match(segments((0, PAGE, PAGE)), pb.MemfdMatch(), ctx((0,), 0)))
 
 
 def test_several_extents_need_a_copy():
@@ -116,7 +129,6 @@ def negotiate_real(offers: list, accept: list, context: MatchContext):
     return negotiate(offer_specs, accept_specs, context, CONVERTERS)
 
 
-@NO_UDMABUF
 def test_split_segments_reach_a_read_importer_as_a_copy_after_every_zero_copy_way_failed():
     result = negotiate_real(
         [(SEGMENTS, segments((0, 0, PAGE), (0, 2 * PAGE, 10)))],
@@ -134,7 +146,6 @@ def test_split_segments_reach_a_read_importer_as_a_copy_after_every_zero_copy_wa
     ]
 
 
-@NO_UDMABUF
 def test_memfd_offer_for_a_udmabuf_importer_falls_through_with_udmabuf_unavailable():
     with pytest.raises(NoCommonMappingType) as raised:
         negotiate_real([(MEMFD, pb.MemfdOffer())], [(UDMABUF, pb.UdmabufMatch())], ctx())
@@ -160,25 +171,24 @@ def pool():
     os.ftruncate(fd, 3 * PAGE)
     for n in range(3):
         os.pwrite(fd, bytes([ord("a") + n]) * PAGE, n * PAGE)
-    session = Session(id=1, token="t", pid=os.getpid(), uid=os.getuid(), gid=os.getgid())
-    yield Buffer(id=4, exporter=session, size=3 * PAGE, fds=[BufferFd(fd, 3 * PAGE, True)], offers=[])
+    yield Backing(buffer_id=4, name="", size=3 * PAGE, fds=[BufferFd(fd, 3 * PAGE, True)])
     os.close(fd)
 
 
-def attached(buffer: Buffer, converter, offer: pb.SegmentsOffer, match: pb.MemfdMatch) -> Attachment:
-    context = ctx(buffer.fd_sizes)
+def attached(backing: Backing, converter, offer: pb.SegmentsOffer, match: pb.MemfdMatch):
+    """The map parameters of an attachment the converter produced (after checking it matches)."""
+    context = ctx(tuple(f.size for f in backing.fds))
     assert converter.match(offer, match, context) == Matched()
-    params = converter.finish(offer, match, context)
-    return Attachment(5, buffer, buffer.exporter, MEMFD, params, (), pinned=False, converter=converter)
+    return converter.finish(offer, match, context)
 
 
 def test_zero_copy_map_sends_the_memfd_itself_read_only_for_a_read_importer(pool):
-    attachment = attached(pool, SEGMENTS_TO_MEMFD, segments((0, 0, 3 * PAGE)), pb.MemfdMatch(access=READ))
-    result = SEGMENTS_TO_MEMFD.map(pool, attachment)
+    params = attached(pool, SEGMENTS_TO_MEMFD, segments((0, 0, 3 * PAGE)), pb.MemfdMatch(access=READ))
+    result = SEGMENTS_TO_MEMFD.map(pool, params)
     (fd,) = result.fds
     try:
         assert result.temporary == [fd]
-        assert os.fstat(fd).st_ino == os.fstat(pool.fds[0].fd).st_ino   # the same pages
+        assert os.fstat(fd).st_ino == os.fstat(pool.fds[0].fd).st_ino  # the same pages
         assert fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
         assert result.handle == pb.MemfdHandle(size=3 * PAGE, access=READ)
     finally:
@@ -187,18 +197,18 @@ def test_zero_copy_map_sends_the_memfd_itself_read_only_for_a_read_importer(pool
 
 def test_copy_map_sends_a_sealed_read_only_snapshot_of_the_extents_in_order(pool):
     offer = segments((0, 2 * PAGE, 3), (0, 0, 2))
-    attachment = attached(pool, SEGMENTS_TO_MEMFD_COPY, offer, pb.MemfdMatch(access=READ, allow_copy=True))
-    result = SEGMENTS_TO_MEMFD_COPY.map(pool, attachment)
+    params = attached(pool, SEGMENTS_TO_MEMFD_COPY, offer, pb.MemfdMatch(access=READ, allow_copy=True))
+    result = SEGMENTS_TO_MEMFD_COPY.map(pool, params)
     (fd,) = result.fds
     try:
         assert result.temporary == [fd]
         assert result.handle == pb.MemfdHandle(size=5, access=READ)
         assert os.pread(fd, 16, 0) == b"cccaa"
-        assert os.fstat(fd).st_ino != os.fstat(pool.fds[0].fd).st_ino   # a copy
+        assert os.fstat(fd).st_ino != os.fstat(pool.fds[0].fd).st_ino  # a copy
         assert fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
         seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
         assert seals & fcntl.F_SEAL_WRITE and seals & fcntl.F_SEAL_SEAL
         os.pwrite(pool.fds[0].fd, b"zz", 0)
-        assert os.pread(fd, 16, 0) == b"cccaa"   # a snapshot: a new map copies again
+        assert os.pread(fd, 16, 0) == b"cccaa"  # a snapshot: a new map copies again
     finally:
         os.close(fd)

@@ -1,5 +1,7 @@
-"""p2p reachability over synthetic sysfs PCI trees (broker/pci.py), and the
-dmabuf type's p2p soft mismatches built on it.
+"""The PCI topology probe and p2p reachability over synthetic sysfs PCI trees (host/pci.py).
+
+The dmabuf type's p2p soft mismatches, on a probed topology, are in
+tests/unit/mapping_types/test_dmabuf.py.
 
 The trees have the real layout: SYSFS/bus/pci/devices/ADDR is a relative
 symlink into SYSFS/devices/pciDDDD:BB/<root port>/<switch ports>/<device>.
@@ -12,17 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from bufbroker.v1 import mapping_types_pb2 as pb
+from bufbroker_broker.host.pci import check_pci_address, device_path, p2p_reach, probe_pci_topology
 
-from bufbroker_broker.core.errors import InvalidArgument
-from bufbroker_broker.core.mapping_type import Matched, MatchContext, SoftMismatch
-from bufbroker_broker.mapping_types.dmabuf import DMABUF
-from bufbroker_broker.host.pci import check_pci_address, device_path, p2p_reach
-
-GPU = "0000:03:00.0"       # behind switch 0000:01:00.0, downstream port 0000:02:01.0
-NIC = "0000:04:00.0"       # behind the same switch, downstream port 0000:02:02.0
-NVME = "0000:05:00.0"      # behind another root port of the same host bridge
-REMOTE = "0000:81:00.0"    # under another host bridge (another socket)
+GPU = "0000:03:00.0"  # behind switch 0000:01:00.0, downstream port 0000:02:01.0
+NIC = "0000:04:00.0"  # behind the same switch, downstream port 0000:02:02.0
+NVME = "0000:05:00.0"  # behind another root port of the same host bridge
+REMOTE = "0000:81:00.0"  # under another host bridge (another socket)
 MISSING = "0000:09:00.0"
 
 TREE = {
@@ -99,53 +96,30 @@ def test_this_hosts_sysfs_gives_every_listed_device_a_path():
         assert path[0].startswith("pci") and path[-1] == address
 
 
-# --- the dmabuf type's p2p rule --------------------------------------------------------
+def test_the_probe_records_every_devices_place_once(sysfs):
+    topology = probe_pci_topology(sysfs)
+    assert topology.addresses == tuple(sorted(TREE))
+    assert topology.device_path(NIC) == ("pci0000:00", "0000:00:01.0", "0000:01:00.0", "0000:02:02.0", NIC)
+    assert topology.sysfs_root == sysfs
 
 
-def ctx(sysfs: str, writable: bool = True) -> MatchContext:
-    return MatchContext(1000, 1000, 4096, (4096,), (writable,), sysfs_root=sysfs)
+def test_the_probed_topology_answers_after_sysfs_is_gone(tmp_path: Path):
+    topology = probe_pci_topology(build_sysfs(tmp_path / "sys"))
+    for place in (tmp_path / "sys" / "bus" / "pci" / "devices").iterdir():
+        place.unlink()
+    assert topology.p2p_reach(GPU, NIC).reachable  # plain data: no sysfs read at match time
+    assert not p2p_reach(str(tmp_path / "sys"), GPU, NIC).reachable
 
 
-def p2p_offer(device: str = GPU) -> pb.DmabufOffer:
-    return DMABUF.check_offer(pb.DmabufOffer(device=device, requires_p2p=True), (4096,), 4096)
+def test_a_listed_device_whose_link_leads_elsewhere_is_unusable_with_the_reason(sysfs, tmp_path: Path):
+    stray = "0000:0a:00.0"
+    os.symlink(str(tmp_path), Path(sysfs, "bus", "pci", "devices", stray))
+    topology = probe_pci_topology(sysfs)
+    assert topology.device_path(stray) is None
+    assert stray in topology.addresses
+    verdict = topology.p2p_reach(GPU, stray)
+    assert not verdict.reachable and "does not lead into" in verdict.reason
 
 
-def p2p_match(device: str, accepts_p2p: bool = True) -> pb.DmabufMatch:
-    return DMABUF.check_match(pb.DmabufMatch(device=device, accepts_p2p=accepts_p2p))
-
-
-def test_p2p_offer_matches_an_importer_under_the_same_switch(sysfs):
-    assert DMABUF.match(p2p_offer(), p2p_match(NIC), ctx(sysfs)) == Matched()
-
-
-@pytest.mark.parametrize(
-    "device, accepts, reason",
-    [
-        (REMOTE, True, "p2p: 0000:81:00.0 and 0000:03:00.0 are under different host bridges"),
-        (NVME, True, "p2p: 0000:05:00.0 and 0000:03:00.0 share only the host bridge"),
-        (MISSING, True, "p2p: device 0000:09:00.0 is not on this host"),
-        (NIC, False, "the importer's device 0000:04:00.0 does not accept p2p"),
-        ("", True, "the importer names no device"),
-    ],
-)
-def test_p2p_offer_is_a_soft_mismatch_with_the_reason_when_unreachable(sysfs, device, accepts, reason):
-    result = DMABUF.match(p2p_offer(), p2p_match(device, accepts), ctx(sysfs))
-    assert isinstance(result, SoftMismatch)
-    assert reason in result.reason
-
-
-def test_offer_without_p2p_matches_any_importer_device(sysfs):
-    offer = DMABUF.check_offer(pb.DmabufOffer(device=GPU), (4096,), 4096)
-    assert DMABUF.match(offer, p2p_match(REMOTE, accepts_p2p=False), ctx(sysfs)) == Matched()
-
-
-def test_p2p_offer_without_a_device_is_refused_at_registration():
-    with pytest.raises(InvalidArgument, match="requires p2p but names no device"):
-        DMABUF.check_offer(pb.DmabufOffer(requires_p2p=True), (4096,), 4096)
-
-
-def test_bad_device_address_is_refused_at_registration_and_attach():
-    with pytest.raises(InvalidArgument, match="dmabuf offer device: '../x' is not a PCI address"):
-        DMABUF.check_offer(pb.DmabufOffer(device="../x"), (4096,), 4096)
-    with pytest.raises(InvalidArgument, match="dmabuf match device"):
-        DMABUF.check_match(pb.DmabufMatch(device="gpu0"))
+def test_an_unreadable_sysfs_is_an_empty_topology(tmp_path: Path):
+    assert probe_pci_topology(str(tmp_path / "nothing")).addresses == ()

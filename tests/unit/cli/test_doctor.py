@@ -1,5 +1,5 @@
-"""`bufbroker doctor` and the capability probes behind it (broker/doctor.py,
-broker/capabilities.py): on this host, and on synthetic /dev and /sys trees
+"""`bufbroker doctor` and the capability probes behind it (cli/doctor.py,
+host/capabilities.py): on this host, and on synthetic /dev and /sys trees
 for the cases this host cannot show."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from bufbroker_broker.cli.doctor import BROKEN, OK, PARTIAL, doctor_report
 from bufbroker_broker.host import capabilities
 from bufbroker_broker.host.capabilities import HostPaths, check_dma_heaps, check_udmabuf
-from bufbroker_broker.cli.doctor import BROKEN, OK, PARTIAL, doctor_report
 
 HOST_HAS_UDMABUF = os.path.exists("/dev/udmabuf")
 
@@ -67,7 +67,7 @@ def test_doctor_says_mount_devtmpfs_when_the_driver_is_loaded_but_the_node_is_mi
 
 def test_doctor_says_how_to_grant_access_when_the_device_cannot_be_opened(tmp_path):
     host = paths(tmp_path)
-    Path(host.dev, "udmabuf").mkdir()   # exists, but open(O_RDWR) fails
+    Path(host.dev, "udmabuf").mkdir()  # exists, but open(O_RDWR) fails
     check = check_udmabuf(host, release="9.9.9")
     assert not check.ok and check.detail.startswith("cannot open")
     assert 'KERNEL=="udmabuf"' in check.fix and "--device" in check.fix
@@ -106,3 +106,12 @@ def test_bufbroker_doctor_prints_the_report_and_exits_with_its_status(capsys):
     assert status == expected
     assert printed.splitlines() == lines
     assert "memfd sealing" in printed and "mapping types:" in printed
+
+
+def test_doctor_judges_the_mapping_types_on_the_facts_it_probed(tmp_path):
+    host = paths(tmp_path)
+    os.symlink("/dev/null", Path(host.dev, "udmabuf"))  # opens: "usable"
+    lines, _ = doctor_report(host)
+    assert f"  udmabuf    yes  {host.dev}/udmabuf is usable" in lines
+    assert any(line.startswith("  ok       udmabuf") for line in lines)
+    assert any(line.startswith("  dmabuf     yes  exporters pass dma-buf fds; no dma-heaps here") for line in lines)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import fcntl
 import os
-import stat
 import socket
+import stat
 
 import pytest
 
@@ -97,7 +97,7 @@ def test_an_fd_that_is_not_a_memfd_is_refused_naming_its_kind_and_the_fix(make, 
 
 def test_a_memfd_without_allow_sealing_is_refused_naming_mfd_allow_sealing(opened):
     fd = memfd(opened, flags=0)
-    with pytest.raises(InvalidArgument, match="without sealing support.*MFD_ALLOW_SEALING"):
+    with pytest.raises(InvalidArgument, match=r"without sealing support.*MFD_ALLOW_SEALING"):
         inspect_memfd(fd, 0, SIZE)
 
 
@@ -145,7 +145,7 @@ def test_a_read_only_fd_of_an_unsealed_memfd_is_refused_with_how_to_seal_it(open
 
 def test_an_accepted_memfd_is_writable_by_its_owner_only(opened):
     fd = memfd(opened)
-    assert stat.S_IMODE(os.fstat(fd).st_mode) & 0o022   # a memfd starts 0777
+    assert stat.S_IMODE(os.fstat(fd).st_mode) & 0o022  # a memfd starts 0777
     inspect_memfd(fd, 0, SIZE)
     assert stat.S_IMODE(os.fstat(fd).st_mode) & 0o022 == 0
 
@@ -168,7 +168,7 @@ def test_an_fd_that_is_not_a_dma_buf_is_refused_for_dmabuf_offers(make, kind, op
 
 
 def test_a_memfd_is_refused_for_dmabuf_offers_naming_the_types_that_take_one(opened):
-    with pytest.raises(InvalidArgument, match="is a memfd, not a dma-buf.*offer memfd, segments or udmabuf"):
+    with pytest.raises(InvalidArgument, match=r"is a memfd, not a dma-buf.*offer memfd, segments or udmabuf"):
         inspect_fd(memfd(opened), 0, "dmabuf")
 
 

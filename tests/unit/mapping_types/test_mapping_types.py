@@ -8,10 +8,9 @@ import os
 import pytest
 
 from bufbroker.v1 import mapping_types_pb2 as pb
-
+from bufbroker_broker.core.backing import Backing, BufferFd
 from bufbroker_broker.core.errors import InvalidArgument
-from bufbroker_broker.core.mapping_type import MappingType, Matched, MatchContext, SoftMismatch, check_mapping_type
-from bufbroker_broker.core.registry import Attachment, Buffer, BufferFd, Session
+from bufbroker_broker.core.mapping_type import MappingType, MatchContext, Matched, SoftMismatch, check_mapping_type
 from bufbroker_broker.mapping_types import (
     MAPPING_TYPES,
     accept_from_wire,
@@ -47,8 +46,8 @@ def make_type(name: str, without: str = ""):
         "check_match": lambda self, match: match,
         "match": lambda self, offer, match, ctx: Matched(),
         "finish": lambda self, offer, match, ctx: None,
-        "map": lambda self, buffer, attachment: None,
-        "unmap": lambda self, buffer, attachment: None,
+        "map": lambda self, backing, params: None,
+        "unmap": lambda self, backing, params: None,
         "describe": lambda self: "test type",
     }
     members.pop(without, None)
@@ -136,7 +135,7 @@ def test_plugin_arm_naming_an_unknown_type_is_invalid(registry):
 def test_plugin_arm_with_a_body_of_the_wrong_message_is_invalid(registry):
     wire = pb.Match(plugin=pb.PluginSpec(type_name="segments"))
     wire.plugin.body.Pack(pb.MemfdMatch())
-    with pytest.raises(InvalidArgument, match="expects 'bufbroker.v1.SegmentsMatch'"):
+    with pytest.raises(InvalidArgument, match=r"expects 'bufbroker\.v1\.SegmentsMatch'"):
         accept_from_wire([wire], pb.ACCESS_READ)
 
 
@@ -199,16 +198,15 @@ def memfd_buffer():
     fd = os.memfd_create("test-mapping-types", os.MFD_ALLOW_SEALING | os.MFD_CLOEXEC)
     try:
         os.ftruncate(fd, SIZE)
-        session = Session(id=1, token="t", pid=os.getpid(), uid=os.getuid(), gid=os.getgid())
-        yield Buffer(id=2, exporter=session, size=SIZE, fds=[BufferFd(fd, SIZE, True)], offers=[])
+        yield Backing(buffer_id=2, name="", size=SIZE, fds=[BufferFd(fd, SIZE, True)])
     finally:
         os.close(fd)
 
 
-def attach_memfd(buffer: Buffer, access: int) -> Attachment:
-    ctx = MatchContext(0, 0, buffer.size, buffer.fd_sizes, (True,))
-    params = MEMFD.finish(pb.MemfdOffer(), pb.MemfdMatch(access=access), ctx)
-    return Attachment(3, buffer, buffer.exporter, MEMFD, params, (), pinned=False)
+def attach_memfd(backing: Backing, access: int):
+    """The map parameters negotiation fixes for a memfd importer asking for ``access``."""
+    ctx = MatchContext(0, 0, backing.size, tuple(f.size for f in backing.fds), (True,))
+    return MEMFD.finish(pb.MemfdOffer(), pb.MemfdMatch(access=access), ctx)
 
 
 def test_memfd_map_for_read_sends_a_new_read_only_fd_of_the_same_memfd(memfd_buffer):
@@ -254,7 +252,7 @@ def _reopen_as_nobody(fd: int, flags: int) -> str:
 def test_memfd_read_attachment_cannot_gain_write_access_from_another_uid(memfd_buffer):
     from bufbroker_broker.host.fd_inspect import inspect_memfd
 
-    inspect_memfd(memfd_buffer.fds[0].fd, 0)   # what registration does
+    inspect_memfd(memfd_buffer.fds[0].fd, 0)  # what registration does
     result = MEMFD.map(memfd_buffer, attach_memfd(memfd_buffer, pb.ACCESS_READ))
     try:
         (fd,) = result.fds
@@ -281,6 +279,15 @@ def test_offers_needing_different_kinds_of_fd_are_invalid(registry):
 
     with pytest.raises(InvalidArgument, match="dmabuf take a dmabuf fd; memfd take a memfd fd"):
         offers_fd_kind([pb.Offer(memfd=pb.MemfdOffer()), pb.Offer(dmabuf=pb.DmabufOffer())])
+
+
+def test_host_support_is_the_types_verdict_on_the_host_facts_or_yes_without_one(registry):
+    from bufbroker_broker.core.host_facts import HostFacts, UdmabufFacts
+    from bufbroker_broker.mapping_types import host_support
+
+    missing = HostFacts(udmabuf=UdmabufFacts(False, "no device here"))
+    assert host_support(registry["udmabuf"], missing) == (False, "no device here")
+    assert host_support(registry["memfd"], missing) == (True, "")  # memfd has no host_support
 
 
 def test_load_mapping_types_registers_udmabuf_and_dmabuf(registry):

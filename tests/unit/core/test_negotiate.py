@@ -13,7 +13,6 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from bufbroker.v1 import mapping_types_pb2 as pb
-
 from bufbroker_broker.core.errors import InvalidArgument, NoCommonMappingType
 from bufbroker_broker.core.mapping_type import MapResult, MatchContext, Matched, SoftMismatch, check_mapping_type
 from bufbroker_broker.core.negotiate import (
@@ -27,9 +26,7 @@ from bufbroker_broker.core.negotiate import (
 from bufbroker_broker.mapping_types.memfd import MEMFD
 from bufbroker_broker.mapping_types.segments import SEGMENTS
 
-CTX = MatchContext(
-    importer_uid=1000, importer_gid=1000, buffer_size=4096, fd_sizes=(4096,), fd_writable=(True,)
-)
+CTX = MatchContext(importer_uid=1000, importer_gid=1000, buffer_size=4096, fd_sizes=(4096,), fd_writable=(True,))
 
 
 @dataclass(frozen=True)
@@ -74,10 +71,10 @@ class FakeType:
         self.finished.append((offer, match))
         return ("params", self.name, offer.tag, match.tag)
 
-    def map(self, buffer, attachment):
+    def map(self, backing, params):
         return MapResult(handle={}, fds=[])
 
-    def unmap(self, buffer, attachment):
+    def unmap(self, backing, params):
         pass
 
     def describe(self):
@@ -171,21 +168,21 @@ def test_no_common_type_names_offered_and_accepted_types_and_traces_every_pair()
 
 def test_trace_lists_examined_pairs_exporter_first_stopping_at_the_match():
     a, b, c = FakeType("a"), FakeType("b"), FakeType("c")
-    result = negotiate(
-        [offer(a), offer(b), offer(c)], [match(c), match(b), match(a, soft="no")], CTX
-    )
+    result = negotiate([offer(a), offer(b), offer(c)], [match(c), match(b), match(a, soft="no")], CTX)
     assert (result.offer_index, result.match_index) == (1, 1)
     assert pairs(result.trace) == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
     assert [s.verdict for s in result.trace] == [
-        TYPE_DIFFERS, TYPE_DIFFERS, SOFT_MISMATCH, TYPE_DIFFERS, MATCHED,
+        TYPE_DIFFERS,
+        TYPE_DIFFERS,
+        SOFT_MISMATCH,
+        TYPE_DIFFERS,
+        MATCHED,
     ]
 
 
 def test_finish_is_called_once_for_the_matched_pair_and_gives_map_params():
     a = FakeType("a")
-    result = negotiate(
-        [offer(a, "o1"), offer(a, "o2")], [match(a, "skip", soft="s"), match(a, "m2")], CTX
-    )
+    result = negotiate([offer(a, "o1"), offer(a, "o2")], [match(a, "skip", soft="s"), match(a, "m2")], CTX)
     assert a.finished == [(FakeOffer("o1"), FakeMatch("m2"))]
     assert result.map_params == ("params", "a", "o1", "m2")
 
@@ -342,10 +339,10 @@ class FakeConverter:
         self.finished.append((offer, match))
         return ("converted", self.name, offer.tag, match.tag)
 
-    def map(self, buffer, attachment):
+    def map(self, backing, params):
         return MapResult(handle={}, fds=[])
 
-    def unmap(self, buffer, attachment):
+    def unmap(self, backing, params):
         pass
 
 
@@ -392,7 +389,7 @@ def test_exporter_order_wins_among_conversions():
     a, b, c = FakeType("a"), FakeType("b"), FakeType("c")
     a_to_c, b_to_c = FakeConverter(a, c, copies=True), FakeConverter(b, c)
     result = negotiate([offer(a), offer(b)], [match(c)], CTX, converters=[b_to_c, a_to_c])
-    assert result.converter is a_to_c   # offer 0's copy beats offer 1's zero-copy
+    assert result.converter is a_to_c  # offer 0's copy beats offer 1's zero-copy
     assert result.offer_index == 0
 
 
@@ -412,7 +409,9 @@ def test_converter_error_aborts_the_whole_negotiation():
     with pytest.raises(InvalidArgument) as raised:
         negotiate([offer(a)], [match(b, error="bad"), match(b)], CTX, converters=[FakeConverter(a, b)])
     assert [(s.verdict, s.converter) for s in raised.value.trace] == [
-        (TYPE_DIFFERS, ""), (TYPE_DIFFERS, ""), (ERROR, "a->b"),
+        (TYPE_DIFFERS, ""),
+        (TYPE_DIFFERS, ""),
+        (ERROR, "a->b"),
     ]
 
 

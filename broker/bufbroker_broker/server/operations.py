@@ -1,0 +1,367 @@
+"""The broker's use cases, once, for every transport.
+
+gRPC (server/grpc), the call channels (server/fdchannel/calls.py) and HTTP
+(server/http) are thin adapters: they decode a request, call one operation
+here and encode its result. Every rule about *what* may happen lives in the
+core's Registry; this layer adds what a use case needs around it: fd checks
+at registration, undoing a half-made attach+map, and moves, whose state (which
+buffers are moving, who is waited for) is owned here and nowhere else.
+
+Everything runs on the broker's event loop. Only a move and a map during a
+move wait, and they wait on events (the last unmap, the swap), never by polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+from bufbroker.v1 import broker_pb2 as pb
+from bufbroker.v1 import mapping_types_pb2 as mpb
+from bufbroker_broker import mapping_types
+from bufbroker_broker.core.errors import BrokerError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from bufbroker_broker.core.fd_ledger import FdLedger
+from bufbroker_broker.core.mapping_type import MapResult
+from bufbroker_broker.core.negotiate import TraceStep
+from bufbroker_broker.core.principals import SAME_UID, parse_principals
+from bufbroker_broker.core.registry import (
+    ACTIVE,
+    Attachment,
+    Buffer,
+    Change,
+    Mapping,
+    Registry,
+    Session,
+)
+from bufbroker_broker.host.fd_inspect import inspect_fd
+
+log = logging.getLogger(__name__)
+
+MAX_NAME = 256
+MAX_LABELS = 64
+# A size the kernel can mmap on 64-bit Linux; anything larger is a typo.
+MAX_SIZE = 1 << 46
+# What a dry run against a bare offers list may assume about the buffer.
+EXPLAIN_MAX_SIZE = MAX_SIZE
+# Changes after which a move may have nobody left to wait for.
+_MOVE_WAKERS = frozenset({"unmapped", "detached", "session-ended", "revoked", "unregistered"})
+
+
+@dataclass(frozen=True)
+class ExplainAnswer:
+    """What an attach would negotiate: the type (empty when it would fail), the trace and why it failed."""
+
+    map_type: str
+    trace: tuple[TraceStep, ...]
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Stats:
+    sessions: int
+    buffers: int
+    attachments: int
+    mappings: int
+    fds_held: int
+    fds_received: int
+    fds_sent: int
+    fds_closed: int
+    fds_expired: int
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of buffers in id order, and how many matched in all."""
+
+    buffers: list[Buffer]
+    total: int
+    more: bool
+
+
+class Operations:
+    def __init__(self, registry: Registry, ledger: FdLedger, move_timeout: float = 2.0) -> None:
+        self.registry = registry
+        self.ledger = ledger
+        self.move_timeout = move_timeout
+        # buffer id -> set once its move is over (committed or failed)
+        self._moves: dict[int, asyncio.Event] = {}
+        # buffer id -> its offers as the exporter sent them: a move without new
+        # offers checks these again against the new fds (normalised offers would
+        # keep the old sizes). Pruned as buffers go, see _remember_offers.
+        self._wire_offers: dict[int, list[mpb.Offer]] = {}
+
+    # --- buffers -------------------------------------------------------------------
+
+    def find_buffer(self, buffer_id: int = 0, name: str = "") -> Buffer:
+        return self.registry.buffer_find(buffer_id, name)
+
+    def register(
+        self,
+        session: Session,
+        fds: list[int],
+        size: int,
+        wire_offers: Sequence[mpb.Offer],
+        *,
+        name: str = "",
+        labels: dict[str, str] | None = None,
+        layout: pb.Layout | None = None,
+        allow: Sequence[str] = (),
+        on_exporter_exit: str,
+    ) -> Buffer:
+        """Check the exporter's fds and request, then register; on any failure the fds are closed."""
+        with ExitStack() as unwind:
+            unwind.callback(self.ledger.close_all, fds)  # until the registry owns them
+            kind = mapping_types.offers_fd_kind(wire_offers)  # memfd, or dmabuf for dmabuf offers
+            infos = [inspect_fd(fd, i, kind) for i, fd in enumerate(fds)]
+            check_name(name)
+            labels = labels or {}
+            if len(labels) > MAX_LABELS:
+                raise InvalidArgument(f"{len(labels)} labels; at most {MAX_LABELS} are allowed")
+            check_size(size, infos[0].size)
+            offers = mapping_types.offers_from_wire(wire_offers, tuple(i.size for i in infos), size)
+            buffer = self.registry.buffer_register(
+                session,
+                infos,
+                size,
+                offers,
+                name=name,
+                labels=labels,
+                layout=layout,
+                allow=parse_principals(list(allow), "allow") or (SAME_UID,),
+                on_exporter_exit=on_exporter_exit,
+            )
+            unwind.pop_all()
+        self._remember_offers(buffer, wire_offers)
+        log.debug("buffer %d registered by session %d", buffer.id, session.id)
+        return buffer
+
+    def _remember_offers(self, buffer: Buffer, wire_offers: Sequence[mpb.Offer]) -> None:
+        self._wire_offers[buffer.id] = list(wire_offers)
+        live = self.registry.buffers
+        if len(self._wire_offers) > 2 * len(live) + 64:  # amortised: drop buffers that are gone
+            self._wire_offers = {i: o for i, o in self._wire_offers.items() if i in live}
+
+    def revoke(self, session: Session, buffer_id: int, reason: str) -> None:
+        self.registry.buffer_revoke(self.registry.buffer_owned(session, buffer_id), reason or "revoked by its exporter")
+
+    def unregister(self, session: Session, buffer_id: int) -> None:
+        self.registry.buffer_unregister(self.registry.buffer_owned(session, buffer_id))
+
+    def list_buffers(self, after_id: int, limit: int, keep: Callable[[Buffer], bool]) -> Page:
+        """Buffers with ids above ``after_id`` that ``keep`` accepts, at most ``limit`` of them."""
+        matching = [b for _, b in sorted(self.registry.buffers.items()) if keep(b)]
+        page = [b for b in matching if b.id > after_id][:limit]
+        return Page(page, len(matching), bool(page) and matching[-1].id > page[-1].id)
+
+    # --- moves ---------------------------------------------------------------------
+
+    def moving(self, buffer: Buffer) -> bool:
+        return buffer.id in self._moves
+
+    async def move(
+        self,
+        session: Session,
+        buffer_id: int,
+        fds: list[int],
+        size: int,
+        wire_offers: Sequence[mpb.Offer],
+        layout: pb.Layout | None,
+        reason: str,
+    ) -> tuple[Buffer, list[Attachment]]:
+        """Swap a buffer's backing: tell importers, wait for their unmaps (or the deadline), commit.
+
+        Returns the buffer and the attachments that did not unmap in time
+        (marked non-compliant by the registry). The new fds are closed on
+        any failure. Without ``wire_offers`` the buffer keeps its offers,
+        checked again against the new fds.
+        """
+        with ExitStack() as unwind:
+            unwind.callback(self.ledger.close_all, fds)  # until the registry owns them, even when refused
+            buffer = self.registry.buffer_owned(session, buffer_id)
+            if self.moving(buffer):
+                raise FailedPrecondition(f"buffer {buffer.id} is already moving; wait for that move to finish")
+            offers_wire = list(wire_offers) or self._wire_offers.get(buffer.id, [])
+            infos = [inspect_fd(fd, i, mapping_types.offers_fd_kind(offers_wire)) for i, fd in enumerate(fds)]
+            check_size(size, infos[0].size)
+            offers = mapping_types.offers_from_wire(offers_wire, tuple(i.size for i in infos), size)
+            waiting = self.registry.move_notify(buffer, reason or "moved by its exporter")
+            done = self._moves[buffer.id] = asyncio.Event()
+            try:
+                await self._until_unmapped(buffer, waiting)
+                if buffer.state != ACTIVE:
+                    raise FailedPrecondition(f"buffer {buffer.id} was revoked while it was moving")
+                late = self.registry.move_commit(buffer, infos, size, offers, layout)
+                unwind.pop_all()
+                self._remember_offers(buffer, offers_wire)
+            finally:
+                del self._moves[buffer.id]
+                done.set()
+        if late:
+            log.warning(
+                "buffer %d moved; importer(s) %s did not unmap within %s s and are marked non-compliant",
+                buffer.id,
+                ", ".join(f"pid {a.session.pid} (attachment {a.id})" for a in late),
+                self.move_timeout,
+            )
+        return buffer, late
+
+    async def _until_unmapped(self, buffer: Buffer, waiting: list[Attachment]) -> None:
+        """Wake on the change that leaves none of ``waiting`` mapped (or the buffer revoked), or time out."""
+
+        def settled() -> bool:
+            return buffer.state != ACTIVE or not any(a.mappings for a in waiting)
+
+        if settled():
+            return
+        woken = asyncio.Event()
+
+        def watch(change: Change) -> None:
+            if change.kind in _MOVE_WAKERS and settled():
+                woken.set()
+
+        self.registry.observe(watch)  # only while this move waits: other changes stay free
+        try:
+            await asyncio.wait_for(woken.wait(), self.move_timeout)
+        except TimeoutError:
+            pass
+        finally:
+            self.registry.unobserve(watch)
+
+    async def wait_out_move(self, buffer: Buffer) -> None:
+        """Mapping during a move gets the new backing: wait for the swap."""
+        done = self._moves.get(buffer.id)
+        if done is None:
+            return
+        try:
+            await asyncio.wait_for(done.wait(), self.move_timeout + 1)
+        except TimeoutError:
+            raise Unavailable(f"buffer {buffer.id} is still moving; map again") from None
+
+    # --- attachments and mappings --------------------------------------------------
+
+    def attach(self, session: Session, buffer: Buffer, wire_accept: Sequence[mpb.Match], access: int) -> Attachment:
+        """Negotiate and attach (no mapping). An accept list that names types needs the event stream."""
+        accept, compat = mapping_types.accept_from_wire(wire_accept, access)
+        if not compat and not session.events_open:
+            raise FailedPrecondition(
+                "a dynamic attach (one that names mapping types) needs this session's event "
+                "stream open, so it can be told to unmap when the buffer moves; call Events "
+                "first (bufbroker.connect() does), or attach with an empty accept list as a "
+                "compat importer, which pins the buffer"
+            )
+        return self.registry.attach(session, buffer, accept, pinned=compat)
+
+    def attach_map_now(
+        self, session: Session, buffer: Buffer, wire_accept: Sequence[mpb.Match], access: int
+    ) -> tuple[Attachment, Mapping, MapResult]:
+        """Attach and map in one step (the buffer must not be moving); nothing half-made survives a failure."""
+        attachment = self.attach(session, buffer, wire_accept, access)
+        try:
+            mapping, result = self.map_now(attachment)
+        except BaseException:
+            self.registry.detach(attachment)
+            raise
+        return attachment, mapping, result
+
+    def map_now(self, attachment: Attachment) -> tuple[Mapping, MapResult]:
+        """Map an attachment whose buffer is not moving. The caller sends ``result.fds``, then
+        closes ``result.temporary``; if the fds cannot be delivered it calls :meth:`undo`."""
+        return self.registry.map(attachment)
+
+    async def map(self, session: Session, attachment: Attachment) -> tuple[Mapping, MapResult]:
+        """Map, first waiting out a move of the buffer (the mapping then shows the new backing)."""
+        if self.moving(attachment.buffer):
+            await self.wait_out_move(attachment.buffer)
+            if attachment.id not in session.attachments:
+                raise NotFound(f"attachment {attachment.id} was detached while its buffer moved")
+        return self.map_now(attachment)
+
+    def undo(self, mapping: Mapping, attachment: Attachment | None = None) -> None:
+        """The reply never reached the client: drop the mapping (and the attachment made with it)."""
+        if mapping.id in self.registry.mappings:
+            self.registry.unmap(mapping)
+        if attachment is not None and attachment.id in self.registry.attachments:
+            self.registry.detach(attachment)
+
+    def attachment(self, session: Session, attachment_id: int) -> Attachment:
+        return self.registry.attachment_find(session, attachment_id)
+
+    def unmap(self, session: Session, mapping_id: int) -> None:
+        self.registry.unmap(self.registry.mapping_find(session, mapping_id))
+
+    def detach(self, session: Session, attachment_id: int) -> None:
+        self.registry.detach(self.registry.attachment_find(session, attachment_id))
+
+    # --- questions -----------------------------------------------------------------
+
+    def explain(
+        self,
+        asker: Session,
+        wire_accept: Sequence[mpb.Match],
+        access: int,
+        buffer: Buffer | None = None,
+        wire_offers: Sequence[mpb.Offer] = (),
+    ) -> ExplainAnswer:
+        """Negotiate without attaching, against ``buffer`` or a bare offers list.
+
+        Raises NotFound or InvalidArgument for bad input (an unknown type, a
+        bad access value), as Attach would; any other refusal is the answer.
+        """
+        accept, _ = mapping_types.accept_from_wire(wire_accept, access)
+        try:
+            if buffer is None:
+                offers = mapping_types.offers_from_wire(wire_offers, (EXPLAIN_MAX_SIZE,), EXPLAIN_MAX_SIZE)
+                negotiation = self.registry.explain_offers(asker, offers, accept)
+            else:
+                negotiation = self.registry.explain(asker, buffer, accept)
+        except (NotFound, InvalidArgument):
+            raise
+        except BrokerError as error:
+            return ExplainAnswer("", getattr(error, "trace", ()), error.message)
+        return ExplainAnswer(negotiation.map_type.name, negotiation.trace)
+
+    def stats(self) -> Stats:
+        registry, ledger = self.registry, self.ledger
+        return Stats(
+            sessions=len(registry.sessions),
+            buffers=len(registry.buffers),
+            attachments=len(registry.attachments),
+            mappings=len(registry.mappings),
+            fds_held=ledger.held,
+            fds_received=ledger.received,
+            fds_sent=ledger.sent,
+            fds_closed=ledger.closed,
+            fds_expired=ledger.expired,
+        )
+
+
+def dry_run_session(uid: int | None = None, gid: int | None = None) -> Session:
+    """Who a dry run asks as when no client session asks (HTTP): the uid/gid given, else the broker's."""
+    return Session(
+        id=0,
+        token="",
+        pid=os.getpid(),
+        uid=os.getuid() if uid is None else uid,
+        gid=os.getgid() if gid is None else gid,
+    )
+
+
+def check_size(size: int, fd0_size: int) -> None:
+    if size == 0 or size > MAX_SIZE:
+        raise InvalidArgument(f"size {size} is not usable: give the buffer's size in bytes, 1 to {MAX_SIZE}")
+    if fd0_size < size:
+        raise InvalidArgument(
+            f"fd 0 of the buffer has {fd0_size} bytes, fewer than the declared size {size}; "
+            "ftruncate a memfd to the size you register (a dma-buf's size is fixed: register at most that)"
+        )
+
+
+def check_name(name: str) -> None:
+    if len(name) > MAX_NAME:
+        raise InvalidArgument(f"buffer name is {len(name)} characters; at most {MAX_NAME} are allowed")
+    if any(ord(c) < 32 for c in name):
+        raise InvalidArgument("buffer name contains control characters; use printable text")

@@ -1,0 +1,1 @@
+"""Wire forms shared by the transports: errors, negotiation traces, replies."""
