@@ -1,6 +1,6 @@
 """A real exporter process for tests.
 
-    python -m tests.clients.exporter DIR --name N --size BYTES [--offers memfd,segments] [--fill TEXT]
+    python -m tests.clients.exporter DIR --name N --size BYTES [--offers memfd,segments] [--fill TEXT] [--allow-write]
 
 Registers one buffer filled with TEXT repeated, prints one JSON line
 {"id": ..., "name": ...}, then keeps the session open until stdin closes
@@ -26,6 +26,8 @@ def main() -> None:
     parser.add_argument("--fill", default="bufbroker")
     parser.add_argument("--on-exit", default="revoke", choices=["revoke", "keep"])
     parser.add_argument("--allow", default="", help="comma-separated principals")
+    parser.add_argument("--allow-write", action="store_true", help="let importers attach read_write")
+    parser.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="a label (repeatable)")
     args = parser.parse_args()
     offers = [o for o in args.offers.split(",") if o]
     with bufbroker.connect(args.socket_dir) as session:
@@ -35,6 +37,8 @@ def main() -> None:
             offers=offers or None,
             on_exporter_exit=args.on_exit,
             allow=[a for a in args.allow.split(",") if a] or None,
+            allow_write=args.allow_write,
+            labels=dict(label.split("=", 1) for label in args.label) or None,
         )
         pattern = args.fill.encode()
         data = (pattern * (args.size // len(pattern) + 1))[: args.size]

@@ -27,11 +27,16 @@ def say(obj: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("socket_dir")
-    parser.add_argument("buffer")
+    parser.add_argument("buffer", help="a buffer name, or KEY=VALUE to attach by that label")
     parser.add_argument("--accept", default="segments,memfd")
     args = parser.parse_args()
     with bufbroker.connect(args.socket_dir) as session:
-        attachment = session.attach(args.buffer, accept=args.accept.split(","), map=True)
+        accept = args.accept.split(",")
+        if "=" in args.buffer:
+            key, _, value = args.buffer.partition("=")
+            attachment = session.attach(labels={key: value}, accept=accept, map=True)
+        else:
+            attachment = session.attach(args.buffer, accept=accept, map=True)
         attachment.on_move(lambda a, reason: say({"moved": reason, "error": str(a.move_error or "")}))
         session.on_reconnect(lambda s, gap: say({"reconnected": round(gap, 4), "attachment": attachment.id}))
         say({"ready": True, "map_type": attachment.map_type, "attachment": attachment.id})

@@ -62,7 +62,7 @@ def test_explain_predicts_what_a_real_attach_then_chooses(http_broker: HttpBroke
 def test_explain_against_an_offers_list_needs_no_buffer(http_broker: HttpBroker):
     result = http_broker.post(
         "/v1/explain",
-        json={"offers": ["segments:read", "memfd"], "accept": ["segments", "memfd"], "access": "read_write"},
+        json={"offers": ["segments:read", "memfd:read_write"], "accept": ["segments", "memfd"], "access": "read_write"},
     ).json()
     assert result["would_attach"] is True and result["map_type"] == "memfd"
     cells = result["matrix"]["cells"]
@@ -101,7 +101,7 @@ def _cli(broker, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_explain_command_prints_the_trace_matrix_with_http_off(broker):
-    exporter, info = broker.exporter("--name", "camera0", "--offers", "segments,memfd")
+    exporter, info = broker.exporter("--name", "camera0", "--offers", "segments,memfd", "--allow-write")
     out = _cli(broker, "explain", "camera0", "--accept", "memfd,segments")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()

@@ -19,17 +19,24 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from tests.raw_client import RawClient
 
 
-def _config_show(*args: str, env: dict | None = None) -> dict[str, tuple[str, str]]:
-    out = subprocess.run(
+def _config_show_output(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [sys.executable, "-m", "bufbroker_broker", "config", "show", *args],
         capture_output=True,
         text=True,
         timeout=30,
         env={**{k: v for k, v in os.environ.items() if not k.startswith("BUFBROKER_")}, **(env or {})},
     )
+
+
+def _config_show(*args: str, env: dict | None = None, header: str = "# offline: ") -> dict[str, tuple[str, str]]:
+    """The settings table `config show ARGS` prints (after its first line, which starts with ``header``)."""
+    out = _config_show_output(*args, env=env)
     assert out.returncode == 0, out.stderr
+    first, *lines = out.stdout.splitlines()
+    assert first.startswith(header), first
     shown = {}
-    for line in out.stdout.splitlines():
+    for line in lines:
         setting, rest = line.split("=", 1)
         value, origin = rest.split("#", 1)
         shown[setting.strip()] = (value.strip(), origin.strip())
@@ -69,6 +76,45 @@ def test_invalid_settings_fail_at_start_naming_field_value_and_why(tmp_path, arg
     assert out.returncode == 2
     assert expected in out.stderr
     assert not (tmp_path / "run" / "fd.sock").exists()
+
+
+def test_offline_config_show_says_it_shows_this_shell_not_a_running_broker(broker_factory):
+    broker_factory("--http", f"127.0.0.1:{_free_port()}")  # a running broker does not change the offline answer
+    out = _config_show_output("--http", "127.0.0.1:9123")
+    assert out.returncode == 0, out.stderr
+    first = out.stdout.splitlines()[0]
+    assert first.startswith("# offline: ")
+    assert "in this shell" in first and "not those of a running broker" in first and "--running" in first
+    assert _config_show("--http", "127.0.0.1:9123")["http"] == ("127.0.0.1:9123", "flag --http")
+
+
+def test_config_show_running_reports_the_brokers_own_settings_and_sources(broker_factory, tmp_path):
+    port = _free_port()
+    token = tmp_path / "admin-token"
+    token.write_text("s3cret-admin-token-0123456789\n")
+    token.chmod(0o600)
+    broker = broker_factory(
+        "--http", f"127.0.0.1:{port}", "--admin-token-file", str(token), env={"BUFBROKER_MOVE_TIMEOUT": "0.75"}
+    )
+    out = _config_show_output("--running", "--socket-dir", str(broker.socket_dir))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0].startswith(f"# running: the broker at {broker.socket_dir} (pid {broker.pid}")
+    shown = _config_show("--running", "--socket-dir", str(broker.socket_dir), header="# running: ")
+    assert shown["http"] == (f"127.0.0.1:{port}", "flag --http")
+    assert shown["move_timeout"] == ("0.75", "environment BUFBROKER_MOVE_TIMEOUT")
+    assert shown["drain_timeout"] == ("5.0", "default")
+    assert shown["socket_dir"] == (str(broker.socket_dir), "flag --socket-dir")
+    assert shown["admin_token_file"] == (str(token), "flag --admin-token-file")
+    assert "s3cret" not in out.stdout
+    # This shell's defaults are not what the broker runs with.
+    assert _config_show()["http"] == ("127.0.0.1:8377", "default")
+
+
+def test_config_show_running_refuses_setting_flags_and_needs_a_broker(tmp_path):
+    refused = _config_show_output("--running", "--http", "127.0.0.1:9000", "--socket-dir", str(tmp_path))
+    assert refused.returncode == 2 and "--http would not apply" in refused.stderr
+    missing = _config_show_output("--running", "--socket-dir", str(tmp_path / "nobody"))
+    assert missing.returncode == 1 and "no broker is serving" in missing.stderr
 
 
 def test_unknown_setting_in_the_config_file_is_refused(tmp_path):

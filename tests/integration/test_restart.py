@@ -79,6 +79,40 @@ def test_clients_survive_a_broker_restart_and_the_gap_is_measured(tmp_path):
         assert stop_broker(broker) == 0
 
 
+def test_an_attachment_made_by_labels_is_made_again_after_a_broker_restart(tmp_path):
+    socket_dir = tmp_path / "run"
+    broker = start_broker(socket_dir, NO_HTTP)
+    clients = []
+    try:
+        exporter = _client(
+            "exporter", str(socket_dir), "--name", "labelled", "--label", "role=camera", "--fill", "lab|"
+        )
+        clients.append(exporter)
+        json_line(exporter)
+        follower = _client("follower", str(socket_dir), "role=camera")
+        clients.append(follower)
+        assert json_line(follower)["ready"]
+        broker.send_signal(signal.SIGKILL)
+        broker.wait()
+        broker = start_broker(socket_dir, NO_HTTP)
+        assert "reconnected" in json_line(follower)
+        with bufbroker.connect(socket_dir) as observer:
+            (buffer,) = observer.buffers(labels={"role": "camera"})
+            assert buffer.attachment_count == 1  # found again by its label, not lost as "made by id"
+        assert follower_read(follower)["head"] == "lab|lab|lab|lab|"
+        for client in clients:
+            client.stdin.close()
+            assert client.wait(15) == 0
+    finally:
+        for client in clients:
+            if client.poll() is None:
+                client.kill()
+            client.wait()
+            client.stdin.close()
+            client.stdout.close()
+        assert stop_broker(broker) == 0
+
+
 def test_demo_keeps_running_across_a_broker_restart():
     out = subprocess.run(
         [sys.executable, "-m", "bufbroker_broker", "demo", "--frames", "400", "--restart-broker-at", "100"],

@@ -98,7 +98,7 @@ def test_only_the_exporter_may_revoke_its_buffer(broker):
 
 def test_explain_is_a_dry_run_that_matches_what_attach_chooses(broker):
     with broker.connect() as exp, broker.connect() as imp:
-        buffer = exp.export(4096, offers=[bufbroker.Memfd(access="read"), "segments"])
+        buffer = exp.export(4096, offers=[bufbroker.Memfd(access="read"), "segments"], allow_write=True)
         explained = imp.explain(buffer.id, accept=["memfd", "segments"], access="read_write")
         assert imp.stats().attachments == 0
         attachment = imp.attach(buffer.id, accept=["memfd", "segments"], access="read_write")
@@ -137,7 +137,10 @@ def test_introspection_lists_sessions_attachments_and_mapping_types(broker):
 def test_explain_against_an_offers_list_needs_no_buffer(broker):
     with broker.connect() as session:
         request = pb.ExplainRequest(
-            offers=[mt.Offer(memfd=mt.MemfdOffer(max_access=mt.ACCESS_READ)), mt.Offer(segments=mt.SegmentsOffer())],
+            offers=[
+                mt.Offer(memfd=mt.MemfdOffer(max_access=mt.ACCESS_READ)),
+                mt.Offer(segments=mt.SegmentsOffer(max_access=mt.ACCESS_READ_WRITE)),
+            ],
             accept=[
                 mt.Match(memfd=mt.MemfdMatch(access=mt.ACCESS_READ_WRITE)),
                 mt.Match(segments=mt.SegmentsMatch(access=mt.ACCESS_READ_WRITE)),

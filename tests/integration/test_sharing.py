@@ -41,7 +41,7 @@ def test_read_importer_cannot_map_writable(broker):
 
 def test_read_write_importer_gets_a_writable_fd_and_the_exporter_sees_its_writes(broker):
     with broker.connect() as exp, broker.connect() as imp:
-        buffer = exp.export(4096, offers=["memfd"])
+        buffer = exp.export(4096, offers=["memfd"], allow_write=True)
         attachment = imp.attach(buffer.id, accept=["memfd"], access="read_write")
         with attachment.map() as mapping:
             mapping.memoryview()[:6] = b"answer"
@@ -59,7 +59,7 @@ def test_compat_importer_gets_memfd_and_pins_the_buffer(broker):
 
 def test_offer_restricted_to_read_falls_through_for_read_write_importer(broker):
     with broker.connect() as exp, broker.connect() as imp:
-        buffer = exp.export(4096, offers=[bufbroker.Memfd(access="read"), "segments"])
+        buffer = exp.export(4096, offers=[bufbroker.Memfd(access="read"), "segments"], allow_write=True)
         attachment = imp.attach(buffer.id, accept=["memfd", "segments"], access="read_write")
         assert attachment.map_type == "segments"
         assert attachment.trace[0].verdict == "soft-mismatch"

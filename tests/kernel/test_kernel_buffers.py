@@ -2,7 +2,11 @@
 
 Marked ``kernel``: they run in the VM lane (tests/kernel/run_lane.py, driven
 by test_lane.py), whose kernel has /dev/udmabuf and /dev/dma_heap/system,
-and are skipped elsewhere. Python under TCG is slow, so each test covers
+and are skipped elsewhere. A udmabuf is always mappable writable and a
+dma-buf cannot be reopened read-only, so the exports here allow writes
+(``allow_write=True``; the default offers read only and would match none of
+these importers: tests/integration/test_default_access.py and
+tests/unit/mapping_types). Python under TCG is slow, so each test covers
 several rules with one broker; the broker fixture checks at teardown that
 its fd count is back at its baseline and its ledger holds nothing.
 """
@@ -36,7 +40,7 @@ def inode(fd: int) -> int:
 def test_udmabuf_importer_reads_what_the_exporter_writes_through_its_memfd(udmabuf, broker):
     size = 3 * PAGE + 100  # not whole pages: the SDK's memfd is, so the udmabuf can be
     with broker.connect() as exp, broker.connect() as imp:
-        exported = exp.export(size, name="cam", offers=["udmabuf", "memfd"])
+        exported = exp.export(size, name="cam", offers=["udmabuf", "memfd"], allow_write=True)
         exported.memoryview()[:10] = b"frame-0001"
 
         # A separate importer process: negotiates udmabuf, gets a real dma-buf.
@@ -63,6 +67,13 @@ def test_udmabuf_importer_reads_what_the_exporter_writes_through_its_memfd(udmab
         exported.revoke()  # closes the memfd and the udmabuf
         assert exp.stats().fds_held == 0
 
+        # Without allow_write the offer is read-only (the default), and a udmabuf is always writable.
+        exp.export(size, name="cam-read-only", offers=["udmabuf", "memfd"])
+        fallback = imp.attach("cam-read-only", accept=["udmabuf", "memfd"])
+        assert fallback.map_type == "memfd"
+        assert "read-only (the default)" in fallback.trace[0].reason and "allow_write=True" in fallback.trace[0].reason
+        fallback.detach()
+
 
 def test_several_extents_become_one_udmabuf_with_create_list(udmabuf, broker):
     with broker.connect() as exp, broker.connect() as imp:
@@ -70,7 +81,7 @@ def test_several_extents_become_one_udmabuf_with_create_list(udmabuf, broker):
         os.pwrite(luma, b"Y" * 2 * PAGE, 0)
         os.pwrite(chroma, b"U" * PAGE, 0)
         planes = bufbroker.Udmabuf(extents=[bufbroker.Extent(0, 2 * PAGE, 0), bufbroker.Extent(0, PAGE, 1)])
-        exported = exp.export(fd=[luma, chroma], offers=[planes])
+        exported = exp.export(fd=[luma, chroma], offers=[planes], allow_write=True)
         os.close(luma)
         os.close(chroma)
         attachment = imp.attach(exported.id, accept=["udmabuf"])
@@ -90,6 +101,7 @@ def test_several_extents_become_one_udmabuf_with_create_list(udmabuf, broker):
                     ]
                 )
             ],
+            allow_write=True,
         )
         view = pool.memoryview()
         view[:3], view[2 * PAGE : 2 * PAGE + 3] = b"one", b"two"
@@ -105,7 +117,7 @@ def test_several_extents_become_one_udmabuf_with_create_list(udmabuf, broker):
 
 def test_a_move_and_a_revoke_close_the_udmabuf_of_the_old_backing(udmabuf, broker):
     with broker.connect() as exp, broker.connect() as imp:
-        exported = exp.export(PAGE, offers=["memfd"])
+        exported = exp.export(PAGE, offers=["memfd"], allow_write=True)
         attachment = imp.attach(exported.id, accept=["udmabuf"], map=True)
         assert attachment.trace[-1].converter == "memfd->udmabuf"
         first = inode(attachment.mapping.fds[0])
@@ -129,7 +141,7 @@ def test_dma_heap_exporter_is_imported_with_sync_and_p2p_is_decided_by_the_topol
     with broker.connect() as exp, broker.connect() as imp:
         fd = dmabuf.heap_alloc(2 * PAGE, system_heap)
         offers = [bufbroker.Dmabuf(device=GPU, requires_p2p=True), "dmabuf"]
-        exported = exp.export(fd=fd, name="vram", offers=offers)
+        exported = exp.export(fd=fd, name="vram", offers=offers, allow_write=True)
         os.close(fd)  # the SDK keeps a copy
         with exported.cpu_access(write=True) as view:
             view[:9] = b"from-heap"

@@ -8,10 +8,31 @@ it. So this client never loads the daemon's mapping-type plugins.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Any
 
 from bufbroker_broker.cli._args import add_socket_dir
+
+RESULT_FIELDS = """\
+JSON (--json): one object on stdout, whatever the exit status:
+  buffer     the buffer as `bufbroker ls --json` shows it (null when not found)
+  offers     the buffer's offer types, exporter order
+  accept     the types asked about, importer order ([]: a compat importer)
+  access     "read" | "read_write"
+  would_attach  true when an attach would succeed (exit 0)
+  map_type   what an attach would negotiate (null when it would fail)
+  error      why it would fail (exit 1) or why the question could not be
+             asked (exit 2); null when it would attach
+  error_code the broker's status for exit 2 (e.g. "NOT_FOUND",
+             "INVALID_ARGUMENT"); null otherwise
+  trace      [{offer_index, offer_type, match_index, match_type, verdict,
+               reason, converter}] every examined pair, in order
+  matrix     {offers, matches, cells: [[{verdict, reason, converter}]],
+              chosen: {offer_index, match_index} | null}
+Verdicts: type-differs, soft-mismatch, matched, error (not-examined in cells).
+With exit 2 the human message also goes to stderr.
+"""
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -23,6 +44,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "importer order), each examined pair's verdict and reason. Uses the gRPC Explain call, so it "
         "works with HTTP off. Exits 0 when an attach would succeed, 1 when it would fail, 2 when the "
         "question could not be asked (no broker, no such buffer, an unknown type).",
+        epilog=RESULT_FIELDS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_socket_dir(explain)
     explain.add_argument("buffer", metavar="BUFFER", help="buffer id or name")
@@ -36,6 +59,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     explain.add_argument(
         "--access", choices=["read", "read_write"], default="read", help="what the importer asks for (default read)"
     )
+    explain.add_argument("--json", action="store_true", help="print one JSON object instead of the matrix (see below)")
 
 
 def accept_by_name(names: list[str], access: str) -> list[Any]:
@@ -63,32 +87,101 @@ def run(args: argparse.Namespace) -> int:
     accept = [name.strip() for name in args.accept.split(",") if name.strip()]
     request = pb.ExplainRequest(accept=accept_by_name(accept, args.access), access=specs.access_value(args.access))
     if args.buffer.isdigit():
+        if not 0 < int(args.buffer) < 2**63:
+            return _could_not_ask(args, accept, f"buffer id {args.buffer} is out of range", "INVALID_ARGUMENT")
         request.buffer_id = int(args.buffer)
     else:
         request.buffer_name = args.buffer
     try:
         with bufbroker.connect(args.socket_dir) as session:
             answer = session.call("Explain", request)
-            found = session.call(
+            listed = session.call(
                 "ListBuffers",
                 pb.ListBuffersRequest(name=request.buffer_name)
                 if request.buffer_name
                 else pb.ListBuffersRequest(after_id=request.buffer_id - 1, page_size=1),
             ).buffers
     except bufbroker.BrokerError as error:
-        print(f"bufbroker explain: {error.message}", file=sys.stderr)
-        return 2
-    offers = list(found[0].offer_types) if found else []
-    label = f"buffer {found[0].id} ({found[0].name})" if found and found[0].name else f"buffer {args.buffer}"
+        return _could_not_ask(args, accept, error.message, error.code.name)
+    # By id, the page starts after id - 1: it holds the next visible buffer, which may be another one.
+    found = next(
+        (b for b in listed if (b.name == args.buffer if request.buffer_name else b.id == request.buffer_id)), None
+    )
+    offers = list(found.offer_types) if found else []
+    matrix = trace_matrix(offers, accept or ["memfd"], answer.trace)
+    if args.json:
+        print(
+            json.dumps(
+                _result(args, accept, found, offers, answer.map_type or None, answer.error or None, None, answer.trace)
+                | {"matrix": _matrix_json(matrix)},
+                indent=2,
+            )
+        )
+        return 0 if answer.map_type else 1
+    label = f"buffer {found.id} ({found.name})" if found and found.name else f"buffer {args.buffer}"
     print(
         f"{label}: offers [{', '.join(offers)}]; accept [{', '.join(accept) or 'compat: memfd'}], access {args.access}"
     )
-    print(format_trace_matrix(trace_matrix(offers, accept or ["memfd"], answer.trace)))
+    print(format_trace_matrix(matrix))
     if answer.map_type:
         print(f"an attach would negotiate {answer.map_type}")
         return 0
     print(f"an attach would fail: {answer.error}")
     return 1
+
+
+def _could_not_ask(args: argparse.Namespace, accept: list[str], message: str, code: str) -> int:
+    """Exit 2: the message on stderr, and with --json the JSON object on stdout too."""
+    print(f"bufbroker explain: {message}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(_result(args, accept, None, [], None, message, code, []) | {"matrix": None}, indent=2))
+    return 2
+
+
+def _result(
+    args: argparse.Namespace,
+    accept: list[str],
+    found: Any,
+    offers: list[str],
+    map_type: str | None,
+    error: str | None,
+    error_code: str | None,
+    trace: Any,
+) -> dict[str, Any]:
+    from bufbroker_broker.cli.ls import buffer_json
+
+    return {
+        "buffer": buffer_json(found) if found is not None else None,
+        "offers": offers,
+        "accept": accept,
+        "access": args.access,
+        "would_attach": map_type is not None,
+        "map_type": map_type,
+        "error": error,
+        "error_code": error_code,
+        "trace": [
+            {
+                "offer_index": s.offer_index,
+                "offer_type": s.offer_type,
+                "match_index": s.match_index,
+                "match_type": s.match_type,
+                "verdict": s.verdict,
+                "reason": s.reason,
+                "converter": s.converter,
+            }
+            for s in trace
+        ],
+    }
+
+
+def _matrix_json(matrix: Any) -> dict[str, Any]:
+    """The trace matrix as the HTTP API's ExplainResult shows it."""
+    return {
+        "offers": list(matrix.offers),
+        "matches": list(matrix.matches),
+        "cells": [[{"verdict": v, "reason": r, "converter": c} for v, r, c in row] for row in matrix.cells],
+        "chosen": {"offer_index": matrix.chosen[0], "match_index": matrix.chosen[1]} if matrix.chosen else None,
+    }
 
 
 def format_trace_matrix(matrix: Any) -> str:

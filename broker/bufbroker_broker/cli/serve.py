@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from bufbroker_broker.server.settings import SettingsError
 
     try:
-        settings, _ = load_settings(args)
+        settings, origins = load_settings(args)
     except SettingsError as error:
         print(f"bufbroker: cannot start: {error}", file=sys.stderr)
         return 2
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         stream=sys.stderr,
     )
     try:
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, origins))
     except (StartupError, TypeError) as error:  # TypeError: an incomplete mapping type plugin
         print(f"bufbroker: cannot start: {error}", file=sys.stderr)
         return 1

@@ -3,9 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 
 from bufbroker_broker.cli._args import add_socket_dir
+
+SNAPSHOT_FIELDS = """\
+JSON (--json): one object per refresh, one per line (JSON Lines; with --once
+exactly one line), each after --interval seconds, so every line has rates:
+  broker {version, pid}, own_session_id (this top's session),
+  stats {sessions, buffers, attachments, mappings, fds_held, fds_received,
+         fds_sent, fds_closed, fds_expired} (broker totals),
+  rates {seconds (the interval measured), fds_sent_per_second,
+         fds_received_per_second, fds_closed_per_second},
+  sessions [{id, pid, uid, gid, role, buffers, attachments, mappings, fds_held,
+             non_compliant, events_open, this_top}],
+  buffers [the objects `bufbroker ls --json` prints, plus
+           importers [{attachment_id, session_id, pid, map_type}]],
+  attachments [{id, buffer_id, session_id, importer_pid, map_type, pinned,
+                mappings, non_compliant}].
+Without --once or --iterations, --json prints a line per refresh until Ctrl-C.
+On an error nothing more goes to stdout: the message goes to stderr, exit 1.
+"""
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -15,6 +35,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description="Show the broker's sessions, buffers, their importers and fd rates, refreshed "
         "every --interval seconds until Ctrl-C. Uses the gRPC introspection calls, so it works with "
         "HTTP off. Its own session shows as idle, marked (this top).",
+        epilog=SNAPSHOT_FIELDS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_socket_dir(top)
     top.add_argument(
@@ -23,21 +45,28 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     how_long = top.add_mutually_exclusive_group()
     how_long.add_argument("--once", action="store_true", help="print one view (rates over one interval) and exit")
     how_long.add_argument("--iterations", type=int, default=0, metavar="N", help="refresh N times, then exit")
+    top.add_argument(
+        "--json", action="store_true", help="print each refresh as one line of JSON instead of the table (see below)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     import bufbroker
-    from bufbroker_broker.cli.top_view import run_top_view
+    from bufbroker_broker.cli.top_view import run_top_json, run_top_view
 
-    if args.interval <= 0 or args.iterations < 0:
+    if not (math.isfinite(args.interval) and args.interval > 0) or args.iterations < 0:
         print("bufbroker top: --interval must be positive and --iterations not negative", file=sys.stderr)
         return 2
     try:
         with bufbroker.connect(args.socket_dir) as session:
-            run_top_view(session, args.interval, 1 if args.once else args.iterations)
+            view = run_top_json if args.json else run_top_view
+            view(session, args.interval, 1 if args.once else args.iterations)
     except bufbroker.BrokerError as error:
         print(f"bufbroker top: {error.message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         pass
+    except BrokenPipeError:
+        # `bufbroker top --json | head -1`: the reader has what it wanted.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0

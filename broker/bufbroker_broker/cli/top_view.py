@@ -1,12 +1,15 @@
 """`bufbroker top`: a live terminal view of the broker, like pw-top.
 
 Each refresh is three gRPC introspection calls (GetStats, ListSessions,
-ListAttachments) plus ListBuffers, drawn with rich. Rates are the change of
-the broker's fd counters between two refreshes.
+ListAttachments) plus ListBuffers, drawn with rich, or (``--json``) printed
+as one JSON object per refresh. Rates are the change of the broker's fd
+counters between two refreshes.
 """
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -18,6 +21,9 @@ from rich.table import Table
 from rich.text import Text
 
 from bufbroker.v1 import broker_pb2 as pb
+from bufbroker_broker.cli.ls import buffer_json, list_buffers
+
+RATE_FIELDS = ("fds_sent", "fds_received", "fds_closed")
 
 
 @dataclass
@@ -34,7 +40,7 @@ def take_sample(session: Any) -> Sample:
         at=time.monotonic(),
         stats=session.stats(),
         sessions=list(session.call("ListSessions", pb.ListSessionsRequest()).sessions),
-        buffers=session.buffers(),
+        buffers=list_buffers(session),
         attachments=list(session.call("ListAttachments", pb.ListAttachmentsRequest()).attachments),
     )
 
@@ -106,6 +112,82 @@ def render(now: Sample, before: Sample | None, own_session_id: int) -> Group:
     if not now.buffers:
         buffers.add_row("-", "(no buffers registered)", "", "", "", "", "", "")
     return Group(summary, sessions, buffers)
+
+
+def snapshot(now: Sample, before: Sample, own_session_id: int) -> dict[str, Any]:
+    """One refresh as a JSON object: what the table shows, numbers left as numbers, rates since ``before``."""
+    s = now.stats
+    seconds = max(now.at - before.at, 1e-6)
+    rates = {field: (getattr(s, field) - getattr(before.stats, field)) / seconds for field in RATE_FIELDS}
+    importers = defaultdict(list)
+    for a in now.attachments:
+        importers[a.buffer_id].append(
+            {"attachment_id": a.id, "session_id": a.session_id, "pid": a.importer_pid, "map_type": a.map_type}
+        )
+    return {
+        "broker": {"version": s.version, "pid": s.pid},
+        "own_session_id": own_session_id,
+        "stats": {
+            "sessions": s.sessions,
+            "buffers": s.buffers,
+            "attachments": s.attachments,
+            "mappings": s.mappings,
+            "fds_held": s.fds_held,
+            "fds_received": s.fds_received,
+            "fds_sent": s.fds_sent,
+            "fds_closed": s.fds_closed,
+            "fds_expired": s.fds_expired,
+        },
+        "rates": {"seconds": seconds, **{f"{field}_per_second": rate for field, rate in rates.items()}},
+        "sessions": [
+            {
+                "id": info.id,
+                "pid": info.pid,
+                "uid": info.uid,
+                "gid": info.gid,
+                "role": info.role,
+                "buffers": info.buffers,
+                "attachments": info.attachments,
+                "mappings": info.mappings,
+                "fds_held": info.fds_held,
+                "non_compliant": info.non_compliant,
+                "events_open": info.events_open,
+                "this_top": info.id == own_session_id,
+            }
+            for info in now.sessions
+        ],
+        "buffers": [{**buffer_json(info), "importers": importers.get(info.id, [])} for info in now.buffers],
+        "attachments": [
+            {
+                "id": a.id,
+                "buffer_id": a.buffer_id,
+                "session_id": a.session_id,
+                "importer_pid": a.importer_pid,
+                "map_type": a.map_type,
+                "pinned": a.pinned,
+                "mappings": a.mappings,
+                "non_compliant": a.non_compliant,
+            }
+            for a in now.attachments
+        ],
+    }
+
+
+def run_top_json(session: Any, interval: float, iterations: int = 0) -> None:
+    """One JSON object per line, each ``interval`` after the one before; ``iterations`` > 0 stops after that many.
+
+    Every line has rates: the first is measured over the first interval, so
+    ``--once --json`` prints one line that ``--json`` alone would print first.
+    """
+    before = take_sample(session)
+    done = 0
+    while not iterations or done < iterations:
+        time.sleep(interval)
+        now = take_sample(session)
+        sys.stdout.write(json.dumps(snapshot(now, before, session.id)) + "\n")
+        sys.stdout.flush()
+        before = now
+        done += 1
 
 
 def run_top_view(session: Any, interval: float, iterations: int = 0) -> None:

@@ -1,4 +1,11 @@
-"""Access rules shared by the memfd and segments types."""
+"""Access rules shared by the built-in mapping types.
+
+The one place that decides what an offer grants: an offer whose
+``max_access`` is unspecified grants read only (:func:`offered`), whichever
+client registered it (the Python SDK, another language's client, a raw gRPC
+call, or a registration with no offers at all, which is the compat memfd
+offer). Write is granted only by an explicit ``ACCESS_READ_WRITE``.
+"""
 
 from __future__ import annotations
 
@@ -16,17 +23,38 @@ def requested(access: int) -> pb.Access:
     return READ_WRITE if access == READ_WRITE else READ
 
 
+def offered(max_access: int) -> pb.Access:
+    """An exporter that says nothing offers read: write must be granted explicitly."""
+    return READ_WRITE if max_access == READ_WRITE else READ
+
+
 def check_access_value(access: int, what: str) -> None:
     if access not in (pb.ACCESS_UNSPECIFIED, READ, READ_WRITE):
         raise InvalidArgument(f"{what}: access {access} is not one of ACCESS_READ (1) or ACCESS_READ_WRITE (2)")
 
 
-def match_access(max_access: int, want: int, writable: bool) -> MatchResult:
+def read_only_offer(type_name: str, max_access: int, purpose: str = "let importers write") -> str:
+    """Why an offer grants only read, and how the exporter grants write (for soft-mismatch reasons)."""
+    spec = f"{type_name.capitalize()}(access='read_write')"
+    if max_access == READ:
+        return (
+            f"the offer allows read only (the exporter offers {type_name} with access='read'); to {purpose} "
+            f"it must offer {spec}"
+        )
+    return (
+        f"the exporter offers {type_name} read-only (the default); to {purpose} it must export with "
+        f"allow_write=True or {spec} (on the wire: max_access ACCESS_READ_WRITE)"
+    )
+
+
+def match_access(type_name: str, max_access: int, want: int, writable: bool) -> MatchResult:
     """Soft mismatch (reason ``access``) when the importer wants more than offered."""
-    allowed = READ if max_access == READ or not writable else READ_WRITE
-    if requested(want) == READ_WRITE and allowed == READ:
-        why = "the offer allows read only" if writable else "the exporter's fd is read-only"
-        return SoftMismatch(f"access: importer wants read_write, {why}")
+    if requested(want) != READ_WRITE:
+        return Matched()
+    if not writable:
+        return SoftMismatch("access: importer wants read_write, the exporter's fd is read-only")
+    if offered(max_access) == READ:
+        return SoftMismatch(f"access: importer wants read_write, {read_only_offer(type_name, max_access)}")
     return Matched()
 
 

@@ -56,7 +56,7 @@ class ToUdmabuf:
         return converted
 
     def match(self, offer: pb.MemfdOffer | pb.SegmentsOffer, match: pb.UdmabufMatch, ctx: MatchContext) -> MatchResult:
-        return UDMABUF.match(self._as_udmabuf(offer, ctx), match, ctx)
+        return UDMABUF.match_offered_as(self.source.name, self._as_udmabuf(offer, ctx), match, ctx)
 
     def finish(
         self, offer: pb.MemfdOffer | pb.SegmentsOffer, match: pb.UdmabufMatch, ctx: MatchContext
@@ -103,7 +103,7 @@ class SegmentsToMemfd:
                 f"not all of its {fd_size} bytes, so a memfd of it needs a copy"
             )
         writable = ctx.fd_writable[extent.fd_index] if extent.fd_index < len(ctx.fd_writable) else False
-        return _access.match_access(offer.max_access, match.access, writable)
+        return _access.match_access(SEGMENTS.name, offer.max_access, match.access, writable)
 
     def finish(self, offer: pb.SegmentsOffer, match: pb.MemfdMatch, ctx: MatchContext) -> WholeMemfdParams:
         extent = offer.extents[0]
@@ -140,7 +140,7 @@ class SegmentsToMemfdCopy:
                 "a memfd of these extents needs a copy at each map, and the importer did not allow one "
                 "(bufbroker.Memfd(allow_copy=True))"
             )
-        return _access.match_access(offer.max_access, match.access, True)
+        return _access.match_access(SEGMENTS.name, offer.max_access, match.access, True)
 
     def finish(self, offer: pb.SegmentsOffer, match: pb.MemfdMatch, ctx: MatchContext) -> Extents:
         return tuple((e.fd_index, e.offset, e.length) for e in offer.extents)

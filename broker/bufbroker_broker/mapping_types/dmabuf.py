@@ -4,6 +4,7 @@ The exporter registers the dma-buf fd itself (host/fd_inspect.py checks
 it is one, through /proc/self/fdinfo: ``exp_name``, ``size``); importers
 receive that same dma-buf. A dma-buf cannot be reopened read-only, so the
 fd's own mode is what every importer gets: an offer limited to ``read``
+(explicitly, or by default: write is granted only by ``ACCESS_READ_WRITE``)
 needs an O_RDONLY fd.
 
 An offer may name the PCI device whose memory backs the buffer and require
@@ -80,13 +81,15 @@ class DmabufType:
 
     def match(self, offer: pb.DmabufOffer, match: pb.DmabufMatch, ctx: MatchContext) -> MatchResult:
         writable = ctx.fd_writable[0]
-        result = _access.match_access(offer.max_access, match.access, writable)
+        result = _access.match_access(self.name, offer.max_access, match.access, writable)
         if isinstance(result, SoftMismatch):
             return result
-        if offer.max_access == _access.READ and writable:
+        if _access.offered(offer.max_access) == _access.READ and writable:
+            limited = "the offer allows read only" if offer.max_access == _access.READ else "the default is read only"
             return SoftMismatch(
-                "access: the offer allows read only, but the exporter's dma-buf fd is read-write and a "
-                "dma-buf cannot be reopened read-only; export an O_RDONLY dma-buf fd for read-only sharing"
+                f"access: {limited}, but the exporter's dma-buf fd is read-write and a dma-buf cannot be reopened "
+                "read-only; export an O_RDONLY dma-buf fd for read-only sharing, or let importers write with "
+                "allow_write=True or Dmabuf(access='read_write')"
             )
         if not offer.requires_p2p:
             return result

@@ -29,7 +29,7 @@ class MemfdType:
         return match
 
     def match(self, offer: pb.MemfdOffer, match: pb.MemfdMatch, ctx: MatchContext) -> MatchResult:
-        return _access.match_access(offer.max_access, match.access, ctx.fd_writable[0])
+        return _access.match_access(self.name, offer.max_access, match.access, ctx.fd_writable[0])
 
     def finish(self, offer: pb.MemfdOffer, match: pb.MemfdMatch, ctx: MatchContext) -> MemfdParams:
         return _access.requested(match.access)

@@ -47,7 +47,7 @@ class SegmentsType:
     def match(self, offer: pb.SegmentsOffer, match: pb.SegmentsMatch, ctx: MatchContext) -> MatchResult:
         used = {e.fd_index for e in offer.extents}
         writable = all(ctx.fd_writable[i] for i in used)
-        result = _access.match_access(offer.max_access, match.access, writable)
+        result = _access.match_access(self.name, offer.max_access, match.access, writable)
         if isinstance(result, SoftMismatch):
             return result
         if match.max_extents and len(offer.extents) > match.max_extents:

@@ -12,8 +12,9 @@ with F_SEAL_SHRINK (the broker seals every memfd) and not with F_SEAL_WRITE
 or F_SEAL_FUTURE_WRITE; offsets and sizes are whole pages; the total is at
 most the module's ``size_limit_mb`` and the list at most ``list_limit``
 extents. A udmabuf fd is always O_RDWR, so the type is offered only where
-the exporter allows writes; a ``read`` importer is told (handle access) to
-map it read-only, which the kernel cannot enforce for it.
+the exporter allows writes explicitly (``ACCESS_READ_WRITE``: the default
+offer is read-only, _access.py); a ``read`` importer is told (handle
+access) to map it read-only, which the kernel cannot enforce for it.
 
 ``match`` reads the device's availability and limits from ``ctx.host``
 (probed once, host/probe.py); only ``map`` touches the device
@@ -80,14 +81,23 @@ class UdmabufType:
         return match
 
     def match(self, offer: pb.UdmabufOffer, match: pb.UdmabufMatch, ctx: MatchContext) -> MatchResult:
+        return self.match_offered_as(self.name, offer, match, ctx)
+
+    def match_offered_as(
+        self, offered_as: str, offer: pb.UdmabufOffer, match: pb.UdmabufMatch, ctx: MatchContext
+    ) -> MatchResult:
+        """:meth:`match` for an offer the exporter made as type ``offered_as`` (a converter's source)."""
         udmabuf = ctx.host.udmabuf
         if not udmabuf.available:
             return SoftMismatch(f"udmabuf unavailable: {udmabuf.reason}")
-        if offer.max_access == _access.READ:
-            return SoftMismatch("access: a udmabuf is always mappable writable, and the offer allows read only")
         used = sorted({e.fd_index for e in offer.extents})
         if not all(ctx.fd_writable[i] for i in used if i < len(ctx.fd_writable)):
             return SoftMismatch("access: the exporter's memfd is read-only, and a udmabuf is always mappable writable")
+        if _access.offered(offer.max_access) == _access.READ:
+            return SoftMismatch(
+                "access: a udmabuf is always mappable writable (the kernel cannot make it read-only for an "
+                f"importer), and {_access.read_only_offer(offered_as, offer.max_access, 'share it as udmabuf')}"
+            )
         if ctx.dry_run:
             return Matched()  # no buffer behind it: nothing below can be checked
         for i in used:

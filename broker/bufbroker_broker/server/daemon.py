@@ -15,6 +15,7 @@ import os
 import resource
 import signal
 import socket
+from collections.abc import Mapping
 from contextlib import AsyncExitStack, ExitStack, suppress
 from pathlib import Path
 
@@ -114,8 +115,19 @@ def raise_fd_limit() -> int:
     return soft
 
 
-async def serve(settings: BrokerSettings) -> None:
+def settings_table(settings: BrokerSettings, origins: Mapping[str, str] | None = None) -> list[tuple[str, str, str]]:
+    """(name, value as text, source) of every setting, as `config show` prints them (GetSettings).
+
+    Secrets stay here: the admin token travels as its file's path, never its content.
+    """
+    origins = origins or {}
+    return [(name, str(value), origins.get(name, "unknown")) for name, value in settings.model_dump().items()]
+
+
+async def serve(settings: BrokerSettings, origins: Mapping[str, str] | None = None) -> None:
     """Run the broker until SIGINT/SIGTERM, then drain and stop.
+
+    ``origins`` says where each setting came from (``load_settings``), for GetSettings.
 
     Everything started is registered on one exit stack, so whatever fails
     part-way, what was set up is torn down in reverse order.
@@ -150,7 +162,7 @@ async def serve(settings: BrokerSettings) -> None:
         fd_path, grpc_path = socket_dir / FD_SOCKET, socket_dir / GRPC_SOCKET
         channels = FdChannelServer(str(fd_path), registry, ledger, limits, __version__)
         operations = Operations(registry, ledger, move_timeout=settings.move_timeout)
-        service = BrokerService(operations, channels, __version__)
+        service = BrokerService(operations, channels, __version__, settings_table(settings, origins))
         channels.on_session_end = service.session_ended
         readiness = Readiness()
 

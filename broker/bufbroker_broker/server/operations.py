@@ -7,8 +7,9 @@ core's Registry; this layer adds what a use case needs around it: fd checks
 at registration, undoing a half-made attach+map, and moves, whose state (which
 buffers are moving, who is waited for) is owned here and nowhere else.
 
-Everything runs on the broker's event loop. Only a move and a map during a
-move wait, and they wait on events (the last unmap, the swap), never by polling.
+Everything runs on the broker's event loop. Only a move, a map during a move
+and an attach told to wait for its buffer wait, and they wait on events (the
+last unmap, the swap, the registration), never by polling.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from bufbroker_broker.core.registry import (
     Session,
 )
 from bufbroker_broker.host.fd_inspect import inspect_fd
+from bufbroker_broker.server.wire.messages import named_buffer
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,8 @@ MAX_LABELS = 64
 MAX_SIZE = 1 << 46
 # What a dry run against a bare offers list may assume about the buffer.
 EXPLAIN_MAX_SIZE = MAX_SIZE
+# The longest an attach may wait for its buffer to appear (AttachRequest.wait_seconds).
+MAX_ATTACH_WAIT = 300.0
 # Changes after which a move may have nobody left to wait for.
 _MOVE_WAKERS = frozenset({"unmapped", "detached", "session-ended", "revoked", "unregistered"})
 
@@ -74,6 +78,26 @@ class Stats:
 
 
 @dataclass(frozen=True)
+class Target:
+    """The buffer an attach asks for: by id or name, or (``labels`` set) by a label selector."""
+
+    buffer_id: int = 0
+    name: str = ""
+    labels: dict[str, str] | None = None
+
+    @classmethod
+    def of(cls, request: pb.AttachRequest) -> Target:
+        """What an AttachRequest names: its ``buffer`` oneof or its labels, never both."""
+        if not request.labels:
+            return cls(*named_buffer(request))
+        if request.WhichOneof("buffer") is not None:
+            raise InvalidArgument(
+                "give the buffer by id, by name or by labels, not both: a label selector picks the buffer itself"
+            )
+        return cls(labels=dict(request.labels))
+
+
+@dataclass(frozen=True)
 class Page:
     """One page of buffers in id order, and how many matched in all."""
 
@@ -98,6 +122,71 @@ class Operations:
 
     def find_buffer(self, buffer_id: int = 0, name: str = "") -> Buffer:
         return self.registry.buffer_find(buffer_id, name)
+
+    def select_buffer(self, asker: Session, target: Target) -> Buffer:
+        """The buffer an attach names: by (id, name), or by a label selector.
+
+        A selector picks among the active buffers ``asker`` may see, those
+        carrying every one of its labels with that value: none is NotFound,
+        several FailedPrecondition naming them.
+        """
+        if target.labels is None:
+            return self.find_buffer(target.buffer_id, target.name)
+        labels = target.labels
+        matches = [
+            b
+            for _, b in sorted(self.registry.buffers.items())
+            if b.state == ACTIVE and labels_match(b, labels) and self.registry.buffer_visible(asker, b)
+        ]
+        if not matches:
+            raise NotFound(f"no buffer you may see carries the labels {format_labels(labels)}")
+        if len(matches) > 1:
+            named = ", ".join(f"{b.id} ({b.name!r})" if b.name else str(b.id) for b in matches[:10])
+            more = f" and {len(matches) - 10} more" if len(matches) > 10 else ""
+            raise FailedPrecondition(
+                f"{len(matches)} buffers carry the labels {format_labels(labels)}: {named}{more}; "
+                "add a label that tells them apart, or attach by name or id"
+            )
+        return matches[0]
+
+    async def await_buffer(self, asker: Session, target: Target, wait: float = 0.0) -> Buffer:
+        """:meth:`select_buffer`, waiting up to ``wait`` seconds for the buffer to be registered.
+
+        Wakes on the registry's "registered" change (an observer held only
+        while waiting), never by polling. Gives up early when ``asker``'s
+        session ends. After ``wait`` seconds: NotFound saying so.
+        """
+        check_wait(wait)
+        try:
+            return self.select_buffer(asker, target)
+        except NotFound as missing:
+            if not wait:
+                raise
+            why = missing.message
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        woken = asyncio.Event()
+
+        def watch(change: Change) -> None:
+            if change.kind == "registered" or (change.kind == "session-ended" and change.session_id == asker.id):
+                woken.set()
+
+        self.registry.observe(watch)  # only while this attach waits
+        try:
+            while True:
+                woken.clear()
+                try:
+                    await asyncio.wait_for(woken.wait(), max(0.0, deadline - loop.time()))
+                except TimeoutError:
+                    raise NotFound(f"{why} (waited {wait:g} s for it to be registered)") from None
+                if asker.closed:
+                    raise Unavailable("the session ended while its attach waited for the buffer")
+                try:
+                    return self.select_buffer(asker, target)
+                except NotFound as still:
+                    why = still.message  # another buffer was registered: keep waiting
+        finally:
+            self.registry.unobserve(watch)
 
     def register(
         self,
@@ -348,6 +437,22 @@ def dry_run_session(uid: int | None = None, gid: int | None = None) -> Session:
         uid=os.getuid() if uid is None else uid,
         gid=os.getgid() if gid is None else gid,
     )
+
+
+def labels_match(buffer: Buffer, labels: dict[str, str]) -> bool:
+    """Does the buffer carry every one of ``labels`` with that value?"""
+    return all(buffer.labels.get(key) == value for key, value in labels.items())
+
+
+def format_labels(labels: dict[str, str]) -> str:
+    return "{" + ", ".join(f"{k}={v}" for k, v in sorted(labels.items())) + "}"
+
+
+def check_wait(wait: float) -> None:
+    if not 0 <= wait <= MAX_ATTACH_WAIT:  # NaN fails too
+        raise InvalidArgument(
+            f"wait_seconds {wait:g} is not usable: an attach waits 0 to {MAX_ATTACH_WAIT:g} s for its buffer"
+        )
 
 
 def check_size(size: int, fd0_size: int) -> None:

@@ -227,7 +227,7 @@ class Attachment:
                 log.exception("bufbroker: an on_move callback failed")
 
     def _attach_again(self, deadline: float) -> bool:
-        """After a broker restart: attach again by name and map if we had a mapping; True if attached.
+        """After a broker restart: attach again by name (or labels) and map if we had a mapping; True if attached.
 
         Mappings already held stay valid (same pages); the new mapping makes
         the new broker count us, so moves reach us again. An attachment made
@@ -236,9 +236,9 @@ class Attachment:
         """
         if self.detached or self.revoked:
             return False
-        if self.request.WhichOneof("buffer") != "buffer_name":
+        if self.request.WhichOneof("buffer") != "buffer_name" and not self.request.labels:
             self.move_error = errors.Unavailable(
-                "the broker restarted and this attachment was made by id; attach again by name"
+                "the broker restarted and this attachment was made by id; attach again by name or labels"
             )
             log.warning("bufbroker: attachment %d was made by buffer id and is lost with the broker restart", self.id)
             return False
@@ -252,9 +252,8 @@ class Attachment:
             except errors.NotFound:
                 # The exporter has not registered it again yet.
                 if time.monotonic() > deadline:
-                    self.move_error = errors.Unavailable(
-                        f"buffer {self.request.buffer_name!r} did not come back after the broker restart"
-                    )
+                    which = self.request.buffer_name or dict(self.request.labels)
+                    self.move_error = errors.Unavailable(f"buffer {which!r} did not come back after the broker restart")
                     log.error("bufbroker: %s", self.move_error)
                     return False
                 time.sleep(0.02)

@@ -33,9 +33,14 @@ class ExportedBuffer:
         fds: list[int],
         request: pb.RegisterBufferRequest,
         on_close: Callable[[ExportedBuffer], None] = lambda exported: None,
+        allow_write: bool = False,
     ) -> None:
-        """``on_close(self)`` runs once when the handle closes, so its session stops keeping it."""
+        """``on_close(self)`` runs once when the handle closes, so its session stops keeping it.
+
+        ``allow_write`` is the export's: new offers given to :meth:`move` get it too.
+        """
         self._rpc = rpc
+        self.allow_write = allow_write
         self._on_close = on_close
         self.request = request  # how it was registered: replayed after a broker restart
         self.info = info
@@ -101,7 +106,10 @@ class ExportedBuffer:
         new_size = size or new_size
         try:
             request = pb.MoveBufferRequest(
-                buffer_id=self.id, size=new_size, reason=reason, offers=specs.offers_to_wire(offers)
+                buffer_id=self.id,
+                size=new_size,
+                reason=reason,
+                offers=specs.offers_to_wire(offers, self.allow_write) if offers else [],
             )
             if layout is not None:
                 request.layout.CopyFrom(layout_to_wire(layout))
@@ -115,7 +123,7 @@ class ExportedBuffer:
         self.fds, self.size, self.info = fds, response.buffer.size, response.buffer
         self._is_dmabuf = None
         self.request.size = new_size
-        if offers is not None:
+        if offers:  # none (or empty) keeps the buffer's offers
             del self.request.offers[:]
             self.request.offers.extend(request.offers)
         if layout is not None:

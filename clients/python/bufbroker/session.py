@@ -196,6 +196,7 @@ class Session:
         labels: Mapping[str, str] | None = None,
         allow: Sequence[str] | None = None,
         on_exporter_exit: str = "revoke",
+        allow_write: bool = False,
     ) -> ExportedBuffer:
         """Register a buffer; returns the exporter's handle on it.
 
@@ -205,7 +206,12 @@ class Session:
         offers (``bufbroker.dmabuf.heap_alloc()``); the SDK sends a
         duplicate and you keep yours. ``offers`` is the exporter's ordered list of mapping
         types (names or specs like ``bufbroker.Memfd(access="read")``); the
-        default is ``["memfd"]``. ``allow`` lists who may attach
+        default is ``["memfd"]``. Importers get read access only unless
+        write is granted: ``allow_write=True`` makes every offer that sets no
+        ``access`` (names, the default) ``read_write``, or give a spec
+        ``access="read_write"`` (``udmabuf`` and ``dmabuf`` of a read-write
+        fd need write allowed even for read importers: the kernel cannot
+        make them read-only). ``allow`` lists who may attach
         (``uid:N``, ``gid:N``, ``same-uid``, ``any``; default ``same-uid``).
         ``on_exporter_exit``: ``"revoke"`` (default) withdraws the buffer when
         this session ends; ``"keep"`` keeps it until its last importer detaches.
@@ -218,7 +224,7 @@ class Session:
                 size=size,
                 name=name or "",
                 labels=dict(labels or {}),
-                offers=specs.offers_to_wire(offers),
+                offers=specs.offers_to_wire(offers, allow_write),
                 allow=list(allow or ()),
                 on_exporter_exit=EXIT_POLICIES[on_exporter_exit],
             )
@@ -229,20 +235,29 @@ class Session:
         except BaseException:
             fdwire.close_fds(fds)
             raise
-        exported = ExportedBuffer(self._transport, response.buffer, fds, request, on_close=self._forget_export)
+        exported = ExportedBuffer(
+            self._transport, response.buffer, fds, request, on_close=self._forget_export, allow_write=allow_write
+        )
         self._exports[exported.id] = exported
         return exported
 
     def attach(
         self,
-        buffer: int | str,
+        buffer: int | str | None = None,
         *,
+        labels: Mapping[str, str] | None = None,
+        wait: float = 0.0,
         accept: Sequence[specs.Spec] | None = None,
         access: str = "read",
         map: bool = False,
     ) -> Attachment:
-        """Attach to a buffer by id (int) or name (str).
+        """Attach to a buffer by id (int) or name (str), or by ``labels``.
 
+        ``labels`` (instead of ``buffer``) selects the one buffer you may see
+        that carries all of them; when several do, FailedPrecondition names
+        them. ``wait`` is how many seconds to wait for the buffer to be
+        registered if it is not there yet (the broker waits for the
+        registration: no polling; at most 300 s); after that, NotFound.
         ``accept`` is the importer's ordered list of mapping types it can
         use; empty or None makes a compat importer that gets ``memfd`` and
         pins the buffer. ``access`` is "read" or "read_write". With
@@ -254,25 +269,40 @@ class Session:
             accept=specs.accept_to_wire(accept, access),
             access=specs.access_value(access),
             map=map,
+            wait_seconds=wait,
+            labels=dict(labels or {}),
         )
+        if buffer is not None and labels:
+            raise TypeError("attach() takes a buffer id or name, or labels, not both")
         if isinstance(buffer, str):
             request.buffer_name = buffer
         elif isinstance(buffer, int) and buffer >= 0:
             request.buffer_id = buffer
+        elif buffer is not None or not labels:
+            raise TypeError(f"attach() takes a buffer id (int), a name (str) or labels, not {buffer!r}")
+        if wait:
+            # As the gRPC call, which has no deadline (the broker bounds the wait),
+            # so it holds no call channel and outlasts no call-channel timeout.
+            response, link = self._transport._call("Attach", request)
+            mapped = response.mapping if response.HasField("mapping") else None
+            fds = link.take_fds(mapped.fd_ticket, mapped.fd_count) if mapped is not None else []
         else:
-            raise TypeError(f"attach() takes a buffer id (int) or name (str), not {buffer!r}")
-        response, fds = self._transport.fast_call("Attach", request)
+            response, fds = self._transport.fast_call("Attach", request)
         request.map = False  # a replay after a restart maps only if a mapping is held
+        request.wait_seconds = 0  # and the buffer is there, or has not come back
         attachment = Attachment(self._transport, response, request, fds)
         self._attachments[attachment.id] = attachment
         return attachment
 
-    def buffers(self, name: str = "") -> list[pb.BufferInfo]:
-        """Every registered buffer (or the one named ``name``)."""
+    def buffers(self, name: str = "", *, labels: Mapping[str, str] | None = None) -> list[pb.BufferInfo]:
+        """Every registered buffer you may see (or the one named ``name``), with all of ``labels`` if given."""
         found: list[pb.BufferInfo] = []
         after = 0
         while True:
-            page = self.call("ListBuffers", pb.ListBuffersRequest(name=name, after_id=after, page_size=1000))
+            page = self.call(
+                "ListBuffers",
+                pb.ListBuffersRequest(name=name, after_id=after, page_size=1000, labels=dict(labels or {})),
+            )
             found.extend(page.buffers)
             if not page.next_after_id:
                 return found

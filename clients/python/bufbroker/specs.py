@@ -8,7 +8,7 @@ one type cannot be read as another.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from bufbroker.v1 import mapping_types_pb2 as pb
@@ -39,7 +39,8 @@ class Extent:
 
 @dataclass(frozen=True)
 class Memfd:
-    """The whole memfd. As an offer, ``access`` is the most importers get;
+    """The whole memfd. As an offer, ``access`` is the most importers get
+    (unset: ``read``, unless the export passes ``allow_write=True``);
     ``restricted_to`` limits the offer to principals (uid:N, gid:N, same-uid, any).
     As a match, ``allow_copy`` lets a read importer take a copy the broker
     makes at each map when the exporter offers only segments that are not
@@ -91,8 +92,9 @@ class Udmabuf:
     """A kernel dma-buf the broker builds from the export's memfd(s) (/dev/udmabuf).
 
     As an offer, ``extents`` (default: each fd whole) must start on page
-    boundaries; a udmabuf is always mappable writable, so ``access="read"``
-    offers never match. As a match, ``access`` is what the importer asks for.
+    boundaries; a udmabuf is always mappable writable, so it matches only
+    when the offer allows writes (``access="read_write"`` or the export's
+    ``allow_write=True``): read-only offers, the default, never match. As a match, ``access`` is what the importer asks for.
     """
 
     extents: Sequence[Extent] = field(default_factory=tuple)
@@ -195,9 +197,23 @@ def _resolve(spec: Spec) -> _SpecObject:
     raise TypeError(f"expected a mapping type name or spec, got {spec!r}")
 
 
-def offers_to_wire(offers: Sequence[Spec] | None) -> list[pb.Offer]:
-    """The wire offers for an exporter's ordered list (names or spec objects); None is empty."""
-    return [_resolve(s).offer() for s in offers or ()]
+def offers_to_wire(offers: Sequence[Spec] | None, allow_write: bool = False) -> list[pb.Offer]:
+    """The wire offers for an exporter's ordered list (names or spec objects); None is empty.
+
+    An offer that leaves ``access`` unset grants importers read only (the
+    broker's default). ``allow_write`` makes those offers ``read_write``
+    (names and specs without an access; an explicit ``access="read"`` stays
+    read) and turns no offers into ``[Memfd(access="read_write")]``.
+    """
+    if not allow_write:
+        return [_resolve(s).offer() for s in offers or ()]
+    return [_writable(_resolve(s)).offer() for s in offers or ("memfd",)]
+
+
+def _writable(spec: _SpecObject) -> _SpecObject:
+    if isinstance(spec, Memfd | Segments | Udmabuf | Dmabuf) and spec.access is None:
+        return replace(spec, access="read_write")
+    return spec
 
 
 def accept_to_wire(accept: Sequence[Spec] | None, access: str) -> list[pb.Match]:

@@ -289,7 +289,8 @@ def test_read_write_match_against_read_only_memfd_offer_is_an_access_soft_mismat
 
 
 def test_access_soft_mismatch_falls_through_to_the_next_offer():
-    segments_offer = SEGMENTS.check_offer(pb.SegmentsOffer(), CTX.fd_sizes, CTX.buffer_size)
+    writable = pb.SegmentsOffer(max_access=pb.ACCESS_READ_WRITE)
+    segments_offer = SEGMENTS.check_offer(writable, CTX.fd_sizes, CTX.buffer_size)
     offers = [
         Spec(MEMFD, pb.MemfdOffer(max_access=pb.ACCESS_READ)),
         Spec(SEGMENTS, segments_offer),
@@ -308,11 +309,11 @@ def test_access_soft_mismatch_falls_through_to_the_next_offer():
 
 def test_read_write_match_against_a_read_only_exporter_fd_is_an_access_soft_mismatch():
     ctx = MatchContext(0, 0, 4096, (4096,), (False,))
-    offers = [Spec(MEMFD, pb.MemfdOffer())]  # max_access unspecified: would allow read_write
+    offers = [Spec(MEMFD, pb.MemfdOffer(max_access=pb.ACCESS_READ_WRITE))]  # the offer would allow read_write
     with pytest.raises(NoCommonMappingType) as raised:
         negotiate(offers, [Spec(MEMFD, pb.MemfdMatch(access=pb.ACCESS_READ_WRITE))], ctx)
     assert raised.value.trace[0].reason.startswith("access")
-    assert "read-only" in raised.value.trace[0].reason
+    assert "the exporter's fd is read-only" in raised.value.trace[0].reason
     result = negotiate(offers, [Spec(MEMFD, pb.MemfdMatch(access=pb.ACCESS_READ))], ctx)
     assert result.map_params == pb.ACCESS_READ
 

@@ -70,7 +70,8 @@ def test_converters_are_ordered_zero_copy_first_and_name_source_and_target():
 
 
 def test_one_extent_covering_a_whole_memfd_converts_without_a_copy():
-    assert SEGMENTS_TO_MEMFD.match(segments((0, 0, 2 * PAGE)), pb.MemfdMatch(access=READ_WRITE), ctx()) == Matched()
+    writable = segments((0, 0, 2 * PAGE), access=READ_WRITE)
+    assert SEGMENTS_TO_MEMFD.match(writable, pb.MemfdMatch(access=READ_WRITE), ctx()) == Matched()
 
 
 def test_the_tail_of_the_last_page_counts_as_covered():
@@ -98,6 +99,24 @@ def test_several_extents_need_a_copy():
 def test_zero_copy_conversion_keeps_the_offers_access_limit():
     result = SEGMENTS_TO_MEMFD.match(segments((0, 0, 2 * PAGE), access=READ), pb.MemfdMatch(access=READ_WRITE), ctx())
     assert reason(result).startswith("access:")
+
+
+def test_zero_copy_conversion_of_a_default_offer_is_read_only_and_says_how_to_allow_writes():
+    whole = segments((0, 0, 2 * PAGE))
+    result = SEGMENTS_TO_MEMFD.match(whole, pb.MemfdMatch(access=READ_WRITE), ctx())
+    assert "the exporter offers segments read-only (the default)" in reason(result)
+    assert "allow_write=True or Segments(access='read_write')" in reason(result)
+    assert SEGMENTS_TO_MEMFD.match(whole, pb.MemfdMatch(access=READ), ctx()) == Matched()
+
+
+def test_udmabuf_conversion_of_a_default_memfd_offer_names_the_exporters_type():
+    available = HostFacts(udmabuf=UdmabufFacts(True, "usable", device="/dev/null"))
+    context = MatchContext(0, 0, 2 * PAGE, (2 * PAGE,), (True,), host=available)
+    result = MEMFD_TO_UDMABUF.match(pb.MemfdOffer(), pb.UdmabufMatch(access=READ), context)
+    assert "the exporter offers memfd read-only (the default)" in reason(result)
+    assert "allow_write=True or Memfd(access='read_write')" in reason(result)
+    writable = pb.MemfdOffer(max_access=READ_WRITE)
+    assert MEMFD_TO_UDMABUF.match(writable, pb.UdmabufMatch(access=READ), context) == Matched()
 
 
 # --- segments -> memfd by copy ----------------------------------------------------------

@@ -33,9 +33,25 @@ def test_ioctl_numbers_match_the_kernel_uapi():
     assert dmabuf.DMA_HEAP_IOCTL_ALLOC == 0xC0184800
 
 
-def test_read_write_fd_serves_read_and_read_write_importers():
+def test_read_write_offer_of_a_read_write_fd_serves_read_and_read_write_importers():
+    offer = pb.DmabufOffer(max_access=READ_WRITE)
     for access in (READ, READ_WRITE):
-        assert DMABUF.match(pb.DmabufOffer(), pb.DmabufMatch(access=access), ctx(writable=True)) == Matched()
+        assert DMABUF.match(offer, pb.DmabufMatch(access=access), ctx(writable=True)) == Matched()
+
+
+def test_default_offer_is_read_only_so_a_read_write_fd_matches_no_importer_and_says_how_to_allow_writes():
+    for access in (READ, READ_WRITE):
+        result = DMABUF.match(pb.DmabufOffer(), pb.DmabufMatch(access=access), ctx(writable=True))
+        assert isinstance(result, SoftMismatch), access
+        assert result.reason.startswith("access:")
+        assert "allow_write=True or Dmabuf(access='read_write')" in result.reason
+        if access == READ:  # even a reader: the broker cannot hand it a read-only dma-buf
+            assert "the default is read only, but the exporter's dma-buf fd is read-write" in result.reason
+            assert "export an O_RDONLY dma-buf fd" in result.reason
+
+
+def test_default_offer_of_a_read_only_fd_serves_read_importers():
+    assert DMABUF.match(pb.DmabufOffer(), pb.DmabufMatch(access=READ), ctx(writable=False)) == Matched()
 
 
 def test_read_only_fd_refuses_a_read_write_importer():
@@ -85,7 +101,8 @@ def p2p_ctx(topology: PciTopology, writable: bool = True) -> MatchContext:
 
 
 def p2p_offer(device: str = GPU) -> pb.DmabufOffer:
-    return DMABUF.check_offer(pb.DmabufOffer(device=device, requires_p2p=True), (4096,), 4096)
+    offer = pb.DmabufOffer(max_access=READ_WRITE, device=device, requires_p2p=True)
+    return DMABUF.check_offer(offer, (4096,), 4096)
 
 
 def p2p_match(device: str, accepts_p2p: bool = True) -> pb.DmabufMatch:
@@ -113,7 +130,7 @@ def test_p2p_offer_is_a_soft_mismatch_with_the_reason_when_unreachable(topology,
 
 
 def test_offer_without_p2p_matches_any_importer_device(topology):
-    offer = DMABUF.check_offer(pb.DmabufOffer(device=GPU), (4096,), 4096)
+    offer = DMABUF.check_offer(pb.DmabufOffer(max_access=READ_WRITE, device=GPU), (4096,), 4096)
     assert DMABUF.match(offer, p2p_match(REMOTE, accepts_p2p=False), p2p_ctx(topology)) == Matched()
 
 

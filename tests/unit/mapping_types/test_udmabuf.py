@@ -34,7 +34,8 @@ def ctx(fd_sizes=(4 * PAGE,), writable=(True,), seals=(), size=None, host=DEV_NU
     return MatchContext(0, 0, size, tuple(fd_sizes), tuple(writable), fd_seals=tuple(seals), host=host, dry_run=dry_run)
 
 
-def offer(*extents: tuple[int, int, int], access: int = pb.ACCESS_UNSPECIFIED) -> pb.UdmabufOffer:
+def offer(*extents: tuple[int, int, int], access: int = pb.ACCESS_READ_WRITE) -> pb.UdmabufOffer:
+    """An offer of these extents; it allows writes (a udmabuf needs that) unless ``access`` says otherwise."""
     return pb.UdmabufOffer(
         extents=[pb.Extent(fd_index=i, offset=o, length=n) for i, o, n in extents], max_access=access
     )
@@ -75,6 +76,15 @@ def test_whole_page_extents_of_a_writable_memfd_match():
 def test_read_only_offer_is_a_soft_mismatch_because_a_udmabuf_is_always_writable():
     result = UDMABUF.match(offer((0, 0, PAGE), access=pb.ACCESS_READ), pb.UdmabufMatch(access=pb.ACCESS_READ), ctx())
     assert "always mappable writable" in reason(result)
+
+
+@pytest.mark.parametrize("importer", [pb.ACCESS_READ, pb.ACCESS_READ_WRITE])
+def test_default_offer_is_read_only_so_no_udmabuf_and_the_reason_says_how_to_allow_writes(importer):
+    default = offer((0, 0, PAGE), access=pb.ACCESS_UNSPECIFIED)
+    text = reason(UDMABUF.match(default, pb.UdmabufMatch(access=importer), ctx()))
+    assert text.startswith("access: a udmabuf is always mappable writable")
+    assert "the exporter offers udmabuf read-only (the default)" in text
+    assert "allow_write=True or Udmabuf(access='read_write')" in text
 
 
 def test_read_only_exporter_fd_is_a_soft_mismatch():

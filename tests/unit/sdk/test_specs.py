@@ -18,6 +18,36 @@ def test_no_offers_is_an_empty_list_for_the_broker_to_default():
     assert specs.offers_to_wire(None) == [] and specs.offers_to_wire([]) == []
 
 
+def test_allow_write_makes_offers_without_an_access_read_write_and_keeps_explicit_ones():
+    body = mt.MemfdOffer(max_access=mt.ACCESS_READ)
+    named, spec, explicit, kept, plugin = specs.offers_to_wire(
+        [
+            "udmabuf",
+            bufbroker.Segments(extents=[bufbroker.Extent(0, 50)], restricted_to=["uid:1000"]),
+            bufbroker.Dmabuf(access="read_write", device="0000:03:00.0"),
+            bufbroker.Memfd(access="read"),
+            bufbroker.Plugin("acme-tiles", body),
+        ],
+        allow_write=True,
+    )
+    assert named.udmabuf.max_access == mt.ACCESS_READ_WRITE
+    assert spec.segments.max_access == mt.ACCESS_READ_WRITE and list(spec.restricted_to) == ["uid:1000"]
+    assert [(e.offset, e.length) for e in spec.segments.extents] == [(0, 50)]
+    assert (explicit.dmabuf.max_access, explicit.dmabuf.device) == (mt.ACCESS_READ_WRITE, "0000:03:00.0")
+    assert kept.memfd.max_access == mt.ACCESS_READ
+    assert plugin.plugin.body.Unpack(unpacked := mt.MemfdOffer()) and unpacked == body  # a plugin's own message
+    # Without it, nothing is granted on the wire: the broker reads unset as read.
+    (default,) = specs.offers_to_wire(["memfd"])
+    assert default.memfd.max_access == mt.ACCESS_UNSPECIFIED
+
+
+def test_allow_write_without_offers_is_one_read_write_memfd_offer():
+    for none in (None, []):
+        assert specs.offers_to_wire(none, allow_write=True) == [
+            mt.Offer(memfd=mt.MemfdOffer(max_access=mt.ACCESS_READ_WRITE))
+        ]
+
+
 def test_an_offer_carries_its_options_in_its_own_message():
     memfd, segments = specs.offers_to_wire(
         [

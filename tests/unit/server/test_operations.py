@@ -464,9 +464,18 @@ def test_explain_against_a_buffer_answers_the_type_and_the_trace(world: World):
 
 
 def test_explain_against_bare_offers_needs_no_buffer(world: World):
-    answer = world.ops.explain(world.session(), accept("segments"), RW, wire_offers=offers_to_wire(["segments"]))
+    offers = offers_to_wire(["segments"], allow_write=True)
+    answer = world.ops.explain(world.session(), accept("segments"), RW, wire_offers=offers)
     assert answer.map_type == "segments" and answer.error == ""
     assert [s.verdict for s in answer.trace] == [MATCHED]
+
+
+def test_explain_against_bare_default_offers_refuses_read_write_saying_how_to_allow_it(world: World):
+    answer = world.ops.explain(world.session(), accept("segments"), RW, wire_offers=offers_to_wire(["segments"]))
+    assert answer.map_type == "" and "no common mapping type" in answer.error
+    (step,) = answer.trace
+    assert "the exporter offers segments read-only (the default)" in step.reason
+    assert "allow_write=True" in step.reason
 
 
 def test_explain_returns_a_failed_negotiation_as_its_answer(world: World):

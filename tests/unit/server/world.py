@@ -134,8 +134,20 @@ class World:
         os.ftruncate(fd, size)
         return self.ledger.adopt_received([fd])[0]
 
-    def export(self, exporter: Session, offers: Sequence[Any] = ("memfd",), size: int = SIZE, **kwargs: Any) -> Buffer:
-        wire = [o if isinstance(o, mpb.Offer) else offers_to_wire([o])[0] for o in offers]
+    def export(
+        self,
+        exporter: Session,
+        offers: Sequence[Any] = ("memfd",),
+        size: int = SIZE,
+        allow_write: bool = True,
+        **kwargs: Any,
+    ) -> Buffer:
+        """Register a memfd with these offers (names, SDK specs or wire Offers).
+
+        The world's importers ask for read_write (``accept()``), so its exports
+        allow writes (``allow_write``, as the SDK's export) unless a test says not.
+        """
+        wire = [o if isinstance(o, mpb.Offer) else offers_to_wire([o], allow_write)[0] for o in offers]
         kwargs.setdefault("on_exporter_exit", "revoke")
         return self.ops.register(exporter, [self.memfd(size)], size, wire, **kwargs)
 

@@ -4,7 +4,8 @@ A call is Attach, Map, Unmap or Detach: the same operations, checks and errors
 as the RPC of that name (server/operations.py); the reply is one datagram with
 the mapping's fds attached. Calls are answered right away on the event loop;
 only an Attach(map) or Map of a buffer that is moving waits, in a task, for
-the swap. Timings go to the same RPC metrics as gRPC calls, under the service
+the swap, and an Attach with ``wait_seconds`` whose buffer is not there yet
+waits, in a task, for its registration. Timings go to the same RPC metrics as gRPC calls, under the service
 name ``bufbroker.v1.CallChannel``.
 """
 
@@ -13,19 +14,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from bufbroker import fdwire
 from bufbroker.v1 import broker_pb2 as bpb
 from bufbroker.v1 import fd_channel_pb2 as pb
-from bufbroker_broker.core.errors import BrokerError, InvalidArgument, ResourceExhausted
+from bufbroker_broker.core.errors import BrokerError, InvalidArgument, NotFound, ResourceExhausted
 from bufbroker_broker.core.registry import Buffer
 from bufbroker_broker.server.fdchannel.server import Connection, FdChannelServer
 from bufbroker_broker.server.grpc.timing import RpcTimings
 from bufbroker_broker.server.observe.latency import REQUEST_STARTED
-from bufbroker_broker.server.operations import Operations
+from bufbroker_broker.server.operations import Operations, Target, check_wait
 from bufbroker_broker.server.wire.errors import call_error, internal_call_error
-from bufbroker_broker.server.wire.messages import attach_response, map_response, named_buffer
+from bufbroker_broker.server.wire.messages import attach_response, map_response
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +38,15 @@ Answer = tuple[pb.FdMessage, list[int], list[int], Callable[[], None] | None]
 
 
 class _MustWait(Exception):
-    """The buffer is moving: answer once the move is over (nothing was done yet)."""
+    """Answer once ``until()`` is over (nothing was done yet): a move, or the buffer's registration."""
 
-    def __init__(self, buffer: Buffer) -> None:
-        self.buffer = buffer
+    def __init__(self, until: Callable[[], Awaitable[object]], then: Callable[[], None] | None = None) -> None:
+        self.until = until
+        self.then = then  # before answering again, e.g. "do not wait again"
+
+
+def _move_over(operations: Operations, buffer: Buffer) -> _MustWait:
+    return _MustWait(lambda: operations.wait_out_move(buffer))
 
 
 class CallServer:
@@ -60,7 +66,7 @@ class CallServer:
         try:
             reply, fds, temporary, undo = self._answer(channel, call, kind)
         except _MustWait as wait:
-            task = asyncio.get_running_loop().create_task(self._after_move(channel, call, wait.buffer))
+            task = asyncio.get_running_loop().create_task(self._after_wait(channel, call, wait))
             self._waiting.add(task)
             task.add_done_callback(self._waiting.discard)
             return
@@ -91,12 +97,15 @@ class CallServer:
         if self.timings is not None:
             self.timings.observe(SERVICE, METHODS.get(kind or "", "Unknown"), code, time.perf_counter() - started)
 
-    async def _after_move(self, channel: Connection, call: pb.Call, buffer: Buffer) -> None:
+    async def _after_wait(self, channel: Connection, call: pb.Call, wait: _MustWait) -> None:
         try:
-            await self.operations.wait_out_move(buffer)
+            await wait.until()
         except BrokerError as error:
-            self.channels.reply(channel, fdwire.encode(call_error(call.call_id, error)))
+            if not channel.closed:
+                self.channels.reply(channel, fdwire.encode(call_error(call.call_id, error)))
             return
+        if wait.then is not None:
+            wait.then()
         if not channel.closed:
             self.handle(channel, call)  # from the start: the attachment may be gone by now
 
@@ -104,12 +113,22 @@ class CallServer:
         session, operations = channel.session, self.operations
         if kind == "attach":
             request = call.attach
-            buffer = operations.find_buffer(*named_buffer(request))
+            target = Target.of(request)
+            check_wait(request.wait_seconds)
+            try:
+                buffer = operations.select_buffer(session, target)
+            except NotFound:
+                if not request.wait_seconds:
+                    raise
+                raise _MustWait(
+                    lambda: operations.await_buffer(session, target, request.wait_seconds),
+                    then=lambda: request.ClearField("wait_seconds"),  # it is there: answer without waiting again
+                ) from None
             if not request.map:
                 response = attach_response(operations.attach(session, buffer, request.accept, request.access))
                 return _reply(call, attach=response), [], [], None
             if operations.moving(buffer):
-                raise _MustWait(buffer)
+                raise _move_over(operations, buffer)
             attachment, mapping, result = operations.attach_map_now(session, buffer, request.accept, request.access)
             response = attach_response(attachment)
             response.mapping.CopyFrom(map_response(mapping, result))
@@ -122,7 +141,7 @@ class CallServer:
         if kind == "map":
             attachment = operations.attachment(session, call.map.attachment_id)
             if operations.moving(attachment.buffer):
-                raise _MustWait(attachment.buffer)
+                raise _move_over(operations, attachment.buffer)
             mapping, result = operations.map_now(attachment)
             return (
                 _reply(call, map=map_response(mapping, result)),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
@@ -36,7 +36,7 @@ from bufbroker_broker.server.observe.introspection import (
     list_mapping_types,
     list_sessions,
 )
-from bufbroker_broker.server.operations import Operations
+from bufbroker_broker.server.operations import Operations, Target, labels_match
 from bufbroker_broker.server.wire.errors import grpc_abort, grpc_errors, trace_to_wire
 from bufbroker_broker.server.wire.messages import attach_response, map_response, named_buffer
 
@@ -49,11 +49,19 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class BrokerService(pb_grpc.BrokerServicer):
-    def __init__(self, operations: Operations, channels: FdChannelServer, version: str) -> None:
+    def __init__(
+        self,
+        operations: Operations,
+        channels: FdChannelServer,
+        version: str,
+        settings: Sequence[tuple[str, str, str]] = (),
+    ) -> None:
         self.operations = operations
         self.registry = operations.registry
         self.channels = channels
         self.version = version
+        # (name, value as text, source) of each effective setting, for GetSettings; no secrets.
+        self.settings = tuple(settings)
         self.event_queues: dict[int, asyncio.Queue[pb.Event | None]] = {}
         self.registry.notify = self.notify
 
@@ -158,7 +166,8 @@ class BrokerService(pb_grpc.BrokerServicer):
     @grpc_errors
     async def Attach(self, request: pb.AttachRequest, context: Context) -> pb.AttachResponse:
         session = self.authenticate(context)
-        buffer = self.operations.find_buffer(*named_buffer(request))
+        # Waits on the loop (an awaited event) when asked to wait for the buffer to be registered.
+        buffer = await self.operations.await_buffer(session, Target.of(request), request.wait_seconds)
         if not request.map:
             return attach_response(self.operations.attach(session, buffer, request.accept, request.access))
         await self.operations.wait_out_move(buffer)
@@ -207,11 +216,14 @@ class BrokerService(pb_grpc.BrokerServicer):
         session = self.authenticate(context)
         page_size = min(request.page_size or DEFAULT_PAGE, MAX_PAGE)
         visible = self.registry.buffer_visible  # clients must not see each other's buffers unless allowed to
+        labels = dict(request.labels)
         if request.name:
             found = self.registry.buffers_by_name.get(request.name)
-            page = [found] if found is not None and visible(session, found) else []
+            page = [found] if found is not None and visible(session, found) and labels_match(found, labels) else []
             return pb.ListBuffersResponse(buffers=[buffer_info(b) for b in page])
-        listed = self.operations.list_buffers(request.after_id, page_size, lambda b: visible(session, b))
+        listed = self.operations.list_buffers(
+            request.after_id, page_size, lambda b: visible(session, b) and labels_match(b, labels)
+        )
         response = pb.ListBuffersResponse(buffers=[buffer_info(b) for b in listed.buffers])
         if listed.more:
             response.next_after_id = listed.buffers[-1].id
@@ -259,6 +271,15 @@ class BrokerService(pb_grpc.BrokerServicer):
     ) -> pb.ListMappingTypesResponse:
         self.authenticate(context)
         return pb.ListMappingTypesResponse(mapping_types=list_mapping_types(self.registry.host))
+
+    @grpc_errors
+    async def GetSettings(self, request: pb.GetSettingsRequest, context: Context) -> pb.GetSettingsResponse:
+        self.authenticate(context)
+        return pb.GetSettingsResponse(
+            settings=[pb.Setting(name=name, value=value, source=source) for name, value, source in self.settings],
+            pid=os.getpid(),
+            version=self.version,
+        )
 
 
 def event_to_wire(event: Any) -> pb.Event:

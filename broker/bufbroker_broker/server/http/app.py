@@ -23,6 +23,7 @@ from fastapi import Body, Depends, FastAPI, Header, HTTPException, Path, Query, 
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.openmetrics import exposition as openmetrics
 from pydantic import StringConstraints
 
 from bufbroker_broker.core.errors import BrokerError, InvalidArgument
@@ -68,6 +69,31 @@ def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": m.Problem} for code in codes}
 
 
+def _wants_openmetrics(accept: str) -> bool:
+    """Whether ``accept`` ranks application/openmetrics-text at least as high as the text format.
+
+    Prometheus asks for OpenMetrics first (``application/openmetrics-text;version=1.0.0,...,
+    text/plain;version=0.0.4;q=0.5,*/*;q=0.1``); curl and browsers get the text format.
+    """
+    openmetrics_q = text_q = 0.0
+    for entry in accept.split(","):
+        media, *params = (part.strip() for part in entry.split(";"))
+        q = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        media = media.lower()
+        if media == "application/openmetrics-text":
+            openmetrics_q = max(openmetrics_q, q)
+        elif media in ("text/plain", "text/*", "*/*"):
+            text_q = max(text_q, q)
+    return openmetrics_q > 0 and openmetrics_q >= text_q
+
+
 def create_app(
     readiness: Readiness, metrics: CollectorRegistry, version: str, broker: BrokerView | None = None
 ) -> FastAPI:
@@ -98,13 +124,27 @@ def create_app(
         "/metrics",
         response_class=Response,
         responses={
-            200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format"}
+            200: {
+                "content": {
+                    "text/plain": {"schema": {"type": "string"}},
+                    "application/openmetrics-text": {"schema": {"type": "string"}},
+                },
+                "description": "Prometheus text format, or OpenMetrics 1.0 when the Accept header asks for it",
+            }
         },
         tags=["operations"],
     )
-    async def metrics_endpoint() -> Response:
-        """Prometheus metrics in the text exposition format."""
-        return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
+    async def metrics_endpoint(request: Request) -> Response:
+        """Prometheus metrics, with the process_* and python_* collectors.
+
+        The text exposition format, or OpenMetrics (ending in ``# EOF``) when ``Accept`` prefers
+        ``application/openmetrics-text``, as Prometheus does.
+        """
+        headers = {"Vary": "Accept"}
+        if _wants_openmetrics(request.headers.get("accept", "")):
+            body = openmetrics.generate_latest(metrics)
+            return Response(body, media_type=openmetrics.CONTENT_TYPE_LATEST, headers=headers)
+        return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST, headers=headers)
 
     if broker is not None:
         _add_introspection(app, broker)
@@ -227,11 +267,21 @@ def _add_introspection(app: FastAPI, broker: BrokerView) -> None:
     )
     async def events(
         last_event_id: Annotated[str | None, Header(max_length=20, description="resume after this event id")] = None,
+        after: Annotated[
+            str | None,
+            Query(
+                alias="last_event_id",
+                max_length=20,
+                description="resume after this event id when the Last-Event-ID header is absent "
+                "(EventSource cannot send the header on its first request)",
+            ),
+        ] = None,
     ) -> EventStreamResponse:
         """Registry changes as Server-Sent Events, in order: ``event`` is the kind (registered,
         attached, mapped, moved, revoked, session-ended, ...), ``data`` is JSON with the ids and
         details, ``id`` the sequence number. A client that reads too slowly is dropped."""
-        return EventStreamResponse(broker.events, parse_last_event_id(last_event_id))
+        resume = last_event_id if last_event_id is not None else after
+        return EventStreamResponse(broker.events, parse_last_event_id(resume))
 
 
 def _parse_cursor(cursor: str | None) -> int:

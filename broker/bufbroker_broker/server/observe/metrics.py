@@ -7,6 +7,11 @@ from it; what happened (negotiations, moves, revocations) comes from
 :class:`bufbroker_broker.server.observe.activity.ActivityCounters`, and RPC timings from the gRPC
 interceptor. Names carry the ``bufbroker_`` prefix and base units
 (seconds, bytes); counters end in ``_total``.
+
+Beside them, on the same registry (never prometheus_client's global one),
+the standard ``process_*`` (resident memory, open fds, CPU seconds, ...) and
+``python_*`` (``python_info``, ``python_gc_*``) collectors every Prometheus
+user expects.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from collections import Counter
 from collections.abc import Iterator, Sized
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
@@ -74,6 +79,8 @@ class BrokerCollector(Collector):
                 value=hub.dropped,
             )
         if self.version:
+            # A gauge, as python_info is, not an OpenMetrics info family: promtool, which reads
+            # OpenMetrics as the text format, cannot parse `# TYPE ... info`.
             info = GaugeMetricFamily("bufbroker_build_info", "Always 1; the broker's version.", labels=["version"])
             info.add_metric([self.version], 1)
             yield info
@@ -253,4 +260,8 @@ def make_metrics_registry(
 ) -> CollectorRegistry:
     metrics = CollectorRegistry(auto_describe=False)
     metrics.register(BrokerCollector(registry, ledger, activity, rpc_timings, event_clients, version))
+    # Each registers itself on the registry it is given; read at scrape time from /proc/self and gc.
+    ProcessCollector(registry=metrics)
+    PlatformCollector(registry=metrics)
+    GCCollector(registry=metrics)
     return metrics

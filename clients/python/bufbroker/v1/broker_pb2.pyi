@@ -193,18 +193,29 @@ class TraceStep(_message.Message):
     def __init__(self, offer_index: _Optional[int] = ..., offer_type: _Optional[str] = ..., match_index: _Optional[int] = ..., match_type: _Optional[str] = ..., verdict: _Optional[str] = ..., reason: _Optional[str] = ..., converter: _Optional[str] = ...) -> None: ...
 
 class AttachRequest(_message.Message):
-    __slots__ = ("buffer_id", "buffer_name", "accept", "access", "map")
+    __slots__ = ("buffer_id", "buffer_name", "accept", "access", "map", "wait_seconds", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     BUFFER_ID_FIELD_NUMBER: _ClassVar[int]
     BUFFER_NAME_FIELD_NUMBER: _ClassVar[int]
     ACCEPT_FIELD_NUMBER: _ClassVar[int]
     ACCESS_FIELD_NUMBER: _ClassVar[int]
     MAP_FIELD_NUMBER: _ClassVar[int]
+    WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     buffer_id: int
     buffer_name: str
     accept: _containers.RepeatedCompositeFieldContainer[_mapping_types_pb2.Match]
     access: _mapping_types_pb2.Access
     map: bool
-    def __init__(self, buffer_id: _Optional[int] = ..., buffer_name: _Optional[str] = ..., accept: _Optional[_Iterable[_Union[_mapping_types_pb2.Match, _Mapping]]] = ..., access: _Optional[_Union[_mapping_types_pb2.Access, str]] = ..., map: _Optional[bool] = ...) -> None: ...
+    wait_seconds: float
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, buffer_id: _Optional[int] = ..., buffer_name: _Optional[str] = ..., accept: _Optional[_Iterable[_Union[_mapping_types_pb2.Match, _Mapping]]] = ..., access: _Optional[_Union[_mapping_types_pb2.Access, str]] = ..., map: _Optional[bool] = ..., wait_seconds: _Optional[float] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class AttachResponse(_message.Message):
     __slots__ = ("attachment_id", "buffer_id", "map_type", "trace", "pinned", "mapping")
@@ -337,14 +348,23 @@ class Revoked(_message.Message):
     def __init__(self, buffer_id: _Optional[int] = ..., attachment_ids: _Optional[_Iterable[int]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ListBuffersRequest(_message.Message):
-    __slots__ = ("name", "page_size", "after_id")
+    __slots__ = ("name", "page_size", "after_id", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     AFTER_ID_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     name: str
     page_size: int
     after_id: int
-    def __init__(self, name: _Optional[str] = ..., page_size: _Optional[int] = ..., after_id: _Optional[int] = ...) -> None: ...
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., page_size: _Optional[int] = ..., after_id: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ListBuffersResponse(_message.Message):
     __slots__ = ("buffers", "next_after_id")
@@ -499,3 +519,27 @@ class ListMappingTypesResponse(_message.Message):
     MAPPING_TYPES_FIELD_NUMBER: _ClassVar[int]
     mapping_types: _containers.RepeatedCompositeFieldContainer[MappingTypeInfo]
     def __init__(self, mapping_types: _Optional[_Iterable[_Union[MappingTypeInfo, _Mapping]]] = ...) -> None: ...
+
+class GetSettingsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Setting(_message.Message):
+    __slots__ = ("name", "value", "source")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: str
+    source: str
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+
+class GetSettingsResponse(_message.Message):
+    __slots__ = ("settings", "pid", "version")
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    settings: _containers.RepeatedCompositeFieldContainer[Setting]
+    pid: int
+    version: str
+    def __init__(self, settings: _Optional[_Iterable[_Union[Setting, _Mapping]]] = ..., pid: _Optional[int] = ..., version: _Optional[str] = ...) -> None: ...

@@ -114,6 +114,11 @@ class BrokerStub:
                 request_serializer=bufbroker_dot_v1_dot_broker__pb2.ListMappingTypesRequest.SerializeToString,
                 response_deserializer=bufbroker_dot_v1_dot_broker__pb2.ListMappingTypesResponse.FromString,
                 _registered_method=True)
+        self.GetSettings = channel.unary_unary(
+                '/bufbroker.v1.Broker/GetSettings',
+                request_serializer=bufbroker_dot_v1_dot_broker__pb2.GetSettingsRequest.SerializeToString,
+                response_deserializer=bufbroker_dot_v1_dot_broker__pb2.GetSettingsResponse.FromString,
+                _registered_method=True)
 
 
 class BrokerServicer:
@@ -230,6 +235,15 @@ class BrokerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetSettings(self, request, context):
+        """The running broker's effective settings and where each came from
+        (`bufbroker config show --running`). Secrets never travel: a file that
+        holds one is named by its path.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BrokerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -312,6 +326,11 @@ def add_BrokerServicer_to_server(servicer, server):
                     servicer.ListMappingTypes,
                     request_deserializer=bufbroker_dot_v1_dot_broker__pb2.ListMappingTypesRequest.FromString,
                     response_serializer=bufbroker_dot_v1_dot_broker__pb2.ListMappingTypesResponse.SerializeToString,
+            ),
+            'GetSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSettings,
+                    request_deserializer=bufbroker_dot_v1_dot_broker__pb2.GetSettingsRequest.FromString,
+                    response_serializer=bufbroker_dot_v1_dot_broker__pb2.GetSettingsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -746,6 +765,33 @@ class Broker:
             '/bufbroker.v1.Broker/ListMappingTypes',
             bufbroker_dot_v1_dot_broker__pb2.ListMappingTypesRequest.SerializeToString,
             bufbroker_dot_v1_dot_broker__pb2.ListMappingTypesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bufbroker.v1.Broker/GetSettings',
+            bufbroker_dot_v1_dot_broker__pb2.GetSettingsRequest.SerializeToString,
+            bufbroker_dot_v1_dot_broker__pb2.GetSettingsResponse.FromString,
             options,
             channel_credentials,
             insecure,

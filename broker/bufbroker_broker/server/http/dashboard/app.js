@@ -10,8 +10,11 @@ const EVENT_KINDS = [
 ];
 const GRAPH_LIMIT = 200;      // buffers drawn in the graph and tables
 const CHART_POINTS = 60;      // one a second
-const NODE_W = 230, NODE_H = 42, GAP = 14, TOP = 34;
-const COLUMNS = { exporter: 10, buffer: 330, importer: 720 };
+const EVENT_LIMIT = 100;      // events kept in the panel
+const NODE_W = 220, NODE_H = 42, GAP = 14, TOP = 34;
+// Attachment labels: one line each, in a column of their own between buffers and importers.
+const LABEL_H = 20, LABEL_STEP = 26, LABEL_MIN_W = 120;
+const LANE = 64;              // room for the curves between two columns
 
 const state = { overview: null, selected: null, refreshTimer: null, samples: { rate: [], fds: [] }, lastStats: null };
 
@@ -79,89 +82,192 @@ function render() {
   renderSelectedTrace();
 }
 
-// --- the graph: exporters → buffers → importers ---
+// --- the graph: exporters → buffers → attachments → importers ---
+//
+// Every attachment is a label on a line of its own, in the column between
+// the buffers and the importers: its edge runs from the buffer to the label
+// and on from the label to the importer, so a label always sits on its own
+// edge and never on another's. Each buffer gets a block of rows tall enough
+// for its labels (the buffer centred beside them); importers and exporters
+// are placed as near as they can be to the middle of what they link to.
+
+function edgeLabel(a) {
+  return "#" + a.id + " " + a.map_type + (a.pinned ? " (pinned)" : "") + (a.mappings ? " · " + a.mappings + " mapped" : "") +
+    (a.invalid ? " · invalid" : "");
+}
+
+// Widest of ``texts`` as an edge label would draw it (the graph's own font).
+function labelTextWidth(graph, texts) {
+  const probe = svg("g", { class: "attachment", visibility: "hidden" });
+  const label = probe.appendChild(svg("g", { class: "edge-label" }));
+  const text = label.appendChild(svg("text", {}));
+  graph.appendChild(probe);
+  let widest = 0;
+  for (const t of texts) {
+    text.textContent = t;
+    widest = Math.max(widest, text.getComputedTextLength() || t.length * 7.5);
+  }
+  graph.removeChild(probe);
+  return widest;
+}
+
+const mean = (values) => values.reduce((a, b) => a + b, 0) / values.length;
+
+// Tops for nodes in ``order``, each as near its ``desired`` top as it can be,
+// none above TOP, none overlapping the next, the last ending by ``bottom`` when they fit.
+function place(order, desired, bottom) {
+  const tops = [];
+  let next = TOP;
+  for (const id of order) {
+    const top = Math.max(desired.get(id), next);
+    tops.push(top);
+    next = top + NODE_H + GAP;
+  }
+  let limit = Math.max(bottom, TOP + order.length * (NODE_H + GAP) - GAP) - NODE_H;
+  for (let i = tops.length - 1; i >= 0; i--) {
+    tops[i] = Math.min(tops[i], limit);
+    limit = tops[i] - NODE_H - GAP;
+  }
+  return new Map(order.map((id, i) => [id, tops[i]]));
+}
+
+function layoutGraph(o, labelW) {
+  const sessions = new Map(o.sessions.map((s) => [s.id, s]));
+  const bufferIndex = new Map(o.buffers.map((b, i) => [b.id, i]));
+  const attachments = o.attachments.filter((a) => bufferIndex.has(a.buffer_id));
+  const exporters = new Map(), importers = new Map();
+  for (const b of o.buffers) {
+    if (!exporters.has(b.exporter_session_id)) {
+      exporters.set(b.exporter_session_id, { id: b.exporter_session_id, pid: b.exporter_pid, gone: b.exporter_gone || !sessions.has(b.exporter_session_id), buffers: [] });
+    }
+    exporters.get(b.exporter_session_id).buffers.push(b.id);
+  }
+  for (const a of attachments) {
+    if (!importers.has(a.session_id)) importers.set(a.session_id, { id: a.session_id, pid: a.importer_pid, attachments: [] });
+    importers.get(a.session_id).attachments.push(a);
+  }
+  const byBuffer = new Map(o.buffers.map((b) => [b.id, []]));
+  for (const a of attachments) byBuffer.get(a.buffer_id).push(a);
+
+  // Importers ranked by the mean row of their buffers, then labels stacked in
+  // each buffer's block in that rank (fewer crossings); a second round ranks
+  // the importers by where their labels landed.
+  let rank = new Map([...importers.values()]
+    .map((imp, i) => ({ id: imp.id, key: mean(imp.attachments.map((a) => bufferIndex.get(a.buffer_id))), i }))
+    .sort((p, q) => p.key - q.key || p.i - q.i).map((x, r) => [x.id, r]));
+  const X = { exporter: 10 };
+  X.buffer = X.exporter + NODE_W + LANE;
+  X.label = X.buffer + NODE_W + LANE;
+  X.importer = X.label + labelW + LANE;
+  const width = X.importer + NODE_W + 10;
+  const bufferTop = new Map(), labelTop = new Map();
+  let bottom = TOP;
+  const stack = () => {
+    let top = TOP;
+    for (const b of o.buffers) {
+      const list = byBuffer.get(b.id).sort((p, q) => rank.get(p.session_id) - rank.get(q.session_id) || p.id - q.id);
+      const labelsH = list.length ? list.length * LABEL_STEP - (LABEL_STEP - LABEL_H) : 0;
+      const inner = Math.max(NODE_H, labelsH);
+      bufferTop.set(b.id, top + (inner - NODE_H) / 2);
+      list.forEach((a, j) => labelTop.set(a.id, top + (inner - labelsH) / 2 + j * LABEL_STEP));
+      bottom = top + inner;
+      top += inner + GAP;
+    }
+  };
+  stack();
+  const labelMiddle = (a) => labelTop.get(a.id) + LABEL_H / 2;
+  rank = new Map([...importers.values()]
+    .map((imp) => ({ id: imp.id, key: mean(imp.attachments.map(labelMiddle)), r: rank.get(imp.id) }))
+    .sort((p, q) => p.key - q.key || p.r - q.r).map((x, r) => [x.id, r]));
+  stack();
+
+  const importerOrder = [...importers.keys()].sort((p, q) => rank.get(p) - rank.get(q));
+  const importerTop = place(importerOrder,
+    new Map(importerOrder.map((id) => [id, mean(importers.get(id).attachments.map(labelMiddle)) - NODE_H / 2])), bottom);
+  const exporterOrder = [...exporters.keys()];
+  const exporterTop = place(exporterOrder,
+    new Map(exporterOrder.map((id) => [id, mean(exporters.get(id).buffers.map((b) => bufferTop.get(b)))])), bottom);
+  for (const tops of [importerTop, exporterTop]) for (const top of tops.values()) bottom = Math.max(bottom, top + NODE_H);
+  if (!o.buffers.length) bottom = TOP + NODE_H;
+  return { sessions, attachments, exporters, importers, X, width, height: bottom + 10, bufferTop, labelTop, importerTop, exporterTop };
+}
 
 function renderGraph(o) {
   const graph = document.getElementById("graph");
   clear(graph);
-  const sessions = new Map(o.sessions.map((s) => [s.id, s]));
-  const exporters = [], importers = [];
-  const exporterRow = new Map(), importerRow = new Map(), bufferRow = new Map();
-  o.buffers.forEach((b, i) => {
-    bufferRow.set(b.id, i);
-    if (!exporterRow.has(b.exporter_session_id)) {
-      exporterRow.set(b.exporter_session_id, exporters.length);
-      exporters.push({ id: b.exporter_session_id, pid: b.exporter_pid, gone: b.exporter_gone || !sessions.has(b.exporter_session_id) });
-    }
-  });
-  for (const a of o.attachments) {
-    if (!importerRow.has(a.session_id)) {
-      importerRow.set(a.session_id, importers.length);
-      importers.push({ id: a.session_id, pid: a.importer_pid });
-    }
-  }
-  const rows = Math.max(exporters.length, o.buffers.length, importers.length, 1);
-  const height = TOP + rows * (NODE_H + GAP) + 10;
-  graph.setAttribute("viewBox", "0 0 960 " + height);
-  graph.setAttribute("height", String(height));
-  const y = (row) => TOP + row * (NODE_H + GAP);
+  const texts = new Map(o.attachments.map((a) => [a.id, edgeLabel(a)]));
+  const labelW = Math.max(LABEL_MIN_W, Math.ceil(labelTextWidth(graph, texts.values())) + 20);
+  const L = layoutGraph(o, labelW);
+  const X = L.X;
+  graph.setAttribute("viewBox", "0 0 " + L.width + " " + L.height);
+  graph.setAttribute("height", String(L.height));
+  graph.style.maxWidth = L.width + "px";
 
-  graph.appendChild(svg("text", { x: COLUMNS.exporter, y: 18, class: "column-title" }, "exporters"));
-  graph.appendChild(svg("text", { x: COLUMNS.buffer, y: 18, class: "column-title" }, "buffers"));
-  graph.appendChild(svg("text", { x: COLUMNS.importer, y: 18, class: "column-title" }, "importers"));
+  graph.appendChild(svg("text", { x: X.exporter, y: 18, class: "column-title" }, "exporters"));
+  graph.appendChild(svg("text", { x: X.buffer, y: 18, class: "column-title" }, "buffers"));
+  graph.appendChild(svg("text", { x: X.label, y: 18, class: "column-title" }, "attachments"));
+  graph.appendChild(svg("text", { x: X.importer, y: 18, class: "column-title" }, "importers"));
   if (!o.buffers.length) {
-    graph.appendChild(svg("text", { x: COLUMNS.buffer, y: TOP + 20, class: "sub" }, "no buffers registered"));
+    graph.appendChild(svg("text", { x: X.buffer, y: TOP + 20, class: "sub" }, "no buffers registered"));
   }
 
   const edges = svg("g", { class: "edges" });
   const nodes = svg("g", { class: "nodes" });
   graph.appendChild(edges);
   graph.appendChild(nodes);
+  const middle = (top) => top + NODE_H / 2;
 
   for (const b of o.buffers) {
-    const from = exporterRow.get(b.exporter_session_id);
+    const from = L.exporterTop.get(b.exporter_session_id);
     edges.appendChild(svg("path", {
       class: "edge export", "data-buffer-id": b.id,
-      d: curve(COLUMNS.exporter + NODE_W, y(from) + NODE_H / 2, COLUMNS.buffer, y(bufferRow.get(b.id)) + NODE_H / 2),
+      d: curve(X.exporter + NODE_W, middle(from), X.buffer, middle(L.bufferTop.get(b.id))),
     }));
   }
-  const seenPairs = new Map();
-  for (const a of o.attachments) {
-    if (!bufferRow.has(a.buffer_id)) continue;
-    const key = a.buffer_id + ":" + a.session_id;
-    const nth = seenPairs.get(key) || 0;
-    seenPairs.set(key, nth + 1);
-    const x1 = COLUMNS.buffer + NODE_W, y1 = y(bufferRow.get(a.buffer_id)) + NODE_H / 2;
-    const x2 = COLUMNS.importer, y2 = y(importerRow.get(a.session_id)) + NODE_H / 2;
+  for (const a of L.attachments) {
+    const ly = L.labelTop.get(a.id) + LABEL_H / 2;
     const classes = ["attachment"];
     if (a.non_compliant) classes.push("non-compliant");
-    if (state.selected === a.id) classes.push("selected");
-    const group = svg("g", { class: classes.join(" "), "data-attachment-id": a.id, tabindex: 0, role: "button" });
-    const d = curve(x1, y1, x2, y2);
-    group.appendChild(svg("path", { class: "hit", d }));
-    group.appendChild(svg("path", { class: "edge", d }));
-    const label = a.map_type + (a.pinned ? " (pinned)" : "") + (a.mappings ? " · " + a.mappings + " mapped" : "");
-    group.appendChild(svg("text", { class: "edge-label", x: (x1 + x2) / 2, y: (y1 + y2) / 2 - 5 + nth * 14, "text-anchor": "middle" }, label));
-    group.appendChild(svg("title", {}, "attachment " + a.id + ": click for its negotiation trace"));
+    const group = svg("g", {
+      class: classes.join(" "), "data-attachment-id": a.id, "data-buffer-id": a.buffer_id, "data-session-id": a.session_id,
+      tabindex: 0, role: "button",
+      "aria-label": "attachment " + a.id + ": " + (a.buffer_name || "buffer #" + a.buffer_id) + " to pid " + a.importer_pid + ", " + a.map_type,
+    });
+    for (const d of [
+      curve(X.buffer + NODE_W, middle(L.bufferTop.get(a.buffer_id)), X.label, ly),
+      curve(X.label + labelW, ly, X.importer, middle(L.importerTop.get(a.session_id))),
+    ]) {
+      group.appendChild(svg("path", { class: "hit", d }));
+      group.appendChild(svg("path", { class: "edge", d }));
+    }
+    const label = svg("g", { class: "edge-label" });
+    label.appendChild(svg("rect", { x: X.label, y: L.labelTop.get(a.id), width: labelW, height: LABEL_H, rx: LABEL_H / 2 }));
+    label.appendChild(svg("text", { x: X.label + labelW / 2, y: ly + 4, "text-anchor": "middle" }, texts.get(a.id)));
+    group.appendChild(label);
+    group.appendChild(svg("title", {}, "attachment " + a.id + " (" + (a.buffer_name || "buffer #" + a.buffer_id) + " → pid " +
+      a.importer_pid + "): click for its negotiation trace"));
     group.addEventListener("click", () => selectAttachment(a.id));
-    group.addEventListener("keydown", (event) => { if (event.key === "Enter") selectAttachment(a.id); });
+    group.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" || event.key === " ") { event.preventDefault(); selectAttachment(a.id); }
+    });
     edges.appendChild(group);
   }
 
-  exporters.forEach((e, row) => {
+  for (const e of L.exporters.values()) {
     const sub = e.gone ? "exporter gone" : "session " + e.id;
-    nodes.appendChild(node("exporter", COLUMNS.exporter, y(row), "pid " + e.pid, sub, { "data-session-id": e.id }));
-  });
+    nodes.appendChild(node("exporter", X.exporter, L.exporterTop.get(e.id), "pid " + e.pid, sub, { "data-session-id": e.id }));
+  }
   for (const b of o.buffers) {
     const title = b.name || "buffer #" + b.id;
     const sub = "#" + b.id + " · " + bytes(b.size) + " · " + b.offer_types.join(",") + (b.state === "revoked" ? " · revoked" : "");
-    nodes.appendChild(node("buffer" + (b.state === "revoked" ? " revoked" : ""), COLUMNS.buffer, y(bufferRow.get(b.id)), title, sub, { "data-buffer-id": b.id }));
+    nodes.appendChild(node("buffer" + (b.state === "revoked" ? " revoked" : ""), X.buffer, L.bufferTop.get(b.id), title, sub, { "data-buffer-id": b.id }));
   }
-  importers.forEach((i, row) => {
-    const s = sessions.get(i.id);
+  for (const i of L.importers.values()) {
+    const s = L.sessions.get(i.id);
     const sub = "session " + i.id + (s && s.non_compliant ? " · non-compliant" : "");
-    nodes.appendChild(node("importer", COLUMNS.importer, y(row), "pid " + i.pid, sub, { "data-session-id": i.id }));
-  });
+    nodes.appendChild(node("importer", X.importer, L.importerTop.get(i.id), "pid " + i.pid, sub, { "data-session-id": i.id }));
+  }
+  markSelection();
 }
 
 function node(kind, x, y, title, sub, attrs) {
@@ -177,13 +283,23 @@ function curve(x1, y1, x2, y2) {
   return "M" + x1 + "," + y1 + " C" + mid + "," + y1 + " " + mid + "," + y2 + " " + x2 + "," + y2;
 }
 
+// The selected attachment, its buffer and its importer stand out.
+function markSelection() {
+  let buffer = null, session = null;
+  for (const g of document.querySelectorAll("#graph .attachment")) {
+    const on = Number(g.getAttribute("data-attachment-id")) === state.selected;
+    g.classList.toggle("selected", on);
+    if (on) { buffer = g.getAttribute("data-buffer-id"); session = g.getAttribute("data-session-id"); }
+  }
+  for (const n of document.querySelectorAll("#graph .node.buffer")) n.classList.toggle("linked", n.getAttribute("data-buffer-id") === buffer);
+  for (const n of document.querySelectorAll("#graph .node.importer")) n.classList.toggle("linked", n.getAttribute("data-session-id") === session);
+}
+
 // --- traces ---
 
 function selectAttachment(id) {
   state.selected = id;
-  for (const g of document.querySelectorAll("#graph .attachment")) {
-    g.classList.toggle("selected", Number(g.getAttribute("data-attachment-id")) === id);
-  }
+  markSelection();
   renderSelectedTrace();
 }
 
@@ -192,11 +308,13 @@ function renderSelectedTrace() {
   const box = document.getElementById("trace");
   const a = state.overview.attachments.find((x) => x.id === state.selected);
   clear(box);
+  box.setAttribute("data-attachment-id", String(state.selected));
   if (!a) {
     box.appendChild(el("p", { class: "hint" }, "attachment " + state.selected + " is gone (detached)."));
     return;
   }
-  const title = "attachment " + a.id + ": pid " + a.importer_pid + " → " + (a.buffer_name || "buffer #" + a.buffer_id);
+  const title = "attachment " + a.id + ": importer pid " + a.importer_pid + " (session " + a.session_id + ") → buffer " +
+    (a.buffer_name ? a.buffer_name + " (#" + a.buffer_id + ")" : "#" + a.buffer_id);
   box.appendChild(el("p", { class: "summary" }, title + " negotiated " + a.map_type + (a.pinned ? " (compat, pinned)" : "")));
   if (a.invalid) box.appendChild(el("p", { class: "summary fail" }, "invalidated: " + a.invalid));
   box.appendChild(matrixTable(a.matrix, "attachment-" + a.id));
@@ -328,22 +446,33 @@ function drawSpark(id, values) {
 }
 
 // --- events ---
+//
+// The first request asks the broker to replay what it remembers (EventSource
+// cannot send Last-Event-ID then, so the query says "after 0"); when it
+// reconnects, EventSource sends Last-Event-ID itself, which the broker
+// prefers, and the stream resumes after the last event shown.
+
+function clock(seconds) {
+  if (typeof seconds !== "number") return "";
+  const d = new Date(seconds * 1000), two = (n) => String(n).padStart(2, "0");
+  return two(d.getHours()) + ":" + two(d.getMinutes()) + ":" + two(d.getSeconds()) + " ";
+}
 
 function logEvent(kind, data) {
   const list = document.getElementById("events");
-  let text = "#" + data.seq + " " + kind;
+  let text = clock(data.time) + "#" + data.seq + " " + kind;
   if (data.buffer_id) text += " buffer " + data.buffer_id;
   if (data.attachment_id) text += " attachment " + data.attachment_id;
   if (data.session_id) text += " session " + data.session_id;
   const detail = Object.entries(data.detail || {}).map(([k, v]) => k + "=" + JSON.stringify(v)).join(" ");
   if (detail) text += " · " + detail;
-  list.insertBefore(el("li", { "data-kind": kind }, text), list.firstChild);
-  while (list.childNodes.length > 100) list.removeChild(list.lastChild);
+  list.insertBefore(el("li", { "data-kind": kind, "data-seq": data.seq }, text), list.firstChild);
+  while (list.childNodes.length > EVENT_LIMIT) list.removeChild(list.lastChild);
 }
 
 function connectEvents() {
   const live = document.getElementById("live");
-  const source = new EventSource("/v1/events");
+  const source = new EventSource("/v1/events?last_event_id=0");
   source.onopen = () => { live.textContent = "live"; live.className = "live on"; scheduleRefresh(); };
   source.onerror = () => { live.textContent = "reconnecting…"; live.className = "live off"; };
   for (const kind of EVENT_KINDS) {
