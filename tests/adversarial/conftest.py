@@ -29,6 +29,7 @@ CATEGORIES = {
     "slow and stuck clients": "fd channel never read, many sessions, MoveNotify ignored; a bystander's p99",
     "load and soak": "concurrent clients doing mixed operations; broker RSS and fd count sampled",
     "privilege separation": "clients under another uid: attach, write, HTTP introspection",
+    "fd exhaustion": "duplicate fds, many registrations, many sessions, a full fd table; a broker with nofile 256",
 }
 
 

@@ -67,6 +67,13 @@ _SCALARS = {
 }
 
 
+# Fields whose valid values make the broker wait that long by design (an attach
+# waiting for its buffer): valid values stay short, the rest probe the checks.
+_FIELD_VALUES = {
+    "wait_seconds": st.sampled_from([0.0, 0.001, 0.05, -1.0, -0.0, 300.5, 1e308, float("inf"), float("nan")]),
+}
+
+
 def _enum_values(field: FieldDescriptor):
     return st.one_of(st.sampled_from([v.number for v in field.enum_type.values]), st.integers(-5, 1000))
 
@@ -97,7 +104,12 @@ def _message(descriptor, depth: int = 0) -> st.SearchStrategy:
                 else:
                     getattr(message, field.name).CopyFrom(draw(values))
                 continue
-            values = _enum_values(field) if field.type == FieldDescriptor.TYPE_ENUM else _SCALARS[field.type]
+            if field.name in _FIELD_VALUES:
+                values = _FIELD_VALUES[field.name]
+            elif field.type == FieldDescriptor.TYPE_ENUM:
+                values = _enum_values(field)
+            else:
+                values = _SCALARS[field.type]
             if field.is_repeated:
                 getattr(message, field.name).extend(draw(st.lists(values, max_size=4)))
             else:

@@ -278,6 +278,7 @@ def test_oversized_request_is_refused_and_the_broker_keeps_serving(broker_factor
         with pytest.raises(bufbroker.BrokerError) as raised:
             session.export(4096, labels={"big": "x" * 100_000})
         assert raised.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "at most 65536 (setting max_request_bytes)" in str(raised.value)  # the SDK names the setting
         assert session.export(4096).id > 0
 
 

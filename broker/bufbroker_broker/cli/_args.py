@@ -22,6 +22,11 @@ METAVARS = {
     "sysfs_root": "DIR",
     "admin_token_file": "FILE",
     "http_event_queue": "EVENTS",
+    "http_max_connections": "CONNECTIONS",
+    "http_header_timeout": "SECONDS",
+    "http_keepalive_timeout": "SECONDS",
+    "http_max_page_bytes": "BYTES",
+    "http_allowed_hosts": "HOST,...",
 }
 
 

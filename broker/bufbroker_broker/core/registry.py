@@ -77,6 +77,9 @@ class Session:
     # Live mappings over all its attachments, kept by Registry.map/unmap so
     # the per-session limit check on every map does not walk them.
     mapping_count: int = 0
+    # Backing fds of its registered buffers the broker holds, kept by
+    # register, revoke and move so the fd budget check does not walk them.
+    fd_count: int = 0
 
 
 @dataclass
@@ -225,10 +228,19 @@ class SessionLimits:
     max_buffers: int = 4096
     max_attachments: int = 4096
     max_mappings: int = 16384
+    max_fds: int = 4096  # backing fds held for its buffers plus fds sent but not yet claimed
 
 
 def _notify_nobody(session: Session, event: Event) -> None:
     """The default ``notify``: a registry without transports has no one to tell."""
+
+
+def _missing(buffer_id: int, name: str) -> NotFound:
+    what = f"named {name!r}" if name else f"with id {buffer_id}"
+    return NotFound(
+        f"no buffer {what}: it was never registered, or was unregistered "
+        "when its exporter ended; list buffers with `bufbroker ls`"
+    )
 
 
 def _check_limit(held: int, limit: int, what: str, setting: str) -> None:
@@ -291,6 +303,27 @@ class Registry:
     def _next_id(self) -> int:
         return next(self._ids)
 
+    # --- the fd budget ---------------------------------------------------------
+
+    def fd_room(self, session: Session, pending: int = 0) -> int:
+        """How many more fds ``session`` may have the broker hold, with ``pending`` unclaimed ones."""
+        return max(0, self.limits.max_fds - session.fd_count - pending)
+
+    def check_fd_budget(self, session: Session, adding: int, pending: int = 0, releasing: int = 0) -> None:
+        """Refuse ``adding`` more fds for ``session`` past ``max_fds_per_session``.
+
+        ``pending`` are its fds sent but not yet claimed; ``releasing`` are
+        held fds the same change gives back (a move's old backing).
+        """
+        limit = self.limits.max_fds
+        held = session.fd_count + pending - releasing
+        if held + adding > limit:
+            raise ResourceExhausted(
+                f"this session would hold {held + adding} fds in the broker ({held} already, {adding} more), "
+                f"past the limit (max_fds_per_session = {limit}); unregister buffers first, send each file "
+                "once, or ask the operator to raise max_fds_per_session"
+            )
+
     # --- sessions -----------------------------------------------------------
 
     def session_open(self, token: str, pid: int, uid: int, gid: int) -> Session:
@@ -339,6 +372,7 @@ class Registry:
         owns the fds: they are closed when the buffer is revoked.
         """
         _check_limit(len(exporter.buffers), self.limits.max_buffers, "buffers", "max_buffers_per_session")
+        self.check_fd_budget(exporter, len(fds))
         if name and name in self.buffers_by_name:
             other = self.buffers_by_name[name]
             raise FailedPrecondition(
@@ -361,17 +395,15 @@ class Registry:
         if name:
             self.buffers_by_name[name] = buffer
         exporter.buffers[buffer.id] = buffer
+        exporter.fd_count += len(fds)
         self._emit("registered", session_id=exporter.id, buffer_id=buffer.id, detail={"name": name, "size": size})
         return buffer
 
-    def buffer_find(self, buffer_id: int = 0, name: str = "") -> Buffer:
+    def buffer_find(self, buffer_id: int = 0, name: str = "", asker: Session | None = None) -> Buffer:
+        """The buffer of that name (or id); with ``asker``, one it may not see is as missing as one never registered."""
         buffer = self.buffers_by_name.get(name) if name else self.buffers.get(buffer_id)
-        if buffer is None:
-            what = f"named {name!r}" if name else f"with id {buffer_id}"
-            raise NotFound(
-                f"no buffer {what}: it was never registered, or was unregistered "
-                "when its exporter ended; list buffers with `bufbroker ls`"
-            )
+        if buffer is None or (asker is not None and not self.buffer_visible(asker, buffer)):
+            raise _missing(buffer_id, name)
         return buffer
 
     def buffer_visible(self, session: Session, buffer: Buffer) -> bool:
@@ -402,6 +434,7 @@ class Registry:
         buffer.state = REVOKED
         self._close_kept(buffer)
         self.ledger.close_all([f.fd for f in buffer.fds])
+        buffer.exporter.fd_count -= len(buffer.fds)
         buffer.fds = []
         self._emit("revoked", session_id=buffer.exporter.id, buffer_id=buffer.id, detail={"reason": reason})
         by_session: dict[int, list[int]] = {}
@@ -470,6 +503,7 @@ class Registry:
             )
         old = [f.fd for f in buffer.fds]
         self._close_kept(buffer)  # e.g. the udmabuf built from the old memfds
+        buffer.exporter.fd_count += len(fds) - len(old)
         buffer.fds, buffer.size, buffer.offers = fds, size, offers
         if layout is not None:
             buffer.layout = layout
@@ -535,6 +569,9 @@ class Registry:
 
     def explain(self, session: Session, buffer: Buffer, accept: list[Spec], dry_run: bool = True) -> Negotiation:
         """Negotiate without attaching (a dry run); raises as attach would."""
+        if not self.buffer_visible(session, buffer):
+            # Neither its name nor its allow list: as if it did not exist (and before "revoked", which tells it does).
+            raise _missing(buffer.id, "")
         self._check_active(buffer, "attach to")
         if not principal_allowed(buffer.allow, session.uid, session.gid, buffer.exporter.uid):
             raise PermissionDenied(

@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import os
 import stat
+from collections.abc import Sequence
 
 from bufbroker_broker.core.backing import BufferFd
 from bufbroker_broker.core.errors import InvalidArgument
@@ -149,6 +150,27 @@ def inspect_fd(fd: int, index: int, kind: str, min_size: int = 0) -> BufferFd:
     if kind == "dmabuf":
         return inspect_dmabuf(fd, index, min_size)
     return inspect_memfd(fd, index, min_size)
+
+
+def check_distinct_files(fds: Sequence[int]) -> None:
+    """Refuse a registration that sends one file more than once (by st_dev, st_ino).
+
+    Each copy would cost the broker an fd for nothing (253 copies of one
+    memfd per message filled a broker's fd table), so copies are refused
+    with the indexes that are the same file; the caller still owns the fds.
+    """
+    seen: dict[tuple[int, int], list[int]] = {}
+    for index, fd in enumerate(fds):
+        st = os.fstat(fd)
+        seen.setdefault((st.st_dev, st.st_ino), []).append(index)
+    same = [indexes for indexes in seen.values() if len(indexes) > 1]
+    if same:
+        groups = "; ".join("fds " + ", ".join(map(str, indexes)) for indexes in same[:4])
+        more = f" (and {len(same) - 4} more groups)" if len(same) > 4 else ""
+        raise InvalidArgument(
+            f"{groups}{more} of the buffer are the same file: send each file once "
+            "(segments extents may all name one fd index)"
+        )
 
 
 def _drop_foreign_write_permission(fd: int, mode: int) -> None:

@@ -14,3 +14,8 @@ def reopen_read_only(fd: int) -> int:
     either; within the exporter's uid nothing can stop that. Raises OSError.
     """
     return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+
+
+def open_fd_count() -> int:
+    """How many fds this process has open (the entries of /proc/self/fd)."""
+    return len(os.listdir("/proc/self/fd")) - 1  # less the one listdir itself opened

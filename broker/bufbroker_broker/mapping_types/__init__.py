@@ -69,11 +69,16 @@ def load_mapping_types() -> dict[str, AnyMappingType]:
     return MAPPING_TYPES
 
 
-def load_converters() -> tuple[AnyConverter, ...]:
-    """The built-in converters (memfd/segments -> udmabuf, segments -> memfd), in trial order."""
-    from bufbroker_broker.mapping_types.converters import CONVERTERS
+def load_converters(max_copy_bytes: int | None = None) -> tuple[AnyConverter, ...]:
+    """The built-in converters (memfd/segments -> udmabuf, segments -> memfd), in trial order.
 
-    return CONVERTERS
+    ``max_copy_bytes``: the most the copying converter copies at one map (default: its own default).
+    """
+    from bufbroker_broker.mapping_types.converters import CONVERTERS, SegmentsToMemfdCopy
+
+    if max_copy_bytes is None:
+        return CONVERTERS
+    return tuple(SegmentsToMemfdCopy(max_copy_bytes) if c.copies else c for c in CONVERTERS)
 
 
 def offers_fd_kind(offers: Sequence[pb.Offer]) -> str:

@@ -31,6 +31,8 @@ from bufbroker_broker.mapping_types.segments import SEGMENTS
 from bufbroker_broker.mapping_types.udmabuf import UDMABUF, Extents, UdmabufParams, round_up
 
 COPY_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
+# The copy runs on the broker's event loop: the most one map may copy (setting max_copy_bytes).
+DEFAULT_MAX_COPY_BYTES = 64 << 20
 
 
 class ToUdmabuf:
@@ -122,12 +124,27 @@ class SegmentsToMemfd:
 
 
 class SegmentsToMemfdCopy:
-    """segments -> memfd by copying, for read importers that allow it."""
+    """segments -> memfd by copying, for read importers that allow it, of at most ``max_bytes``.
+
+    The copy runs on the event loop (the registry's map is synchronous), so
+    its size is capped: a larger buffer is refused at attach (and at map)
+    with ResourceExhausted naming the setting, before anything is copied.
+    """
 
     name = "segments->memfd-copy"
     source = SEGMENTS
     target = MEMFD
     copies = True
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_COPY_BYTES) -> None:
+        self.max_bytes = max_bytes
+
+    def _check_size(self, total: int) -> None:
+        if total > self.max_bytes:
+            raise ResourceExhausted(
+                f"{self.name}: a copy of {total} bytes; at most {self.max_bytes} (setting max_copy_bytes): "
+                "accept segments (or udmabuf) to share without a copy, or ask the operator to raise max_copy_bytes"
+            )
 
     def match(self, offer: pb.SegmentsOffer, match: pb.MemfdMatch, ctx: MatchContext) -> MatchResult:
         if _access.requested(match.access) == _access.READ_WRITE:
@@ -140,6 +157,8 @@ class SegmentsToMemfdCopy:
                 "a memfd of these extents needs a copy at each map, and the importer did not allow one "
                 "(bufbroker.Memfd(allow_copy=True))"
             )
+        if not ctx.dry_run:  # a dry run's sizes are made up
+            self._check_size(sum(e.length for e in offer.extents))
         return _access.match_access(SEGMENTS.name, offer.max_access, match.access, True)
 
     def finish(self, offer: pb.SegmentsOffer, match: pb.MemfdMatch, ctx: MatchContext) -> Extents:
@@ -149,6 +168,7 @@ class SegmentsToMemfdCopy:
         """Copy the extents into a new sealed memfd; send it read-only."""
         extents = params
         total = sum(length for _, _, length in extents)
+        self._check_size(total)  # before any work
         try:
             copy = os.memfd_create(f"bufbroker-copy-{backing.buffer_id}", os.MFD_ALLOW_SEALING | os.MFD_CLOEXEC)
             try:

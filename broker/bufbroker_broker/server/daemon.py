@@ -36,6 +36,7 @@ from bufbroker_broker.server.fdchannel.calls import CallServer
 from bufbroker_broker.server.fdchannel.server import FdChannelServer, Limits
 from bufbroker_broker.server.grpc.service import BrokerService
 from bufbroker_broker.server.grpc.timing import RpcTimingInterceptor, RpcTimings
+from bufbroker_broker.server.limits import RequestLimits
 from bufbroker_broker.server.operations import Operations
 from bufbroker_broker.server.readiness import Readiness
 from bufbroker_broker.server.settings import BrokerSettings
@@ -141,11 +142,14 @@ async def serve(settings: BrokerSettings, origins: Mapping[str, str] | None = No
         max_pending_fds=settings.max_pending_fds,
         max_send_queue=settings.max_send_queue,
         send_timeout=settings.fd_send_timeout,
+        max_sessions=settings.max_sessions,
+        max_sessions_per_uid=settings.max_sessions_per_uid,
     )
     broker_service_name = pb.DESCRIPTOR.services_by_name["Broker"].full_name
     async with AsyncExitStack() as stack:
         prepare_socket_dir(socket_dir, stack)
         fd_limit = raise_fd_limit()
+        limits.fd_limit, limits.fd_reserve = fd_limit, settings.fd_reserve or fd_limit * 5 // 8
         ledger = FdLedger(close=os.close)
         # Probed once: every match reads these facts, none looks at /dev or /sys.
         host = probe_host_facts(str(settings.sysfs_root))
@@ -155,13 +159,14 @@ async def serve(settings: BrokerSettings, origins: Mapping[str, str] | None = No
                 max_buffers=settings.max_buffers_per_session,
                 max_attachments=settings.max_attachments_per_session,
                 max_mappings=settings.max_mappings_per_session,
+                max_fds=settings.max_fds_per_session,
             ),
-            converters=mapping_types.load_converters(),
+            converters=mapping_types.load_converters(max_copy_bytes=settings.max_copy_bytes),
             host=host,
         )
         fd_path, grpc_path = socket_dir / FD_SOCKET, socket_dir / GRPC_SOCKET
         channels = FdChannelServer(str(fd_path), registry, ledger, limits, __version__)
-        operations = Operations(registry, ledger, move_timeout=settings.move_timeout)
+        operations = Operations(registry, ledger, move_timeout=settings.move_timeout, limits=RequestLimits.of(settings))
         service = BrokerService(operations, channels, __version__, settings_table(settings, origins))
         channels.on_session_end = service.session_ended
         readiness = Readiness()
@@ -252,6 +257,7 @@ async def start_http(
     import uvicorn
 
     from bufbroker_broker.server.http.app import BrokerView, EmbeddedServer, create_app
+    from bufbroker_broker.server.http.guards import HostCheck, bounded_h11
     from bufbroker_broker.server.http.sse import EventHub
     from bufbroker_broker.server.observe.activity import ActivityCounters
     from bufbroker_broker.server.observe.metrics import make_metrics_registry
@@ -264,10 +270,29 @@ async def start_http(
     activity = ActivityCounters(registry)
     events = EventHub(registry, queue_limit=settings.http_event_queue)
     metrics = make_metrics_registry(registry, ledger, activity, rpc_timings, events, __version__)
-    view = BrokerView(operations, activity, events, channels=channels, admin_token=admin_token, version=__version__)
+    view = BrokerView(
+        operations,
+        activity,
+        events,
+        channels=channels,
+        admin_token=admin_token,
+        version=__version__,
+        max_page_bytes=settings.http_max_page_bytes,
+        max_event_streams=max(1, settings.http_max_connections // 2),
+    )
     app = create_app(readiness, metrics, __version__, view)
+    allowed = [name for name in settings.http_allowed_hosts.split(",") if name.strip()]
     config = uvicorn.Config(
-        app, host=host, port=port, log_level="warning", lifespan="off", access_log=False, timeout_graceful_shutdown=3
+        HostCheck(app, host, port, allowed),
+        host=host,
+        port=port,
+        log_level="warning",
+        lifespan="off",
+        access_log=False,
+        timeout_graceful_shutdown=3,
+        http=bounded_h11(settings.http_max_connections, settings.http_header_timeout),
+        timeout_keep_alive=settings.http_keepalive_timeout,  # type: ignore[arg-type]  # typed int, used as seconds
+        backlog=min(2048, max(16, settings.http_max_connections)),
     )
     server = EmbeddedServer(config)
     try:

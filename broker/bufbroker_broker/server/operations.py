@@ -38,13 +38,12 @@ from bufbroker_broker.core.registry import (
     Registry,
     Session,
 )
-from bufbroker_broker.host.fd_inspect import inspect_fd
+from bufbroker_broker.host.fd_inspect import check_distinct_files, inspect_fd
+from bufbroker_broker.server.limits import RequestLimits
 from bufbroker_broker.server.wire.messages import named_buffer
 
 log = logging.getLogger(__name__)
 
-MAX_NAME = 256
-MAX_LABELS = 64
 # A size the kernel can mmap on 64-bit Linux; anything larger is a typo.
 MAX_SIZE = 1 << 46
 # What a dry run against a bare offers list may assume about the buffer.
@@ -107,10 +106,18 @@ class Page:
 
 
 class Operations:
-    def __init__(self, registry: Registry, ledger: FdLedger, move_timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        ledger: FdLedger,
+        move_timeout: float = 2.0,
+        limits: RequestLimits | None = None,
+    ) -> None:
         self.registry = registry
         self.ledger = ledger
         self.move_timeout = move_timeout
+        # Checked before any other work on every request (server/limits.py).
+        self.limits = limits or RequestLimits()
         # buffer id -> set once its move is over (committed or failed)
         self._moves: dict[int, asyncio.Event] = {}
         # buffer id -> its offers as the exporter sent them: a move without new
@@ -120,8 +127,9 @@ class Operations:
 
     # --- buffers -------------------------------------------------------------------
 
-    def find_buffer(self, buffer_id: int = 0, name: str = "") -> Buffer:
-        return self.registry.buffer_find(buffer_id, name)
+    def find_buffer(self, buffer_id: int = 0, name: str = "", asker: Session | None = None) -> Buffer:
+        """The buffer named; with ``asker``, one it may not see is NotFound, exactly as a missing one."""
+        return self.registry.buffer_find(buffer_id, name, asker)
 
     def select_buffer(self, asker: Session, target: Target) -> Buffer:
         """The buffer an attach names: by (id, name), or by a label selector.
@@ -131,8 +139,9 @@ class Operations:
         several FailedPrecondition naming them.
         """
         if target.labels is None:
-            return self.find_buffer(target.buffer_id, target.name)
+            return self.find_buffer(target.buffer_id, target.name, asker)
         labels = target.labels
+        self.limits.check_labels(labels, "selector labels")
         matches = [
             b
             for _, b in sorted(self.registry.buffers.items())
@@ -204,12 +213,13 @@ class Operations:
         """Check the exporter's fds and request, then register; on any failure the fds are closed."""
         with ExitStack() as unwind:
             unwind.callback(self.ledger.close_all, fds)  # until the registry owns them
-            kind = mapping_types.offers_fd_kind(wire_offers)  # memfd, or dmabuf for dmabuf offers
-            infos = [inspect_fd(fd, i, kind) for i, fd in enumerate(fds)]
-            check_name(name)
             labels = labels or {}
-            if len(labels) > MAX_LABELS:
-                raise InvalidArgument(f"{len(labels)} labels; at most {MAX_LABELS} are allowed")
+            self.limits.check_name(name)  # the request's bounds first, before any work
+            self.limits.check_labels(labels)
+            self.limits.check_offers(wire_offers)
+            kind = mapping_types.offers_fd_kind(wire_offers)  # memfd, or dmabuf for dmabuf offers
+            check_distinct_files(fds)
+            infos = [inspect_fd(fd, i, kind) for i, fd in enumerate(fds)]
             check_size(size, infos[0].size)
             offers = mapping_types.offers_from_wire(wire_offers, tuple(i.size for i in infos), size)
             buffer = self.registry.buffer_register(
@@ -270,10 +280,13 @@ class Operations:
         """
         with ExitStack() as unwind:
             unwind.callback(self.ledger.close_all, fds)  # until the registry owns them, even when refused
+            self.limits.check_offers(wire_offers)
             buffer = self.registry.buffer_owned(session, buffer_id)
             if self.moving(buffer):
                 raise FailedPrecondition(f"buffer {buffer.id} is already moving; wait for that move to finish")
             offers_wire = list(wire_offers) or self._wire_offers.get(buffer.id, [])
+            self.registry.check_fd_budget(session, len(fds), releasing=len(buffer.fds))
+            check_distinct_files(fds)
             infos = [inspect_fd(fd, i, mapping_types.offers_fd_kind(offers_wire)) for i, fd in enumerate(fds)]
             check_size(size, infos[0].size)
             offers = mapping_types.offers_from_wire(offers_wire, tuple(i.size for i in infos), size)
@@ -334,6 +347,7 @@ class Operations:
 
     def attach(self, session: Session, buffer: Buffer, wire_accept: Sequence[mpb.Match], access: int) -> Attachment:
         """Negotiate and attach (no mapping). An accept list that names types needs the event stream."""
+        self.limits.check_accept(wire_accept)
         accept, compat = mapping_types.accept_from_wire(wire_accept, access)
         if not compat and not session.events_open:
             raise FailedPrecondition(
@@ -400,6 +414,8 @@ class Operations:
         Raises NotFound or InvalidArgument for bad input (an unknown type, a
         bad access value), as Attach would; any other refusal is the answer.
         """
+        self.limits.check_accept(wire_accept)
+        self.limits.check_offers(wire_offers)
         accept, _ = mapping_types.accept_from_wire(wire_accept, access)
         try:
             if buffer is None:
@@ -463,10 +479,3 @@ def check_size(size: int, fd0_size: int) -> None:
             f"fd 0 of the buffer has {fd0_size} bytes, fewer than the declared size {size}; "
             "ftruncate a memfd to the size you register (a dma-buf's size is fixed: register at most that)"
         )
-
-
-def check_name(name: str) -> None:
-    if len(name) > MAX_NAME:
-        raise InvalidArgument(f"buffer name is {len(name)} characters; at most {MAX_NAME} are allowed")
-    if any(ord(c) < 32 for c in name):
-        raise InvalidArgument("buffer name contains control characters; use printable text")

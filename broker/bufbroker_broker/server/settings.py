@@ -16,6 +16,9 @@ from typing import Any
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from bufbroker_broker.mapping_types._extents import MAX_EXTENTS
+from bufbroker_broker.server import limits
+
 ENV_PREFIX = "BUFBROKER_"
 
 
@@ -61,6 +64,55 @@ class BrokerSettings(BaseSettings):
     )
     sysfs_root: Path = Field(
         Path("/sys"), description="where sysfs is: the PCI topology for dmabuf p2p reachability, udmabuf's limits"
+    )
+    # Bounded work per request (server/limits.py): checked before any other work, on every transport.
+    max_offers: int = Field(limits.DEFAULT_MAX_OFFERS, gt=0, description="offers one buffer may register")
+    max_accept_entries: int = Field(
+        limits.DEFAULT_MAX_ACCEPT_ENTRIES, gt=0, description="entries in one attach's or explain's accept list"
+    )
+    max_extents: int = Field(
+        limits.DEFAULT_MAX_EXTENTS,
+        gt=0,
+        le=MAX_EXTENTS,
+        description=f"extents in one buffer's segments and udmabuf offers together (at most {MAX_EXTENTS})",
+    )
+    max_labels: int = Field(limits.DEFAULT_MAX_LABELS, gt=0, description="labels on one buffer or in one selector")
+    max_label_bytes: int = Field(
+        limits.DEFAULT_MAX_LABEL_BYTES, gt=0, description="bytes of one buffer's label keys and values together"
+    )
+    max_name_length: int = Field(limits.DEFAULT_MAX_NAME_LENGTH, gt=0, description="characters in a buffer name")
+    max_copy_bytes: int = Field(
+        limits.DEFAULT_MAX_COPY_BYTES,
+        gt=0,
+        description="largest buffer the segments->memfd-copy converter copies at one map (bytes)",
+    )
+    # HTTP that a local user cannot exhaust (server/http/guards.py).
+    http_max_connections: int = Field(
+        64, gt=0, description="open HTTP connections; over it the one waiting longest for its request is closed"
+    )
+    http_header_timeout: float = Field(
+        10.0, gt=0, description="seconds an HTTP connection may take to send a request's headers before it is closed"
+    )
+    http_keepalive_timeout: float = Field(
+        5.0, gt=0, description="seconds an idle keep-alive HTTP connection stays open after a response"
+    )
+    http_max_page_bytes: int = Field(
+        1 << 20, ge=4096, description="bytes of buffers in one /v1/buffers or /v1/overview page (next_cursor continues)"
+    )
+    http_allowed_hosts: str = Field(
+        "", description="comma-separated extra Host names HTTP answers to (besides the bind address; DNS rebinding)"
+    )
+    # The fd budget (server/fdchannel/server.py, core/registry.py): checked before the broker takes fds.
+    max_fds_per_session: int = Field(
+        4096, gt=0, description="per session: fds the broker holds for it (its buffers' backings, fds sent unclaimed)"
+    )
+    max_sessions: int = Field(4096, gt=0, description="open sessions, all uids together; more are refused at HELLO")
+    max_sessions_per_uid: int = Field(1024, gt=0, description="open sessions of one uid; more are refused at HELLO")
+    fd_reserve: int = Field(
+        0,
+        ge=0,
+        description="fds of RLIMIT_NOFILE kept free for accepting, refusing and maps; "
+        "sessions and fds that would use them are refused (0: 5/8 of it, so the broker stays under half)",
     )
 
     @field_validator("log_level")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import grpc
@@ -13,6 +14,9 @@ from bufbroker.v1 import broker_pb2
 # Kept for callers that read them from here; defined in bufbroker.protocol.
 ERROR_KIND_KEY = protocol.ERROR_KIND_KEY
 TRACE_KEY = protocol.TRACE_KEY
+
+# What gRPC itself answers when a request is over the broker's max_request_bytes (no handler sees it).
+_REQUEST_TOO_LARGE = re.compile(r"SERVER: Received message larger than max \((\d+) vs\. (\d+)\)")
 
 
 class BrokerError(Exception):
@@ -106,6 +110,13 @@ def from_rpc_error(error: grpc.RpcError) -> BrokerError:
     details: str = call.details() or str(code)
     if code == grpc.StatusCode.UNAVAILABLE and cls is Unavailable and not kind:
         details = f"the broker is unreachable ({details}); is `bufbroker serve` running?"
+    too_large = _REQUEST_TOO_LARGE.search(details) if code == grpc.StatusCode.RESOURCE_EXHAUSTED and not kind else None
+    if too_large is not None:
+        sent, limit = too_large.groups()
+        details = (
+            f"the request is {sent} bytes; the broker reads at most {limit} (setting max_request_bytes): "
+            "send fewer offers, accept entries or labels, or ask the operator to raise max_request_bytes"
+        )
     return cls(details, code, trace)
 
 

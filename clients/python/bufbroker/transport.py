@@ -177,6 +177,10 @@ def _read_hello(sock: socket.socket, socket_dir: Path) -> fd_channel_pb2.Hello:
     except OSError as error:  # e.g. reset by a broker that is starting or dying
         raise errors.Unavailable(f"the broker at {socket_dir} dropped the connection before HELLO: {error}") from None
     fdwire.close_fds(received.fds)
+    if received.message is not None and received.message.HasField("notice"):
+        # The broker refused the session (e.g. RESOURCE_EXHAUSTED: max_sessions): its reason, as the matching error.
+        refusal = received.message.notice
+        raise errors.from_call_error(fd_channel_pb2.CallError(code=refusal.code, message=refusal.message))
     if received.eof or received.message is None or not received.message.HasField("hello"):
         raise errors.Unavailable(
             f"the broker at {socket_dir} did not greet this session "

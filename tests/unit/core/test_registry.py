@@ -268,10 +268,25 @@ def test_an_attach_without_a_common_type_creates_nothing(world, a, b):
     assert negotiated[-1].detail == {"result": "no-common-type", "map_type": "", "dry_run": False}
 
 
-def test_attach_to_a_buffer_whose_allow_list_excludes_the_importer_is_permission_denied(world, a):
-    buffer = world.register(world.session(1000), offer(a))
-    with pytest.raises(PermissionDenied, match=r"does not allow uid:2000 gid:2000.*\[same-uid\]"):
-        world.registry.attach(world.session(2000), buffer, [match(a)], pinned=False)
+def test_attach_to_a_buffer_the_importer_may_not_see_is_not_found_like_a_missing_one(world, a):
+    buffer = world.register(world.session(1000), offer(a), name="secret-name", allow=("uid:3000",))
+    stranger = world.session(2000)
+    with pytest.raises(NotFound) as hidden:
+        world.registry.attach(stranger, buffer, [match(a)], pinned=False)
+    with pytest.raises(NotFound) as missing:
+        world.registry.buffer_find(buffer.id + 1000)
+    assert str(hidden.value) == str(missing.value).replace(str(buffer.id + 1000), str(buffer.id))
+    assert "secret-name" not in str(hidden.value) and "uid:3000" not in str(hidden.value)
+    with pytest.raises(NotFound, match="no buffer named 'secret-name'"):
+        world.registry.buffer_find(name="secret-name", asker=stranger)
+    assert world.registry.buffer_find(name="secret-name", asker=world.session(3000)) is buffer
+
+
+def test_attach_by_the_exporter_its_own_allow_list_excludes_is_permission_denied(world, a):
+    exporter = world.session(1000)
+    buffer = world.register(exporter, offer(a), allow=("uid:2000",))
+    with pytest.raises(PermissionDenied, match=r"does not allow uid:1000 gid:1000.*\[uid:2000\]"):
+        world.registry.attach(exporter, buffer, [match(a)], pinned=False)
 
 
 def test_every_match_reads_the_host_facts_the_registry_was_given(world, a):

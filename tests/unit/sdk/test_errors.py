@@ -53,3 +53,30 @@ def test_without_a_kind_the_status_picks_the_class():
     assert type(error) is errors.NotFound
     unknown = errors.from_call_error(fdpb.CallError(code="NO_SUCH_STATUS", message=""))
     assert type(unknown) is errors.BrokerError and unknown.code == grpc.StatusCode.UNKNOWN
+
+
+class _Failed(grpc.RpcError):
+    """A failed call as grpc raises it: an RpcError that is also its Call."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def trailing_metadata(self) -> tuple:
+        return ()
+
+
+def test_a_request_over_the_brokers_receive_limit_names_max_request_bytes():
+    refused = _Failed(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, "SERVER: Received message larger than max (2097157 vs. 1048576)"
+    )
+    error = errors.from_rpc_error(refused)
+    assert type(error) is errors.ResourceExhausted
+    assert "2097157 bytes" in str(error) and "at most 1048576 (setting max_request_bytes)" in str(error)
+    other = errors.from_rpc_error(_Failed(grpc.StatusCode.RESOURCE_EXHAUSTED, "this session already holds 5 buffers"))
+    assert str(other) == "this session already holds 5 buffers", "a broker's own message is kept as it is"

@@ -26,7 +26,9 @@ from bufbroker_broker.core.errors import (
 from bufbroker_broker.core.negotiate import MATCHED, TYPE_DIFFERS
 from bufbroker_broker.core.principals import SAME_UID
 from bufbroker_broker.core.registry import AttachmentInvalidatedEvent, MoveNotifyEvent, SessionLimits
-from bufbroker_broker.server.operations import MAX_LABELS, MAX_NAME, Operations
+from bufbroker_broker.server.limits import DEFAULT_MAX_LABELS as MAX_LABELS
+from bufbroker_broker.server.limits import DEFAULT_MAX_NAME_LENGTH as MAX_NAME
+from bufbroker_broker.server.operations import Operations
 from tests.unit.server.world import SIZE, World, accept, is_open, plugin_match, plugin_offer, seals
 
 RW = mpb.ACCESS_READ_WRITE

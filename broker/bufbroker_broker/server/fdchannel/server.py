@@ -14,8 +14,12 @@ between the SDK's threads; ``on_call`` (bufbroker_broker.server.fdchannel.calls)
 
 from __future__ import annotations
 
+import array
 import asyncio
+import errno
 import logging
+import os
+import re
 import secrets
 import select
 import socket
@@ -29,10 +33,13 @@ from bufbroker.v1 import fd_channel_pb2 as pb
 from bufbroker_broker.core.errors import BrokerError, InvalidArgument, ResourceExhausted, Unavailable
 from bufbroker_broker.core.fd_ledger import FdLedger
 from bufbroker_broker.core.registry import Registry, Session
+from bufbroker_broker.host.fds import open_fd_count
 from bufbroker_broker.server.wire.errors import call_error, notice
 
 log = logging.getLogger(__name__)
 
+# Seconds a count of the broker's open fds is reused (corrected by the ledger's changes since).
+FD_COUNT_TTL = 0.05
 FDS_DROPPED = "fds dropped: receiver out of file descriptors or refused by a security module"
 
 
@@ -44,6 +51,40 @@ class Limits:
     max_send_queue: int = 256  # datagrams queued for a slow reader
     send_timeout: float = 5.0  # Map waits this long for its fds to go out
     max_call_channels: int = 16  # per session
+    max_sessions: int = 4096  # open sessions, all uids together
+    max_sessions_per_uid: int = 1024
+    fd_limit: int = 0  # the broker's RLIMIT_NOFILE; 0: unknown, no process-wide check
+    fd_reserve: int = 0  # fds kept free (for accepting, refusing, maps); the daemon sets it
+
+
+# Accepting while out of fds: pause this long, doubling up to the maximum.
+ACCEPT_BACKOFF_MIN = 0.1
+ACCEPT_BACKOFF_MAX = 2.0
+# Clients refused through the spare fd at most, each time the table is found full.
+SPARE_BURST = 64
+# A refusal of the same kind is logged at most once per this many seconds.
+REFUSAL_LOG_PERIOD = 10.0
+
+
+class _Throttle:
+    """Warnings logged at most once per period per kind, with how many were left out."""
+
+    def __init__(self, period: float, clock: Callable[[], float]) -> None:
+        self.period = period
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._quiet: dict[str, int] = {}
+
+    def warning(self, kind: str, message: str, *args: object) -> None:
+        now = self.clock()
+        last = self._last.get(kind)
+        if last is not None and now - last < self.period:
+            self._quiet[kind] = self._quiet.get(kind, 0) + 1
+            return
+        self._last[kind] = now
+        quiet = self._quiet.pop(kind, 0)
+        suffix = f" ({quiet} more like it in the last {now - last:.0f} s)" if quiet and last is not None else ""
+        log.warning(message + suffix, *args)
 
 
 @dataclass
@@ -79,6 +120,8 @@ class Connection:
     writing: bool = False
     next_ticket: int = 1
     closed: bool = False
+    # Why the kernel dropped fds of the last datagram, when it was the fd budget.
+    budget_error: BrokerError | None = None
 
     @property
     def pending_fd_count(self) -> int:
@@ -104,8 +147,23 @@ class FdChannelServer:
         # Answers a Call on a call channel: on_call(connection, call).
         self.on_call: Callable[[Connection, Any], None] = lambda connection, call: None
         self.connections: dict[int, Connection] = {}
+        self.sessions_by_uid: dict[int, int] = {}
+        self.open_fds: Callable[[], int] = open_fd_count
+        # Counting /proc/self/fd costs O(open fds): it is counted at most every
+        # FD_COUNT_TTL seconds, and what the ledger took or closed since is added.
+        self._fd_count = 0
+        self._fd_counted_at = -FD_COUNT_TTL
+        self._held_at_count = 0
         self._listener: socket.socket | None = None
         self._running_loop: asyncio.AbstractEventLoop | None = None
+        self._throttle = _Throttle(REFUSAL_LOG_PERIOD, _monotonic)
+        # The spare-fd trick: one fd held to be closed when the table is full,
+        # so the broker can still accept a client and tell it why it is refused.
+        self._spare: int | None = None
+        self._backoff = 0.0
+        self._backoff_until = 0.0
+        self._resume: asyncio.TimerHandle | None = None
+        self._refused_accepts = 0
 
     @property
     def _loop(self) -> asyncio.AbstractEventLoop:
@@ -120,14 +178,21 @@ class FdChannelServer:
         self._running_loop = asyncio.get_running_loop()
         self._listener = listener
         listener.setblocking(False)
+        self._open_spare()
         self._loop.add_reader(listener.fileno(), self._on_accept)
 
     def stop_accepting(self) -> None:
         """Refuse new sessions; the open ones carry on."""
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
         if self._listener is not None:
             self._loop.remove_reader(self._listener.fileno())
             self._listener.close()
             self._listener = None
+        if self._spare is not None:
+            os.close(self._spare)
+            self._spare = None
 
     def stop(self) -> None:
         """Refuse new sessions and end every open one."""
@@ -141,6 +206,113 @@ class FdChannelServer:
             raise Unavailable(f"session {session.id} has no open fd channel; reconnect")
         return connection
 
+    # --- admission and the fd budget -------------------------------------------------
+
+    def _open_spare(self) -> None:
+        if self._spare is None:
+            try:
+                self._spare = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                self._spare = None  # out of fds: try again after the next accept
+
+    def _fd_headroom(self) -> int:
+        """How many more fds the process may open and still keep ``fd_reserve`` free."""
+        if not self.limits.fd_limit:
+            return fdwire.MAX_FDS_PER_MESSAGE
+        now = _monotonic()
+        if now - self._fd_counted_at >= FD_COUNT_TTL:
+            self._fd_count, self._fd_counted_at, self._held_at_count = self.open_fds(), now, self.ledger.held
+        in_use = self._fd_count + self.ledger.held - self._held_at_count
+        return self.limits.fd_limit - self.limits.fd_reserve - in_use
+
+    def _reserve_error(self) -> ResourceExhausted:
+        limits = self.limits
+        return ResourceExhausted(
+            f"the broker is keeping its last {limits.fd_reserve} of {limits.fd_limit} file descriptors free "
+            f"(limit fd_reserve = {limits.fd_reserve}, of its RLIMIT_NOFILE); retry later, or ask the operator "
+            "to raise the broker's nofile limit or lower max_fds_per_session and max_sessions"
+        )
+
+    def _admission(self, uid: int) -> ResourceExhausted | None:
+        """Why a new session of ``uid`` is refused, or None."""
+        limits = self.limits
+        if len(self.connections) >= limits.max_sessions:
+            return ResourceExhausted(
+                f"the broker already serves {len(self.connections)} sessions, the limit "
+                f"(max_sessions = {limits.max_sessions}); close sessions you do not need, or ask the "
+                "operator to raise max_sessions"
+            )
+        held = self.sessions_by_uid.get(uid, 0)
+        if held >= limits.max_sessions_per_uid:
+            return ResourceExhausted(
+                f"uid {uid} already has {held} sessions, the limit (max_sessions_per_uid = "
+                f"{limits.max_sessions_per_uid}); share one session between threads, as the SDK allows, "
+                "or ask the operator to raise max_sessions_per_uid"
+            )
+        if self._fd_headroom() <= 0:
+            return self._reserve_error()
+        return None
+
+    def _refuse_session(self, sock: socket.socket, error: BrokerError, uid: int = -1) -> None:
+        """Answer a connection with the refusal instead of HELLO, then close it."""
+        try:
+            sock.setblocking(False)
+            sock.send(fdwire.encode(notice("", error)))
+        except OSError:
+            pass  # it went away or cannot take a datagram: it still sees the close
+        sock.close()
+        self._throttle.warning(
+            re.sub(r"\d+", "N", error.message),
+            "fd channel: refused a session%s: %s",
+            f" of uid {uid}" if uid >= 0 else "",
+            error.message,
+        )
+
+    def _accept_exhausted(self, error: OSError) -> None:
+        """Out of fds at accept: refuse the waiting clients through the spare fd, then pause accepting.
+
+        Another thread (gRPC's) may take the fd the spare frees; then the
+        clients left wait for the next try, after the back-off.
+        """
+        listener = self._listener
+        assert listener is not None
+        refusal = ResourceExhausted(
+            f"the broker is out of file descriptors ({error.strerror}; its limit is "
+            f"{self.limits.fd_limit or 'unknown'}); retry later, or ask the operator to raise its nofile "
+            "limit or lower max_fds_per_session and max_sessions"
+        )
+        for _ in range(SPARE_BURST):
+            if self._spare is None:
+                break
+            os.close(self._spare)
+            self._spare = None
+            try:
+                sock, _ = listener.accept()
+            except OSError:
+                self._open_spare()
+                break
+            self._refuse_session(sock, refusal)
+            self._refused_accepts += 1
+            self._open_spare()
+        now = self._loop.time()
+        self._backoff = min(max(self._backoff * 2, ACCEPT_BACKOFF_MIN), ACCEPT_BACKOFF_MAX)
+        self._backoff_until = now + self._backoff
+        log.warning(
+            "fd channel accept failed: %s; %d client(s) refused (through the spare fd) since the last report; "
+            "not accepting for %.1f s",
+            error.strerror,
+            self._refused_accepts,
+            self._backoff,
+        )
+        self._refused_accepts = 0
+        self._loop.remove_reader(listener.fileno())
+        self._resume = self._loop.call_later(self._backoff, self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        self._resume = None
+        if self._listener is not None:
+            self._loop.add_reader(self._listener.fileno(), self._on_accept)
+
     def _on_accept(self) -> None:
         if self._listener is None:  # stopped accepting since the loop saw it readable
             return
@@ -149,9 +321,14 @@ class FdChannelServer:
         except (BlockingIOError, InterruptedError):
             return
         except OSError as error:
-            # EMFILE and friends: log and keep serving the others.
-            log.warning("fd channel accept failed: %s", error)
+            if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                self._accept_exhausted(error)  # back off instead of spinning on a readable listener
+            else:
+                self._throttle.warning("accept", "fd channel accept failed: %s", error)
             return
+        if self._backoff and self._loop.time() > self._backoff_until + 10 * ACCEPT_BACKOFF_MAX:
+            self._backoff = 0.0  # a long time without running out: start the back-off small again
+        self._open_spare()
         sock.setblocking(False)
         try:
             pid, uid, gid = fdwire.peer_credentials(sock)
@@ -159,10 +336,15 @@ class FdChannelServer:
             log.warning("fd channel: cannot read peer credentials: %s", error)
             sock.close()
             return
+        refusal = self._admission(uid)
+        if refusal is not None:
+            self._refuse_session(sock, refusal, uid)
+            return
         token = secrets.token_hex(16)  # 128 bits
         session = self.registry.session_open(token, pid, uid, gid)
         connection = Connection(sock, session)
         self.connections[session.id] = connection
+        self.sessions_by_uid[uid] = self.sessions_by_uid.get(uid, 0) + 1
         self._loop.add_reader(sock.fileno(), self._on_readable, connection)
         hello = pb.FdMessage(
             hello=pb.Hello(
@@ -222,15 +404,38 @@ class FdChannelServer:
 
     # --- receiving ------------------------------------------------------------
 
-    def _datagrams(self, connection: Connection, max_bytes: int, what: str) -> Iterator[fdwire.Received]:
+    def _fd_budget(self, connection: Connection) -> tuple[int, BrokerError | None]:
+        """How many fds the next datagram of ``connection`` may bring, and the refusal past that."""
+        session_room = self.registry.fd_room(connection.session, connection.pending_fd_count)
+        process_room = self._fd_headroom()
+        if process_room < session_room:
+            return max(0, process_room), self._reserve_error()
+        limit = self.registry.limits.max_fds
+        return session_room, ResourceExhausted(
+            f"this session already holds {limit - session_room} fds in the broker, registered or sent "
+            f"but not yet claimed (limit max_fds_per_session = {limit}); unregister buffers first, send "
+            "each file once, or ask the operator to raise max_fds_per_session"
+        )
+
+    def _datagrams(
+        self, connection: Connection, max_bytes: int, what: str, budgeted: bool = False
+    ) -> Iterator[fdwire.Received]:
         """Each datagram waiting on ``connection``, its fds adopted by the ledger.
 
-        Ends the connection when the client hung up or the socket broke,
-        and stops once the connection is ended (by us or by the caller).
+        With ``budgeted``, the kernel installs no more fds than the session's
+        and the process's fd budgets leave room for (the rest it closes, and
+        ``connection.budget_error`` says why). Ends the connection when the
+        client hung up or the socket broke, and stops once the connection is
+        ended (by us or by the caller).
         """
         while not connection.closed:
             try:
-                received = fdwire.receive(connection.sock, max_bytes)
+                if budgeted:
+                    room, why = self._fd_budget(connection)
+                    received = _receive(connection.sock, max_bytes, room)
+                    connection.budget_error = why if received.truncated and room < fdwire.MAX_FDS_PER_MESSAGE else None
+                else:
+                    received = fdwire.receive(connection.sock, max_bytes)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as error:
@@ -243,7 +448,7 @@ class FdChannelServer:
             yield received
 
     def _on_readable(self, connection: Connection) -> None:
-        for received in self._datagrams(connection, fdwire.MAX_MESSAGE_BYTES, "fd channel"):
+        for received in self._datagrams(connection, fdwire.MAX_MESSAGE_BYTES, "fd channel", budgeted=True):
             if received.eof:  # an empty datagram reads like EOF on SEQPACKET
                 self._refuse(connection, "", InvalidArgument("empty fd-channel message; send a serialized FdMessage"))
                 continue
@@ -254,7 +459,15 @@ class FdChannelServer:
         nonce = message.send_fds.nonce if message is not None and message.HasField("send_fds") else ""
         if received.truncated:
             self.ledger.close_all(received.fds)
-            self._refuse(connection, nonce, ResourceExhausted(FDS_DROPPED))
+            self._refuse(connection, nonce, connection.budget_error or ResourceExhausted(FDS_DROPPED))
+            if connection.budget_error is not None:
+                self._throttle.warning(
+                    "fd budget",
+                    "session %d (pid %d): refused fds: %s",
+                    connection.session.id,
+                    connection.session.pid,
+                    connection.budget_error.message,
+                )
             return
         if message is None:
             self.ledger.close_all(received.fds)
@@ -299,6 +512,10 @@ class FdChannelServer:
                 f"too many unclaimed fds: this session may hold at most {limit} fds sent but "
                 "not yet named by RegisterBuffer (limit max_pending_fds)"
             )
+        try:
+            self.registry.check_fd_budget(connection.session, len(fds), pending=connection.pending_fd_count)
+        except ResourceExhausted as error:
+            return error
         return None
 
     def _refuse(self, connection: Connection, nonce: str, error: BrokerError) -> None:
@@ -456,9 +673,38 @@ class FdChannelServer:
         if connection.main is not None:
             connection.main.call_channels.remove(connection)
             return
-        self.connections.pop(session.id, None)
+        if self.connections.pop(session.id, None) is not None:
+            left = self.sessions_by_uid.get(session.uid, 0) - 1
+            if left > 0:
+                self.sessions_by_uid[session.uid] = left
+            else:
+                self.sessions_by_uid.pop(session.uid, None)
         self.registry.session_close(session)
         self.on_session_end(session)
+
+
+def _monotonic() -> float:
+    return asyncio.get_running_loop().time()
+
+
+def _receive(sock: socket.socket, max_bytes: int, max_fds: int) -> fdwire.Received:
+    """fdwire.receive, with room for at most ``max_fds`` fds: the kernel closes the rest (MSG_CTRUNC).
+
+    Fds past the budget never enter the broker's fd table.
+    """
+    max_fds = max(0, min(max_fds, fdwire.MAX_FDS_PER_MESSAGE))
+    room = socket.CMSG_LEN(max_fds * array.array("i").itemsize) if max_fds else 0
+    data, ancdata, flags, _ = sock.recvmsg(max_bytes + 1, room, socket.MSG_CMSG_CLOEXEC)
+    fds = fdwire.fds_from_ancillary(ancdata)
+    truncated = bool(flags & socket.MSG_CTRUNC)
+    if not data and not fds:
+        return fdwire.Received(None, [], truncated, eof=True)
+    if flags & socket.MSG_TRUNC:
+        return fdwire.Received(None, fds, truncated, False, f"message longer than {max_bytes} bytes")
+    try:
+        return fdwire.Received(fdwire.decode(data, max_bytes), fds, truncated, False)
+    except fdwire.FdWireError as error:
+        return fdwire.Received(None, fds, truncated, False, str(error))
 
 
 def _peer_hung_up(sock: socket.socket) -> bool:

@@ -217,6 +217,7 @@ class BrokerService(pb_grpc.BrokerServicer):
         page_size = min(request.page_size or DEFAULT_PAGE, MAX_PAGE)
         visible = self.registry.buffer_visible  # clients must not see each other's buffers unless allowed to
         labels = dict(request.labels)
+        self.operations.limits.check_labels(labels, "selector labels")
         if request.name:
             found = self.registry.buffers_by_name.get(request.name)
             page = [found] if found is not None and visible(session, found) and labels_match(found, labels) else []
@@ -233,7 +234,7 @@ class BrokerService(pb_grpc.BrokerServicer):
     async def Explain(self, request: pb.ExplainRequest, context: Context) -> pb.ExplainResponse:
         session = self.authenticate(context)
         bare_offers = request.WhichOneof("buffer") is None and bool(request.offers)
-        buffer = None if bare_offers else self.operations.find_buffer(*named_buffer(request))
+        buffer = None if bare_offers else self.operations.find_buffer(*named_buffer(request), asker=session)
         answer = self.operations.explain(session, request.accept, request.access, buffer, request.offers)
         return pb.ExplainResponse(map_type=answer.map_type, trace=trace_to_wire(answer.trace), error=answer.error)
 

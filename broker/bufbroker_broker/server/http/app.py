@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
+import pydantic_core
 import uvicorn
 from fastapi import Body, Depends, FastAPI, Header, HTTPException, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -26,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.openmetrics import exposition as openmetrics
 from pydantic import StringConstraints
 
+from bufbroker_broker.core import registry as core
 from bufbroker_broker.core.errors import BrokerError, InvalidArgument
 from bufbroker_broker.server.http import models as m
 from bufbroker_broker.server.http.sse import EventHub, EventStreamResponse, parse_last_event_id
@@ -63,6 +65,8 @@ class BrokerView:
     admin_token: str | None = None  # None: admin endpoints are off
     version: str = ""
     started: float = field(default_factory=time.monotonic)
+    max_page_bytes: int = 1 << 20  # bytes of buffers in one page (http_max_page_bytes)
+    max_event_streams: int = 32  # open /v1/events streams (half of http_max_connections)
 
 
 def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -187,11 +191,12 @@ def _add_introspection(app: FastAPI, broker: BrokerView) -> None:
                 and (state is None or b.state == state)
             ),
         )
+        models, cut = _models_within(listed.buffers, broker.max_page_bytes)
         return m.BufferPage(
-            buffers=[m.buffer_model(b) for b in listed.buffers],
+            buffers=models,
             total=listed.total,
             limit=limit,
-            next_cursor=str(listed.buffers[-1].id) if listed.more else None,
+            next_cursor=str(models[-1].id) if cut or listed.more else None,
         )
 
     @app.get("/v1/buffers/{buffer_id}", response_model=m.BufferDetail, responses=_problems(404), tags=["introspection"])
@@ -244,13 +249,14 @@ def _add_introspection(app: FastAPI, broker: BrokerView) -> None:
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="at most this many buffers")] = 500,
     ) -> m.Overview:
         """Stats, sessions, the first ``limit`` buffers and their attachments: one snapshot."""
-        buffers = [b for _, b in sorted(registry.buffers.items())][:limit]
-        shown = {b.id for b in buffers}
+        models, cut = _models_within([b for _, b in sorted(registry.buffers.items())][:limit], broker.max_page_bytes)
+        shown = {b.id for b in models}
         return m.Overview(
             stats=_stats(broker),
             sessions=[m.session_model(s) for _, s in sorted(registry.sessions.items())],
-            buffers=[m.buffer_model(b) for b in buffers],
+            buffers=models,
             buffers_total=len(registry.buffers),
+            buffers_next_cursor=str(models[-1].id) if cut else None,
             attachments=[
                 m.attachment_model(a) for _, a in sorted(registry.attachments.items()) if a.buffer.id in shown
             ],
@@ -261,7 +267,11 @@ def _add_introspection(app: FastAPI, broker: BrokerView) -> None:
         response_class=EventStreamResponse,
         status_code=200,
         responses={
-            200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}, "description": "Server-Sent Events"}
+            200: {
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                "description": "Server-Sent Events",
+            },
+            **_problems(503),
         },
         tags=["introspection"],
     )
@@ -281,7 +291,28 @@ def _add_introspection(app: FastAPI, broker: BrokerView) -> None:
         attached, mapped, moved, revoked, session-ended, ...), ``data`` is JSON with the ids and
         details, ``id`` the sequence number. A client that reads too slowly is dropped."""
         resume = last_event_id if last_event_id is not None else after
+        if len(broker.events.clients) >= broker.max_event_streams:  # the rest of the connections stay for others
+            raise HTTPException(
+                503, f"{broker.max_event_streams} /v1/events streams are open, half of --http-max-connections"
+            )
         return EventStreamResponse(broker.events, parse_last_event_id(resume))
+
+
+def _models_within(buffers: list[core.Buffer], max_bytes: int) -> tuple[list[m.Buffer], bool]:
+    """The models of ``buffers``, in order, while their JSON stays within ``max_bytes``; whether some were cut.
+
+    The first always goes in, so a page never comes back empty while buffers remain.
+    """
+    models: list[m.Buffer] = []
+    used = 0
+    for buffer in buffers:
+        model = m.buffer_model(buffer)
+        size = len(pydantic_core.to_json(model)) + 1
+        if models and used + size > max_bytes:
+            return models, True
+        models.append(model)
+        used += size
+    return models, False
 
 
 def _parse_cursor(cursor: str | None) -> int:
@@ -305,7 +336,7 @@ def _explain(operations: Operations, request: m.ExplainRequest) -> m.ExplainResu
     access = wire_offers.access_by_name(request.access)
     accept = wire_offers.accept_by_name(request.accept, access)
     if has_buffer:
-        buffer = operations.find_buffer(request.buffer_id or 0, request.buffer_name or "")
+        buffer = operations.find_buffer(request.buffer_id or 0, request.buffer_name or "", asker)
         answer = operations.explain(asker, accept, access, buffer=buffer)
         offers = [o.type.name for o in buffer.offers]
     else:

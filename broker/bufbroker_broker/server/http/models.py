@@ -177,12 +177,12 @@ class ExplainRequest(Model):
 
     buffer_id: int | None = Field(None, ge=1, le=2**63 - 1)
     buffer_name: str | None = Field(None, max_length=256)
+    # How many offers and accept entries: the broker's max_offers and max_accept_entries (Operations.explain).
     offers: list[str] | None = Field(
-        None, max_length=64, description="with no buffer: offer types in exporter order, each TYPE or TYPE:read"
+        None, description="with no buffer: offer types in exporter order, each TYPE or TYPE:read"
     )
     accept: list[str] = Field(
         default_factory=list,
-        max_length=64,
         description="the importer's types in its order; empty: a compat importer (memfd)",
     )
     access: Access = "read"
@@ -227,6 +227,9 @@ class Overview(Model):
     sessions: list[Session]
     buffers: list[Buffer]
     buffers_total: int
+    buffers_next_cursor: str | None = Field(
+        None, description="set when the page was cut by bytes: pass as cursor to /v1/buffers for the rest"
+    )
     attachments: list[Attachment]
 
 
