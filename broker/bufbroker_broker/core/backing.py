@@ -25,6 +25,7 @@ class BufferFd:
     kind: str = MEMFD  # or DMABUF
     seals: int = 0  # a memfd's F_GET_SEALS once the broker sealed it
     exp_name: str = ""  # a dma-buf's exporter, from its fdinfo
+    file_id: tuple[int, int] = (0, 0)  # (st_dev, st_ino): the same file under two buffers; (0, 0) unknown
 
 
 # What a type keeps for one buffer across maps: fds it built from the

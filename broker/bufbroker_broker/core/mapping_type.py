@@ -72,6 +72,8 @@ class MatchContext:
     # What the broker probed about this host at start: udmabuf, dma-heaps, PCI topology.
     host: HostFacts = UNPROBED
     dry_run: bool = False
+    # The importer's supplementary gids (a ``gid:N`` principal matches these too).
+    importer_groups: tuple[int, ...] = ()
 
 
 @dataclass

@@ -135,7 +135,7 @@ def _try_pair(
         return TraceStep(offer_index, offer.type.name, match_index, match.type.name, verdict, reason, via)
 
     if offer.restricted_to and not principal_allowed(
-        offer.restricted_to, ctx.importer_uid, ctx.importer_gid, ctx.exporter_uid
+        offer.restricted_to, ctx.importer_uid, ctx.importer_gid, ctx.exporter_uid, ctx.importer_groups
     ):
         who = describe_peer(ctx.importer_uid, ctx.importer_gid)
         trace.append(step(SOFT_MISMATCH, f"restricted: this offer is not for {who}"))

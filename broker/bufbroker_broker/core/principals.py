@@ -2,7 +2,9 @@
 
 A principal is ``uid:N``, ``gid:N``, ``same-uid`` (the exporter's uid) or
 ``any``. They are checked against the uid and gid the kernel reported for
-the importer's connection (SO_PEERCRED), never against what a client says.
+the importer's connection (SO_PEERCRED) and its supplementary groups
+(SO_PEERGROUPS, read by the transport), never against what a client says:
+``gid:N`` matches the primary gid or any supplementary one.
 """
 
 from __future__ import annotations
@@ -30,9 +32,12 @@ def parse_principals(principals: Iterable[str], what: str) -> tuple[str, ...]:
     return parsed
 
 
-def principal_allowed(principals: Iterable[str], uid: int, gid: int, exporter_uid: int) -> bool:
-    """True when a peer with ``uid``/``gid`` is one of ``principals``."""
-    as_uid = as_gid = ""  # "uid:N" / "gid:N", formatted once, when first needed
+def principal_allowed(
+    principals: Iterable[str], uid: int, gid: int, exporter_uid: int, groups: Iterable[int] = ()
+) -> bool:
+    """True when a peer with ``uid``, primary ``gid`` and supplementary ``groups`` is one of ``principals``."""
+    as_uid = ""  # "uid:N", formatted once, when first needed
+    as_gids: frozenset[str] = frozenset()
     for principal in principals:
         if principal == ANY:
             return True
@@ -41,8 +46,9 @@ def principal_allowed(principals: Iterable[str], uid: int, gid: int, exporter_ui
                 return True
             continue
         if not as_uid:
-            as_uid, as_gid = f"uid:{uid}", f"gid:{gid}"
-        if principal in (as_uid, as_gid):
+            as_uid = f"uid:{uid}"
+            as_gids = frozenset(f"gid:{g}" for g in (gid, *groups))
+        if principal == as_uid or principal in as_gids:
             return True
     return False
 

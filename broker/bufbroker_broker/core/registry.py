@@ -70,6 +70,7 @@ class Session:
     uid: int
     gid: int
     events_open: bool = False
+    groups: tuple[int, ...] = ()  # the peer's supplementary gids, read by the transport at connect
     non_compliant: bool = False  # ignored a MoveNotify deadline
     buffers: dict[int, Buffer] = field(default_factory=dict)
     attachments: dict[int, Attachment] = field(default_factory=dict)
@@ -243,6 +244,11 @@ def _missing(buffer_id: int, name: str) -> NotFound:
     )
 
 
+def _admitted(allow: Sequence[str], exporter_uid: int) -> frozenset[str]:
+    """Whom an allow list admits, order and spelling aside (same-uid is the exporter's uid)."""
+    return frozenset(f"uid:{exporter_uid}" if principal == SAME_UID else principal for principal in allow)
+
+
 def _check_limit(held: int, limit: int, what: str, setting: str) -> None:
     if held >= limit:
         raise ResourceExhausted(
@@ -326,8 +332,8 @@ class Registry:
 
     # --- sessions -----------------------------------------------------------
 
-    def session_open(self, token: str, pid: int, uid: int, gid: int) -> Session:
-        session = Session(self._next_id(), token, pid, uid, gid)
+    def session_open(self, token: str, pid: int, uid: int, gid: int, groups: tuple[int, ...] = ()) -> Session:
+        session = Session(self._next_id(), token, pid, uid, gid, groups=tuple(groups))
         self.sessions[session.id] = session
         self.sessions_by_token[token] = session
         self._emit("session-opened", session_id=session.id, detail={"pid": pid, "uid": uid})
@@ -373,6 +379,7 @@ class Registry:
         """
         _check_limit(len(exporter.buffers), self.limits.max_buffers, "buffers", "max_buffers_per_session")
         self.check_fd_budget(exporter, len(fds))
+        self.check_shared_files(exporter, fds, allow or (SAME_UID,))
         if name and name in self.buffers_by_name:
             other = self.buffers_by_name[name]
             raise FailedPrecondition(
@@ -399,6 +406,34 @@ class Registry:
         self._emit("registered", session_id=exporter.id, buffer_id=buffer.id, detail={"name": name, "size": size})
         return buffer
 
+    def check_shared_files(
+        self, exporter: Session, fds: Sequence[BufferFd], allow: tuple[str, ...], moving: Buffer | None = None
+    ) -> None:
+        """Refuse fds whose file another live buffer holds under a different allow list.
+
+        A buffer hands importers its whole fd (a segments extent is an
+        offset into it, not a boundary), so extents of one pool memfd under
+        different allow lists would let an importer of one read the other.
+        Files are compared by ``BufferFd.file_id`` (st_dev, st_ino, from
+        host/fd_inspect.py); allow lists by whom they admit (same-uid is the
+        exporter's uid).
+        """
+        wanted = {f.file_id for f in fds if f.file_id != (0, 0)}
+        if not wanted:
+            return
+        admits = _admitted(allow, exporter.uid)
+        for other in self.buffers.values():
+            if other is moving or not wanted.intersection(f.file_id for f in other.fds):
+                continue
+            if _admitted(other.allow, other.exporter.uid) != admits:
+                raise FailedPrecondition(
+                    f"this memfd is already registered as buffer {other.id}"
+                    f"{' (' + other.name + ')' if other.name else ''} with allow list "
+                    f"{', '.join(other.allow)}, and an importer of either buffer gets the whole memfd, "
+                    f"so allow list {', '.join(allow)} would not hold: register it with the same allow "
+                    "list, or use one memfd per access group"
+                )
+
     def buffer_find(self, buffer_id: int = 0, name: str = "", asker: Session | None = None) -> Buffer:
         """The buffer of that name (or id); with ``asker``, one it may not see is as missing as one never registered."""
         buffer = self.buffers_by_name.get(name) if name else self.buffers.get(buffer_id)
@@ -411,7 +446,7 @@ class Registry:
         return (
             buffer.exporter is session
             or session.uid == 0
-            or principal_allowed(buffer.allow, session.uid, session.gid, buffer.exporter.uid)
+            or principal_allowed(buffer.allow, session.uid, session.gid, buffer.exporter.uid, session.groups)
         )
 
     def buffer_owned(self, session: Session, buffer_id: int) -> Buffer:
@@ -492,6 +527,7 @@ class Registry:
         map parameters are re-derived from the new offers, and an attachment
         whose type the new offers no longer grant it is invalidated.
         """
+        self.check_shared_files(buffer.exporter, fds, buffer.allow, moving=buffer)  # before any change
         late = [a for a in buffer.attachments.values() if a.mappings]
         for attachment in late:
             attachment.non_compliant = attachment.session.non_compliant = True
@@ -560,11 +596,14 @@ class Registry:
             exporter_uid=buffer.exporter.uid,
             fd_seals=fd_seals,
             host=self.host,
+            importer_groups=session.groups,
         )
 
     def explain_offers(self, session: Session, offers: list[Spec], accept: list[Spec]) -> Negotiation:
         """A pure dry run against an offers list, with no buffer behind it (``MatchContext.dry_run``)."""
-        ctx = MatchContext(session.uid, session.gid, 0, (0,), (True,), host=self.host, dry_run=True)
+        ctx = MatchContext(
+            session.uid, session.gid, 0, (0,), (True,), host=self.host, dry_run=True, importer_groups=session.groups
+        )
         return negotiate(offers, accept, ctx, self.converters)
 
     def explain(self, session: Session, buffer: Buffer, accept: list[Spec], dry_run: bool = True) -> Negotiation:
@@ -573,7 +612,7 @@ class Registry:
             # Neither its name nor its allow list: as if it did not exist (and before "revoked", which tells it does).
             raise _missing(buffer.id, "")
         self._check_active(buffer, "attach to")
-        if not principal_allowed(buffer.allow, session.uid, session.gid, buffer.exporter.uid):
+        if not principal_allowed(buffer.allow, session.uid, session.gid, buffer.exporter.uid, session.groups):
             raise PermissionDenied(
                 f"buffer {buffer.id}{' (' + buffer.name + ')' if buffer.name else ''} does not allow "
                 f"{describe_peer(session.uid, session.gid)}: its exporter allows "

@@ -12,7 +12,6 @@ Which kind a registration needs follows from its offers
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import stat
@@ -81,6 +80,7 @@ def inspect_memfd(fd: int, index: int, min_size: int = 0) -> BufferFd:
             f"{min_size}; ftruncate it to the size you register"
         )
     writable = (fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE) == os.O_RDWR
+    _drop_foreign_write_permission(fd, st.st_mode, where)  # before any seal: a refusal leaves the memfd as it came
     if seals & wanted != wanted:
         if not writable:
             # The kernel only adds seals through a writable fd.
@@ -101,9 +101,20 @@ def inspect_memfd(fd: int, index: int, min_size: int = 0) -> BufferFd:
             raise InvalidArgument(
                 f"{where} shrank to {st.st_size} bytes while it was being sealed; do not resize a buffer you register"
             )
-    _drop_foreign_write_permission(fd, st.st_mode)
-    seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)  # udmabuf needs to know about F_SEAL_WRITE
-    return BufferFd(fd=fd, size=st.st_size, writable=writable, seals=seals)
+    seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    if writable and not seals & fcntl.F_SEAL_SEAL:
+        # No importer (read_write, or a same-uid one reopening it) can add a
+        # seal after this, such as F_SEAL_FUTURE_WRITE locking the exporter
+        # out of its own memory. The exporter's write access is untouched
+        # (no write seal), so udmabuf (F_SEAL_SHRINK, no F_SEAL_WRITE) works.
+        try:
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL)
+        except OSError as error:
+            raise InvalidArgument(
+                f"{where}: the broker could not seal it (F_SEAL_SEAL: {error.strerror}); {MEMFD_HINT}"
+            ) from None
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)  # udmabuf needs to know about F_SEAL_WRITE
+    return BufferFd(fd=fd, size=st.st_size, writable=writable, seals=seals, file_id=(st.st_dev, st.st_ino))
 
 
 def read_fdinfo(fd: int) -> dict[str, str]:
@@ -142,7 +153,9 @@ def inspect_dmabuf(fd: int, index: int, min_size: int = 0) -> BufferFd:
     if size < min_size:
         raise InvalidArgument(f"{where} is a dma-buf of {size} bytes, smaller than the declared size {min_size}")
     writable = (fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE) == os.O_RDWR
-    return BufferFd(fd=fd, size=size, writable=writable, kind="dmabuf", exp_name=info["exp_name"])
+    return BufferFd(
+        fd=fd, size=size, writable=writable, kind="dmabuf", exp_name=info["exp_name"], file_id=(st.st_dev, st.st_ino)
+    )
 
 
 def inspect_fd(fd: int, index: int, kind: str, min_size: int = 0) -> BufferFd:
@@ -173,14 +186,25 @@ def check_distinct_files(fds: Sequence[int]) -> None:
         )
 
 
-def _drop_foreign_write_permission(fd: int, mode: int) -> None:
-    """Make the memfd writable by its owner only (a memfd starts as 0777).
+def _drop_foreign_write_permission(fd: int, mode: int, where: str) -> None:
+    """Make the memfd writable by its owner only (a memfd starts as 0777), or refuse it.
 
-    A ``read`` importer gets an O_RDONLY fd; without this, a process of
-    another uid could reopen it O_RDWR through /proc/PID/fd. Within the
-    owner's uid (and for root) the kernel still allows that reopen, as for
-    any file the uid owns: read-only is enforced across uids.
+    A ``read`` importer gets an O_RDONLY fd; with group or other write bits
+    left, a process of another uid could reopen it O_RDWR through /proc,
+    write the exporter's data and seal it. A broker that is neither root
+    nor the memfd's owner cannot fchmod it (``User=bufbroker``), so such a
+    memfd is refused, saying what to do. Within the owner's uid (and for
+    root) the kernel still allows the reopen, as for any file the uid owns:
+    read-only is enforced across uids.
     """
-    if mode & 0o022:
-        with contextlib.suppress(OSError):  # not ours to change (broker neither root nor owner)
-            os.fchmod(fd, stat.S_IMODE(mode) & ~0o022)
+    if not mode & 0o022:
+        return
+    try:
+        os.fchmod(fd, stat.S_IMODE(mode) & ~0o022)
+    except OSError as error:
+        raise InvalidArgument(
+            f"{where} is a memfd of mode {stat.S_IMODE(mode):04o} that other users could reopen writable, "
+            f"and the broker (uid {os.geteuid()}) cannot clear its group/other write bits ({error.strerror}): "
+            "fchmod(fd, 0o644) it before exporting (the SDK's export(size=...) makes its memfds so), "
+            "or run the broker as the exporter's uid or as root"
+        ) from None

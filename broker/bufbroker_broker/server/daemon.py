@@ -36,6 +36,7 @@ from bufbroker_broker.server.fdchannel.calls import CallServer
 from bufbroker_broker.server.fdchannel.server import FdChannelServer, Limits
 from bufbroker_broker.server.grpc.service import BrokerService
 from bufbroker_broker.server.grpc.timing import RpcTimingInterceptor, RpcTimings
+from bufbroker_broker.server.grpc.undecodable import install as limit_undecodable_logs
 from bufbroker_broker.server.limits import RequestLimits
 from bufbroker_broker.server.operations import Operations
 from bufbroker_broker.server.readiness import Readiness
@@ -144,6 +145,7 @@ async def serve(settings: BrokerSettings, origins: Mapping[str, str] | None = No
         send_timeout=settings.fd_send_timeout,
         max_sessions=settings.max_sessions,
         max_sessions_per_uid=settings.max_sessions_per_uid,
+        max_unread_replies=settings.max_unread_replies,
     )
     broker_service_name = pb.DESCRIPTOR.services_by_name["Broker"].full_name
     async with AsyncExitStack() as stack:
@@ -173,6 +175,7 @@ async def serve(settings: BrokerSettings, origins: Mapping[str, str] | None = No
 
         rpc_timings = RpcTimings()
         CallServer(operations, channels, rpc_timings)  # answers the SDK's fast path on call channels
+        limit_undecodable_logs()  # grpc logs each undecodable body with a traceback: one line per period
         server = grpc.aio.server(
             interceptors=[RpcTimingInterceptor(rpc_timings)],
             options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", settings.max_request_bytes)],

@@ -290,6 +290,7 @@ class Operations:
             infos = [inspect_fd(fd, i, mapping_types.offers_fd_kind(offers_wire)) for i, fd in enumerate(fds)]
             check_size(size, infos[0].size)
             offers = mapping_types.offers_from_wire(offers_wire, tuple(i.size for i in infos), size)
+            self.registry.check_shared_files(session, infos, buffer.allow, moving=buffer)  # refused before any notice
             waiting = self.registry.move_notify(buffer, reason or "moved by its exporter")
             done = self._moves[buffer.id] = asyncio.Event()
             try:

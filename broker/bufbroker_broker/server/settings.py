@@ -114,6 +114,10 @@ class BrokerSettings(BaseSettings):
         description="fds of RLIMIT_NOFILE kept free for accepting, refusing and maps; "
         "sessions and fds that would use them are refused (0: 5/8 of it, so the broker stays under half)",
     )
+    # fds in flight (server/fdchannel/server.py): replies a client never reads keep their fds counted against the broker.
+    max_unread_replies: int = Field(
+        64, gt=0, description="per session, all its call channels: replies with fds unread before calls are refused"
+    )
 
     @field_validator("log_level")
     @classmethod

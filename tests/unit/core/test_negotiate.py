@@ -6,7 +6,7 @@ rules; the real memfd and segments types check the access soft mismatch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 from hypothesis import assume, given, settings
@@ -438,3 +438,12 @@ def test_converters_for_other_types_are_not_tried():
     with pytest.raises(NoCommonMappingType) as raised:
         negotiate([offer(a)], [match(b)], CTX, converters=[FakeConverter(c, b), FakeConverter(a, c)])
     assert [s.verdict for s in raised.value.trace] == [TYPE_DIFFERS]
+
+
+def test_a_restricted_offer_is_open_to_a_supplementary_group_of_the_importer():
+    a = FakeType("a")
+    restricted = Spec(a, FakeOffer(), restricted_to=("gid:44",))
+    with pytest.raises(NoCommonMappingType):
+        negotiate([restricted], [match(a)], CTX)
+    in_group = replace(CTX, importer_groups=(7, 44))
+    assert negotiate([restricted], [match(a)], in_group).map_type is a

@@ -42,6 +42,12 @@ def test_uid_and_gid_principals_match_the_peers_credentials():
     assert not principal_allowed(["uid:4242", "gid:44"], 4243, 45, EXPORTER)
 
 
+def test_a_gid_principal_matches_a_supplementary_group():
+    assert principal_allowed(["gid:44"], 4242, 1, EXPORTER, groups=(7, 44))
+    assert not principal_allowed(["gid:44"], 4242, 1, EXPORTER, groups=(7, 45))
+    assert not principal_allowed(["uid:44"], 4242, 1, EXPORTER, groups=(44,))  # a group is never a uid
+
+
 def test_a_uid_principal_is_not_a_gid_principal():
     assert not principal_allowed(["gid:4242"], 4242, 1, EXPORTER)
     assert not principal_allowed(["uid:44"], 1, 44, EXPORTER)

@@ -244,6 +244,30 @@ def test_a_buffer_is_visible_to_its_exporter_its_allow_list_and_root(world, a):
     assert visible == {1000: True, 2000: False, 3000: True, 0: True}
 
 
+def test_one_file_under_two_allow_lists_is_refused_naming_the_other_buffer(world, a):
+    exporter = world.session(1000)
+
+    def pool_fd() -> list[BufferFd]:  # a new fd of the same file (st_dev, st_ino), as two registrations send
+        (number,) = world.ledger.adopt_received([next(world._fds)])
+        return [BufferFd(number, SIZE, True, file_id=(5, 77))]
+
+    frame_a = world.registry.buffer_register(exporter, pool_fd(), SIZE, [offer(a)], name="a", allow=("uid:2000",))
+    refused = pool_fd()
+    with pytest.raises(FailedPrecondition) as error:
+        world.registry.buffer_register(exporter, refused, SIZE, [offer(a)], name="b", allow=("uid:3000",))
+    message = error.value.message
+    assert f"buffer {frame_a.id} (a)" in message and "uid:2000" in message and "uid:3000" in message
+    assert "same allow list" in message and "one memfd per access group" in message
+    world.ledger.close_all([f.fd for f in refused])  # the caller's to close, as on every refusal
+    same = world.registry.buffer_register(exporter, pool_fd(), SIZE, [offer(a)], name="c", allow=("uid:2000",))
+    assert same.id != frame_a.id
+    other_file = [BufferFd(world.ledger.adopt_received([next(world._fds)])[0], SIZE, True, file_id=(5, 78))]
+    world.registry.buffer_register(exporter, other_file, SIZE, [offer(a)], name="d", allow=("uid:3000",))
+    world.registry.buffer_unregister(frame_a)
+    world.registry.buffer_unregister(same)  # the file is no longer registered: any allow list may take it
+    world.registry.buffer_register(exporter, pool_fd(), SIZE, [offer(a)], name="e", allow=("uid:3000",))
+
+
 # --- attach, negotiation ---------------------------------------------------------------
 
 

@@ -182,3 +182,14 @@ def test_an_accepted_memfd_records_its_seals(opened):
     buffer_fd = inspect_fd(memfd(opened), 0, "memfd")
     assert buffer_fd.kind == "memfd"
     assert buffer_fd.seals & (fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW) == fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+
+
+def test_an_accepted_memfd_is_sealed_so_no_importer_can_add_seals_and_it_is_accepted_again(opened):
+    fd = memfd(opened)
+    first = inspect_memfd(fd, 0, SIZE)
+    assert first.seals & fcntl.F_SEAL_SEAL and not first.seals & fcntl.F_SEAL_WRITE  # udmabuf needs no write seal
+    with pytest.raises(PermissionError):
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, 0x0010)  # F_SEAL_FUTURE_WRITE would lock the exporter out
+    again = inspect_memfd(fd, 0, SIZE)  # a second buffer (or a re-registration) of the same memfd
+    assert again.seals == first.seals and again.file_id == (os.fstat(fd).st_dev, os.fstat(fd).st_ino)
+    os.pwrite(fd, b"still writable", 0)

@@ -21,7 +21,7 @@ from bufbroker.v1 import broker_pb2 as bpb
 from bufbroker.v1 import fd_channel_pb2 as pb
 from bufbroker_broker.core.errors import BrokerError, InvalidArgument, NotFound, ResourceExhausted
 from bufbroker_broker.core.registry import Buffer
-from bufbroker_broker.server.fdchannel.server import Connection, FdChannelServer
+from bufbroker_broker.server.fdchannel.server import FDS_IN_FLIGHT, Connection, FdChannelServer
 from bufbroker_broker.server.grpc.timing import RpcTimings
 from bufbroker_broker.server.observe.latency import REQUEST_STARTED
 from bufbroker_broker.server.operations import Operations, Target, check_wait
@@ -90,7 +90,8 @@ class CallServer:
                 "use the gRPC call, or shorten the accept list"
             )
             data = fdwire.encode(call_error(call.call_id, too_big))
-        sent = self.channels.reply(channel, data, fds, temporary)
+        fallback = fdwire.encode(call_error(call.call_id, ResourceExhausted(FDS_IN_FLIGHT))) if fds else b""
+        sent = self.channels.reply(channel, data, fds, temporary, fallback)
         if undo is not None:
             then_undo = undo
             sent.add_done_callback(lambda done: then_undo() if done.exception() is not None else None)
@@ -129,6 +130,7 @@ class CallServer:
                 return _reply(call, attach=response), [], [], None
             if operations.moving(buffer):
                 raise _move_over(operations, buffer)
+            self.channels.check_unread_replies(channel)
             attachment, mapping, result = operations.attach_map_now(session, buffer, request.accept, request.access)
             response = attach_response(attachment)
             response.mapping.CopyFrom(map_response(mapping, result))
@@ -142,6 +144,7 @@ class CallServer:
             attachment = operations.attachment(session, call.map.attachment_id)
             if operations.moving(attachment.buffer):
                 raise _move_over(operations, attachment.buffer)
+            self.channels.check_unread_replies(channel)
             mapping, result = operations.map_now(attachment)
             return (
                 _reply(call, map=map_response(mapping, result)),

@@ -17,12 +17,15 @@ from __future__ import annotations
 import array
 import asyncio
 import errno
+import fcntl
 import logging
 import os
 import re
 import secrets
 import select
 import socket
+import sys
+import termios
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,6 +37,7 @@ from bufbroker_broker.core.errors import BrokerError, InvalidArgument, ResourceE
 from bufbroker_broker.core.fd_ledger import FdLedger
 from bufbroker_broker.core.registry import Registry, Session
 from bufbroker_broker.host.fds import open_fd_count
+from bufbroker_broker.host.peer import peer_groups
 from bufbroker_broker.server.wire.errors import call_error, notice
 
 log = logging.getLogger(__name__)
@@ -41,6 +45,10 @@ log = logging.getLogger(__name__)
 # Seconds a count of the broker's open fds is reused (corrected by the ledger's changes since).
 FD_COUNT_TTL = 0.05
 FDS_DROPPED = "fds dropped: receiver out of file descriptors or refused by a security module"
+FDS_IN_FLIGHT = (
+    "the broker could not pass the fds: too many of its fds are in flight, unread by clients (ETOOMANYREFS); "
+    "retry, or ask the operator to raise the broker's nofile limit or lower max_unread_replies"
+)
 
 
 @dataclass
@@ -55,6 +63,7 @@ class Limits:
     max_sessions_per_uid: int = 1024
     fd_limit: int = 0  # the broker's RLIMIT_NOFILE; 0: unknown, no process-wide check
     fd_reserve: int = 0  # fds kept free (for accepting, refusing, maps); the daemon sets it
+    max_unread_replies: int = 64  # per session, all its call channels: replies with fds the client has not read
 
 
 # Accepting while out of fds: pause this long, doubling up to the maximum.
@@ -64,6 +73,8 @@ ACCEPT_BACKOFF_MAX = 2.0
 SPARE_BURST = 64
 # A refusal of the same kind is logged at most once per this many seconds.
 REFUSAL_LOG_PERIOD = 10.0
+# Refused nonces remembered per connection (for the RegisterBuffer naming them); the oldest are forgotten.
+MAX_REMEMBERED_REFUSALS = 256
 
 
 class _Throttle:
@@ -99,6 +110,7 @@ class _Outgoing:
     fds: list[int]
     temporary: list[int]
     sent: asyncio.Future
+    fallback: bytes = b""  # sent instead, without fds, when the kernel refuses the fds (ETOOMANYREFS)
 
 
 @dataclass
@@ -114,7 +126,8 @@ class Connection:
     main: Connection | None = None
     call_channels: list[Connection] = field(default_factory=list)
     pending: dict[str, _Pending] = field(default_factory=dict)
-    failed: dict[str, BrokerError] = field(default_factory=dict)
+    failed: dict[str, BrokerError] = field(default_factory=dict)  # at most MAX_REMEMBERED_REFUSALS, oldest dropped
+    forgotten_refusals: int = 0
     waiters: dict[str, asyncio.Future] = field(default_factory=dict)
     queue: deque = field(default_factory=deque)
     writing: bool = False
@@ -122,6 +135,8 @@ class Connection:
     closed: bool = False
     # Why the kernel dropped fds of the last datagram, when it was the fd budget.
     budget_error: BrokerError | None = None
+    # Replies with fds sent on this call channel that the client may not have read yet.
+    unread_replies: int = 0
 
     @property
     def pending_fd_count(self) -> int:
@@ -341,7 +356,7 @@ class FdChannelServer:
             self._refuse_session(sock, refusal, uid)
             return
         token = secrets.token_hex(16)  # 128 bits
-        session = self.registry.session_open(token, pid, uid, gid)
+        session = self.registry.session_open(token, pid, uid, gid, peer_groups(sock, pid))
         connection = Connection(sock, session)
         self.connections[session.id] = connection
         self.sessions_by_uid[uid] = self.sessions_by_uid.get(uid, 0) + 1
@@ -397,10 +412,50 @@ class FdChannelServer:
             self.on_call(channel, message.call)
 
     def reply(
-        self, channel: Connection, data: bytes, fds: list[int] | None = None, temporary: list[int] | None = None
+        self,
+        channel: Connection,
+        data: bytes,
+        fds: list[int] | None = None,
+        temporary: list[int] | None = None,
+        fallback: bytes = b"",
     ) -> asyncio.Future:
-        """Send a call's encoded reply, with ``fds`` attached; the future says when it is out."""
-        return self._enqueue(channel, data, fds or [], temporary or [])
+        """Send a call's encoded reply, with ``fds`` attached; the future says when it is out.
+
+        ``fallback`` (an error reply without fds) goes instead when the kernel
+        refuses to pass the fds (ETOOMANYREFS); the future then fails.
+        """
+        if fds:
+            channel.unread_replies += 1
+        return self._enqueue(channel, data, fds or [], temporary or [], fallback)
+
+    def check_unread_replies(self, channel: Connection) -> None:
+        """Refuse a call that would send fds while the session has too many replies with fds unread.
+
+        A reply the client never reads keeps its fds in flight, counted
+        against the broker's RLIMIT_NOFILE. A channel whose send queue the
+        kernel reports empty has had all its replies read.
+        """
+        main = channel.main or channel
+        unread = 0
+        for each in main.call_channels:
+            if each.unread_replies and not each.queue and _unread_bytes(each.sock) == 0:
+                each.unread_replies = 0
+            unread += each.unread_replies
+        limit = self.limits.max_unread_replies
+        if unread >= limit:
+            self._throttle.warning(
+                "unread replies",
+                "session %d (pid %d): refused a call: %d replies with fds unread (max_unread_replies = %d)",
+                channel.session.id,
+                channel.session.pid,
+                unread,
+                limit,
+            )
+            raise ResourceExhausted(
+                f"this session has {unread} call replies carrying fds it has not read, the limit "
+                f"(max_unread_replies = {limit}); read the replies of your call channels before calling again, "
+                "or ask the operator to raise max_unread_replies"
+            )
 
     # --- receiving ------------------------------------------------------------
 
@@ -521,7 +576,11 @@ class FdChannelServer:
     def _refuse(self, connection: Connection, nonce: str, error: BrokerError) -> None:
         """Tell the sender on the channel; a RegisterBuffer for the nonce gets it too."""
         if nonce and nonce not in connection.pending:
+            connection.failed.pop(nonce, None)
             connection.failed[nonce] = error
+            while len(connection.failed) > MAX_REMEMBERED_REFUSALS:
+                connection.failed.pop(next(iter(connection.failed)))  # the oldest
+                connection.forgotten_refusals += 1
             waiter = connection.waiters.pop(nonce, None)
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
@@ -547,9 +606,15 @@ class FdChannelServer:
                 await asyncio.wait_for(asyncio.shield(waiter), self.limits.nonce_wait)
             except TimeoutError:
                 connection.waiters.pop(nonce, None)
+                forgotten = (
+                    f", or they were refused and the refusal forgotten (this session had {connection.forgotten_refusals}"
+                    f" refusals beyond the last {MAX_REMEMBERED_REFUSALS} remembered; see the notices on the fd channel)"
+                    if connection.forgotten_refusals
+                    else ""
+                )
                 raise InvalidArgument(
                     f"no fds arrived under nonce {nonce!r}: send them on the fd channel "
-                    "(send_fds) before RegisterBuffer; the SDK's export() does this"
+                    f"(send_fds) before RegisterBuffer; the SDK's export() does this{forgotten}"
                 ) from None
         if nonce in connection.failed:
             raise connection.failed.pop(nonce)
@@ -592,7 +657,9 @@ class FdChannelServer:
             raise failure
         return ticket
 
-    def _enqueue(self, connection: Connection, data: bytes, fds: list[int], temporary: list[int]) -> asyncio.Future:
+    def _enqueue(
+        self, connection: Connection, data: bytes, fds: list[int], temporary: list[int], fallback: bytes = b""
+    ) -> asyncio.Future:
         sent = self._loop.create_future()
         if connection.closed:
             self.ledger.close_all(temporary)
@@ -612,7 +679,7 @@ class FdChannelServer:
             )
             self.end(connection, "send queue full")
             return sent
-        connection.queue.append(_Outgoing(data, fds, temporary, sent))
+        connection.queue.append(_Outgoing(data, fds, temporary, sent, fallback))
         self._flush(connection)
         return sent
 
@@ -627,6 +694,9 @@ class FdChannelServer:
                     self._loop.add_writer(connection.sock.fileno(), self._flush, connection)
                 return
             except OSError as error:
+                if error.errno == errno.ETOOMANYREFS and out.fds:
+                    self._fds_refused(connection, out)
+                    continue
                 # The peer went away (EPIPE) or the socket broke.
                 self.end(connection, f"fd channel write failed: {error}")
                 return
@@ -638,6 +708,28 @@ class FdChannelServer:
         if connection.writing and not connection.queue:
             connection.writing = False
             self._loop.remove_writer(connection.sock.fileno())
+
+    def _fds_refused(self, connection: Connection, out: _Outgoing) -> None:
+        """The kernel would not pass these fds (too many of the broker's fds in flight): the sender's
+        problem, so the receiver is answered without them and its session goes on."""
+        connection.queue.popleft()
+        if out.fds and connection.main is not None:
+            connection.unread_replies = max(0, connection.unread_replies - 1)
+        self.ledger.close_all(out.temporary)
+        error = ResourceExhausted(FDS_IN_FLIGHT)
+        if not out.sent.done():
+            out.sent.set_exception(error)
+            out.sent.exception()  # retrieved: the caller may have stopped waiting
+        if out.fallback:
+            connection.queue.appendleft(_Outgoing(out.fallback, [], [], self._loop.create_future()))
+        self._throttle.warning(
+            "too many refs",
+            "session %d (pid %d): could not pass %d fds (ETOOMANYREFS: too many of the broker's fds are in "
+            "flight, unread by clients); answered without them",
+            connection.session.id,
+            connection.session.pid,
+            len(out.fds),
+        )
 
     # --- ending ---------------------------------------------------------------
 
@@ -705,6 +797,14 @@ def _receive(sock: socket.socket, max_bytes: int, max_fds: int) -> fdwire.Receiv
         return fdwire.Received(fdwire.decode(data, max_bytes), fds, truncated, False)
     except fdwire.FdWireError as error:
         return fdwire.Received(None, fds, truncated, False, str(error))
+
+
+def _unread_bytes(sock: socket.socket) -> int:
+    """What the peer has not read yet of what was sent on ``sock`` (SIOCOUTQ); -1 when unknown."""
+    try:
+        return int.from_bytes(fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4), sys.byteorder, signed=True)
+    except OSError:
+        return -1
 
 
 def _peer_hung_up(sock: socket.socket) -> bool:

@@ -1,0 +1,80 @@
+"""The README's examples run as written: exporter and importer in two unrelated
+processes, the importer stopping on its on_revoke handler, and the layout example.
+
+The code is taken from README.md itself, so a README that drifts from the SDK
+fails here. The only edits: the socket dir, and the exporter waits on stdin
+where the README writes ``...`` (so the test decides when its session ends).
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+
+import bufbroker
+from tests.conftest import REPO_ROOT
+
+README = (REPO_ROOT / "README.md").read_text()
+BLOCKS = re.findall(r"```python\n(.*?)```", README, flags=re.S)
+
+
+def _block(after: str) -> str:
+    """The first python block after the line ``after``."""
+    start = README.index(after)
+    return next(code for code in BLOCKS if README.index(code) > start)
+
+
+def _python(code: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_the_first_exporter_and_importer_examples_run_and_the_importer_stops_on_revoke(broker):
+    exporter_code = _block("Exporter:").replace('"/tmp/bb"', repr(str(broker.socket_dir)))
+    marker = re.search(r"^( +)\.\.\. .*$", exporter_code, flags=re.M)
+    assert marker, "the exporter example no longer has its `...` line"
+    exporter_code = "import sys\n" + exporter_code.replace(marker.group(0), f"{marker.group(1)}sys.stdin.readline()")
+    exporter_code += "\n    print('exported', flush=True)\n    sys.stdin.readline()\n"
+    importer_code = _block("Importer:").replace('"/tmp/bb"', repr(str(broker.socket_dir)))
+    importer_code += "\nprint('importer done', flush=True)\n"
+
+    exporter = _python(exporter_code)
+    importer = None
+    try:
+        # The README's exporter registers camera0, then (at its `...`) keeps its session.
+        with bufbroker.connect(broker.socket_dir) as observer:
+            observer.attach("camera0", wait=20).detach()  # returns once the exporter registered it
+        importer = _python(importer_code)
+        first = importer.stdout.readline().strip()
+        assert first == "segments", (first, importer.stderr.read() if importer.poll() is not None else "")
+        assert importer.stdout.readline().strip() == "b'hello'"  # the loop reads what the exporter wrote
+        # The producer goes away: its session ends, the buffer is revoked, on_revoke stops the loop.
+        _, exporter_err = exporter.communicate(input="\n\n", timeout=20)
+        assert exporter.returncode == 0, exporter_err
+        out, err = importer.communicate(timeout=20)
+        assert importer.returncode == 0, err
+        assert out.splitlines()[-1] == "importer done"
+    finally:
+        for process in (exporter, importer):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.communicate()
+
+
+def test_the_layout_example_gives_the_layout_it_shows():
+    code = _block("### Layout")
+    call = next(line for line in code.splitlines() if "packed_layout(" in line).split("#")[0].strip()
+    shown = "".join(line.lstrip("# ").strip() for line in code.splitlines() if line.startswith("#"))
+    expected = ast.literal_eval(shown.split("==", 1)[1].strip())
+    namespace: dict[str, object] = {}
+    exec("from bufbroker import planes\n" + call, namespace)
+    assert namespace["layout"] == expected
+    assert namespace["nbytes"] >= expected["planes"][-1]["offset"]
