@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -219,3 +221,12 @@ def broker_factory(tmp_path: Path) -> Callable[..., BrokerProcess]:
 def broker(broker_factory: Callable[..., BrokerProcess]) -> BrokerProcess:
     """A real broker serving tmp_path/run with default settings."""
     return broker_factory()
+
+
+@pytest.fixture
+def open_base():
+    """A dir other uids can traverse (pytest's tmp root is 0700), for brokers and clients of several uids."""
+    base = tempfile.mkdtemp(prefix="bufbroker-uids-")
+    os.chmod(base, 0o755)
+    yield Path(base)
+    shutil.rmtree(base, ignore_errors=True)

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
-import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from pathlib import Path
 
 import grpc
 import pytest
@@ -215,15 +212,6 @@ with bufbroker.connect(sys.argv[1], reconnect=False) as stranger:
             out[name] = f"{type(error).__name__}: {error}"
 print(json.dumps(out), flush=True)
 """
-
-
-@pytest.fixture
-def open_base():
-    """A dir another uid can traverse (pytest's tmp root is 0700)."""
-    base = tempfile.mkdtemp(prefix="bufbroker-bounded-")
-    os.chmod(base, 0o755)
-    yield Path(base)
-    shutil.rmtree(base, ignore_errors=True)
 
 
 def test_explain_of_a_buffer_the_asker_may_not_see_looks_like_a_missing_one(open_base, broker_factory):

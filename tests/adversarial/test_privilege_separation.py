@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
-import tempfile
 import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -50,15 +47,6 @@ with bufbroker.connect(sys.argv[1], reconnect=False) as s:
     attempt('memoryview_write', lambda: a.mapping.memoryview().__setitem__(slice(0, 4), b'EVIL'))
 print(json.dumps(out), flush=True)
 """
-
-
-@pytest.fixture
-def open_base():
-    """A dir another uid can traverse (pytest's tmp root is 0700)."""
-    base = tempfile.mkdtemp(prefix="bufbroker-adversarial-uid-")
-    os.chmod(base, 0o755)
-    yield Path(base)
-    shutil.rmtree(base, ignore_errors=True)
 
 
 @ROOT_ONLY

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -130,15 +128,6 @@ READ_ROUTES = ["pwrite", "mmap_write", "reopen_rdwr_write", "exporter_proc_rdwr_
     f"{route}seal_{name}" for route in ("", "reopen_", "exporter_proc_") for name in ("future_write", "write", "shrink")
 ]
 READ_WRITE_ROUTES = [f"read_write_seal_{name}" for name in ("future_write", "write", "shrink")]
-
-
-@pytest.fixture
-def open_base():
-    """A dir other uids can traverse (pytest's tmp root is 0700)."""
-    base = tempfile.mkdtemp(prefix="bufbroker-adversarial-ro-")
-    os.chmod(base, 0o755)
-    yield Path(base)
-    shutil.rmtree(base, ignore_errors=True)
 
 
 def _start(broker_factory, base: Path, broker_user: str):

@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
 import grpc
 import pytest
@@ -80,14 +77,6 @@ with bufbroker.connect(sys.argv[1], reconnect=False) as s:
         out = type(error).__name__ + ': ' + str(error)
 print(json.dumps(out), flush=True)
 """
-
-
-@pytest.fixture
-def open_base():
-    base = tempfile.mkdtemp(prefix="bufbroker-groups-")
-    os.chmod(base, 0o755)
-    yield Path(base)
-    shutil.rmtree(base, ignore_errors=True)
 
 
 @ROOT_ONLY

@@ -176,19 +176,6 @@ def test_a_client_that_stops_reading_its_fd_channel_is_ended_and_others_stay_res
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another uid")
 
 
-@pytest.fixture
-def open_base(tmp_path_factory):
-    """A dir another uid can traverse (pytest's tmp root is 0700)."""
-    import tempfile
-
-    base = tempfile.mkdtemp(prefix="bufbroker-uid-test-")
-    os.chmod(base, 0o755)
-    yield __import__("pathlib").Path(base)
-    import shutil
-
-    shutil.rmtree(base, ignore_errors=True)
-
-
 @ROOT_ONLY
 def test_attach_from_another_uid_is_denied_unless_allowed(open_base, broker_factory):
     broker = broker_factory(base=open_base)

@@ -28,6 +28,17 @@ def _client(module: str, *args: str) -> subprocess.Popen:
     )
 
 
+def _stop(clients: list[subprocess.Popen], broker: subprocess.Popen) -> None:
+    """Kill what is still running, close the pipes, and check the broker stops cleanly on SIGTERM."""
+    for client in clients:
+        if client.poll() is None:
+            client.kill()
+        client.wait()
+        client.stdin.close()
+        client.stdout.close()
+    assert stop_broker(broker) == 0
+
+
 def test_clients_survive_a_broker_restart_and_the_gap_is_measured(tmp_path):
     socket_dir = tmp_path / "run"
     broker = start_broker(socket_dir, NO_HTTP)
@@ -70,13 +81,7 @@ def test_clients_survive_a_broker_restart_and_the_gap_is_measured(tmp_path):
             client.stdin.close()
             assert client.wait(15) == 0
     finally:
-        for client in clients:
-            if client.poll() is None:
-                client.kill()
-            client.wait()
-            client.stdin.close()
-            client.stdout.close()
-        assert stop_broker(broker) == 0
+        _stop(clients, broker)
 
 
 def test_an_attachment_made_by_labels_is_made_again_after_a_broker_restart(tmp_path):
@@ -104,13 +109,7 @@ def test_an_attachment_made_by_labels_is_made_again_after_a_broker_restart(tmp_p
             client.stdin.close()
             assert client.wait(15) == 0
     finally:
-        for client in clients:
-            if client.poll() is None:
-                client.kill()
-            client.wait()
-            client.stdin.close()
-            client.stdout.close()
-        assert stop_broker(broker) == 0
+        _stop(clients, broker)
 
 
 def test_demo_keeps_running_across_a_broker_restart():
