@@ -152,9 +152,12 @@ def test_every_edge_of_a_fan_in_fan_out_graph_has_its_own_label_that_opens_its_o
     with _page(http_broker, debian_tools["chromium"]) as (page, problems):
         expect(page.locator("#graph [data-attachment-id]")).to_have_count(len(attachments))
         expect(page.locator("#live")).to_have_text("live")
-        node_boxes = [
-            page.locator("#graph .node").nth(i).bounding_box() for i in range(page.locator("#graph .node").count())
-        ]
+        # One snapshot in the page: the graph may redraw between separate locator calls.
+        node_boxes = page.eval_on_selector_all(
+            "#graph .node",
+            "nodes => nodes.map(n => { const r = n.getBoundingClientRect();"
+            " return {x: r.x, y: r.y, width: r.width, height: r.height}; })",
+        )
         assert len(node_boxes) == 2 + 4 + 3  # exporters, buffers, importers
 
         labels = {}
