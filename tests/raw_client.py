@@ -6,12 +6,13 @@ send what the SDK never would.
 
 from __future__ import annotations
 
+import secrets
 import socket
 from pathlib import Path
 
 import grpc
 
-from bufbroker import fdwire
+from bufbroker import fdwire, protocol
 from bufbroker.v1 import broker_pb2 as pb
 from bufbroker.v1 import broker_pb2_grpc as pb_grpc
 from bufbroker.v1 import fd_channel_pb2 as fdpb
@@ -31,10 +32,23 @@ class RawClient:
 
     @property
     def metadata(self) -> tuple:
-        return ((fdwire.SESSION_METADATA_KEY, self.token),)
+        """For one gRPC call: the token and a fresh proof, vouched for on this client's fd channel."""
+        return ((fdwire.SESSION_METADATA_KEY, self.token), (protocol.PROOF_METADATA_KEY, self.vouch()))
 
-    def call(self, method: str, request, token: str | None = None):
-        metadata = self.metadata if token is None else ((fdwire.SESSION_METADATA_KEY, token),)
+    def vouch(self, proof: str | None = None) -> str:
+        """Send a Vouch on the fd channel; returns its proof."""
+        proof = proof if proof is not None else secrets.token_hex(16)
+        fdwire.send(self.sock, fdpb.FdMessage(vouch=fdpb.Vouch(proof=proof)), [])
+        return proof
+
+    def call(self, method: str, request, token: str | None = None, proof: str | None = None):
+        """An RPC as this session (vouched for), or with another ``token`` (and ``proof``, if given)."""
+        if token is None:
+            metadata = self.metadata
+        else:
+            metadata = ((fdwire.SESSION_METADATA_KEY, token),)
+            if proof is not None:
+                metadata += ((protocol.PROOF_METADATA_KEY, proof),)
         return getattr(self.stub, method)(request, metadata=metadata, timeout=10)
 
     def send_fds(self, nonce: str, fds: list[int], fd_count: int | None = None) -> None:

@@ -30,6 +30,7 @@ CATEGORIES = {
     "load and soak": "concurrent clients doing mixed operations; broker RSS and fd count sampled",
     "privilege separation": "clients under another uid: attach, write, HTTP introspection",
     "fd exhaustion": "duplicate fds, many registrations, many sessions, a full fd table; a broker with nofile 256",
+    "stolen tokens": "another process or uid using a session's token over gRPC: every call that acted as the owner",
 }
 
 

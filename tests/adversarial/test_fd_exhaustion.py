@@ -269,7 +269,10 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def test_a_full_fd_table_makes_the_accept_loop_back_off_and_refuse_clearly(broker_factory, reliability):
-    broker = broker_factory(prefix=LOW_NOFILE)
+    # gRPC's own caps (test_grpc_flood.py) would close the hogs: lifted here, as an operator may,
+    # so that the fd table can fill and the fd channel's accept loop meets EMFILE.
+    uncapped = ("--grpc-max-connections", "1000", "--grpc-handshake-timeout", "120", "--grpc-idle-timeout", "120")
+    broker = broker_factory(*uncapped, prefix=LOW_NOFILE)
     with ExitStack() as stack:
         # Fill the broker's fd table with connections to its gRPC socket (accepted by gRPC, not by us).
         hogs = []

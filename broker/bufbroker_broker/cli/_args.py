@@ -27,6 +27,9 @@ METAVARS = {
     "http_keepalive_timeout": "SECONDS",
     "http_max_page_bytes": "BYTES",
     "http_allowed_hosts": "HOST,...",
+    "grpc_max_connections": "CONNECTIONS",
+    "grpc_idle_timeout": "SECONDS",
+    "grpc_handshake_timeout": "SECONDS",
 }
 
 

@@ -175,8 +175,11 @@ class Converter(Protocol[SourceOfferT, TargetMatchT, ParamsT]):
       ``backing.kept`` is the target type's table.
 
     ``copies`` is True when a map copies the bytes; such converters are
-    tried after every zero-copy one. ``name`` is what traces show, e.g.
-    ``segments->udmabuf``.
+    tried after every zero-copy one, and their ``map`` (O(size), blocking)
+    runs in a worker thread, never on the event loop: it reads only its
+    backing's fds (duplicates) and its params, and the registry records the
+    result (``Registry.map(attachment, prepared=...)``). ``name`` is what
+    traces show, e.g. ``segments->udmabuf``.
     """
 
     @property

@@ -691,23 +691,43 @@ class Registry:
 
     # --- mappings -------------------------------------------------------------
 
-    def map(self, attachment: Attachment) -> tuple[Mapping, MapResult]:
+    def check_map(self, attachment: Attachment) -> None:
+        """Raise the error a map of ``attachment`` would get now, before any work is done for it."""
+        if attachment.id not in self.attachments:
+            raise NotFound(f"attachment {attachment.id} was detached; attach again")
+        self._check_active(attachment.buffer, "map")
+        if attachment.invalid:
+            raise FailedPrecondition(f"attachment {attachment.id} was invalidated: {attachment.invalid}; attach again")
+        session = attachment.session
+        _check_limit(session.mapping_count, self.limits.max_mappings, "mappings", "max_mappings_per_session")
+
+    def map(self, attachment: Attachment, prepared: MapResult | None = None) -> tuple[Mapping, MapResult]:
         """Produce a handle and the fds to send for one mapping.
 
         The caller must send ``result.fds`` and then close
         ``result.temporary`` through the ledger. A mapping must be unmapped
         with :meth:`unmap` (detach does it for the importer).
+
+        ``prepared`` is the mapper's map already done by the caller: a
+        converter that ``copies`` does O(size) work, which the caller runs
+        off the event loop (server/operations.py); the registry checks the
+        map again and records it, or closes the prepared fds if it is refused.
         """
         buffer = attachment.buffer
-        self._check_active(buffer, "map")
-        if attachment.invalid:
-            raise FailedPrecondition(f"attachment {attachment.id} was invalidated: {attachment.invalid}; attach again")
+        try:
+            self.check_map(attachment)
+        except BaseException:
+            if prepared is not None:
+                for fd in prepared.temporary + prepared.retained:
+                    self.ledger.close(self.ledger.adopt_opened(fd))
+            raise
         session = attachment.session
-        _check_limit(session.mapping_count, self.limits.max_mappings, "mappings", "max_mappings_per_session")
-        # A converted attachment maps through its converter; either way the
-        # kept fds are the attachment's map_type's (udmabuf's, converted or not).
-        mapper: AnyConverter | AnyMappingType = attachment.converter or attachment.map_type
-        result = mapper.map(buffer.backing(attachment.map_type), attachment.map_params)
+        result = prepared
+        if result is None:
+            # A converted attachment maps through its converter; either way the
+            # kept fds are the attachment's map_type's (udmabuf's, converted or not).
+            mapper: AnyConverter | AnyMappingType = attachment.converter or attachment.map_type
+            result = mapper.map(buffer.backing(attachment.map_type), attachment.map_params)
         for fd in result.temporary + result.retained:
             self.ledger.adopt_opened(fd)
         mapping = Mapping(self._next_id(), attachment, len(result.fds))

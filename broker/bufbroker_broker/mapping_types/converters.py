@@ -12,6 +12,8 @@ zero-copy ones before the copy, and the trace names the one it used
 - ``segments->memfd-copy``: otherwise, for ``read`` importers that pass
   ``allow_copy``: at each map the broker copies the extents into a new
   memfd sealed against every change (a snapshot) and sends it read-only.
+  The copy is O(size), so the broker runs this converter's map in a worker
+  thread, never on its event loop (server/operations.py).
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from bufbroker_broker.mapping_types.segments import SEGMENTS
 from bufbroker_broker.mapping_types.udmabuf import UDMABUF, Extents, UdmabufParams, round_up
 
 COPY_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
-# The copy runs on the broker's event loop: the most one map may copy (setting max_copy_bytes).
+# The most one map may copy (setting max_copy_bytes). The copy runs in a worker thread, a few at
+# once (operations.MAX_COPIES), not on the event loop; the cap bounds each copy's time and memory.
 DEFAULT_MAX_COPY_BYTES = 64 << 20
 
 
@@ -126,9 +129,12 @@ class SegmentsToMemfd:
 class SegmentsToMemfdCopy:
     """segments -> memfd by copying, for read importers that allow it, of at most ``max_bytes``.
 
-    The copy runs on the event loop (the registry's map is synchronous), so
-    its size is capped: a larger buffer is refused at attach (and at map)
-    with ResourceExhausted naming the setting, before anything is copied.
+    ``copies`` is True, so the broker never calls ``map`` on its event loop:
+    Operations runs it in a worker thread (a few at once) with a backing of
+    duplicated fds, and the registry records the result on the loop. Its
+    size is capped all the same: a larger buffer is refused at attach (and
+    at map) with ResourceExhausted naming the setting, before anything is
+    copied.
     """
 
     name = "segments->memfd-copy"
@@ -165,7 +171,11 @@ class SegmentsToMemfdCopy:
         return tuple((e.fd_index, e.offset, e.length) for e in offer.extents)
 
     def map(self, backing: Backing, params: Extents) -> MapResult:
-        """Copy the extents into a new sealed memfd; send it read-only."""
+        """Copy the extents into a new sealed memfd; send it read-only.
+
+        O(size) and blocking: the broker calls it in a worker thread. It
+        reads only ``backing.fds`` and ``params`` and touches no broker state.
+        """
         extents = params
         total = sum(length for _, _, length in extents)
         self._check_size(total)  # before any work

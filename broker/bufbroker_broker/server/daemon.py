@@ -176,9 +176,20 @@ async def serve(settings: BrokerSettings, origins: Mapping[str, str] | None = No
         rpc_timings = RpcTimings()
         CallServer(operations, channels, rpc_timings)  # answers the SDK's fast path on call channels
         limit_undecodable_logs()  # grpc logs each undecodable body with a traceback: one line per period
+        # grpc.sock is as open as fd.sock: cap connections (over it grpc-core closes them at accept), close
+        # connections that never send their preface or sit with no RPC, and bound RPCs per connection and in all.
+        grpc_connections = settings.grpc_max_connections or max(1, min(fd_limit // 8, 1024))
         server = grpc.aio.server(
             interceptors=[RpcTimingInterceptor(rpc_timings)],
-            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", settings.max_request_bytes)],
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", settings.max_request_bytes),
+                ("grpc.max_allowed_incoming_connections", grpc_connections),
+                ("grpc.server_handshake_timeout_ms", int(settings.grpc_handshake_timeout * 1000)),
+                ("grpc.max_connection_idle_ms", int(settings.grpc_idle_timeout * 1000)),
+                ("grpc.max_concurrent_streams", settings.grpc_streams_per_connection),
+            ],
+            maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
         )
         pb_grpc.add_BrokerServicer_to_server(service, server)
         health = health_aio.HealthServicer()

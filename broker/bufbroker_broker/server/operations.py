@@ -7,24 +7,36 @@ core's Registry; this layer adds what a use case needs around it: fd checks
 at registration, undoing a half-made attach+map, and moves, whose state (which
 buffers are moving, who is waited for) is owned here and nowhere else.
 
-Everything runs on the broker's event loop. Only a move, a map during a move
-and an attach told to wait for its buffer wait, and they wait on events (the
-last unmap, the swap, the registration), never by polling.
+Everything runs on the broker's event loop but a copy. Only a move, a map
+during a move and an attach told to wait for its buffer wait, and they wait on
+events (the last unmap, the swap, the registration), never by polling. A map
+through a converter that copies (segments->memfd-copy) is O(size), so it never
+runs on the loop: the map copies in a worker thread (at most MAX_COPIES at
+once), awaited, and the registry records it back on the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 
 from bufbroker.v1 import broker_pb2 as pb
 from bufbroker.v1 import mapping_types_pb2 as mpb
 from bufbroker_broker import mapping_types
-from bufbroker_broker.core.errors import BrokerError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from bufbroker_broker.core.backing import BufferFd
+from bufbroker_broker.core.errors import (
+    BrokerError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 from bufbroker_broker.core.fd_ledger import FdLedger
 from bufbroker_broker.core.mapping_type import MapResult
 from bufbroker_broker.core.negotiate import TraceStep
@@ -52,6 +64,25 @@ EXPLAIN_MAX_SIZE = MAX_SIZE
 MAX_ATTACH_WAIT = 300.0
 # Changes after which a move may have nobody left to wait for.
 _MOVE_WAKERS = frozenset({"unmapped", "detached", "session-ended", "revoked", "unregistered"})
+# Copies (maps through a converter that copies) running at once, each in a worker thread.
+MAX_COPIES = 2
+# Copies one session may have waiting or running; one more is refused at once.
+MAX_COPIES_PER_SESSION = 4
+
+
+class CopyPending(Exception):
+    """Not an error: the map copies, and a copy is not done on the event loop.
+
+    The caller must await ``finish()``: it copies in a worker thread, then
+    maps on the loop, and returns the mapping and its result (or raises the
+    map's error, having undone what the call made: the attachment of an
+    attach+map). ``attachment`` is the attachment being mapped.
+    """
+
+    def __init__(self, attachment: Attachment, finish: Callable[[], Awaitable[tuple[Mapping, MapResult]]]) -> None:
+        super().__init__(f"attachment {attachment.id}: the map copies")
+        self.attachment = attachment
+        self.finish = finish
 
 
 @dataclass(frozen=True)
@@ -124,6 +155,9 @@ class Operations:
         # offers checks these again against the new fds (normalised offers would
         # keep the old sizes). Pruned as buffers go, see _remember_offers.
         self._wire_offers: dict[int, list[mpb.Offer]] = {}
+        # Copies running in worker threads (MAX_COPIES), and per session id those waiting or running.
+        self._copy_slots = asyncio.Semaphore(MAX_COPIES)
+        self._copies: dict[int, int] = {}
 
     # --- buffers -------------------------------------------------------------------
 
@@ -362,27 +396,149 @@ class Operations:
     def attach_map_now(
         self, session: Session, buffer: Buffer, wire_accept: Sequence[mpb.Match], access: int
     ) -> tuple[Attachment, Mapping, MapResult]:
-        """Attach and map in one step (the buffer must not be moving); nothing half-made survives a failure."""
+        """Attach and map in one step (the buffer must not be moving); nothing half-made survives a failure.
+
+        A map that copies raises :class:`CopyPending` (the attachment is made;
+        its ``finish()`` detaches it if the map fails).
+        """
         attachment = self.attach(session, buffer, wire_accept, access)
         try:
             mapping, result = self.map_now(attachment)
+        except CopyPending as pending:
+            finish = pending.finish
+            raise CopyPending(attachment, lambda: self._detach_if_failed(attachment, finish())) from None
         except BaseException:
             self.registry.detach(attachment)
             raise
         return attachment, mapping, result
 
+    async def attach_map(
+        self, session: Session, buffer: Buffer, wire_accept: Sequence[mpb.Match], access: int
+    ) -> tuple[Attachment, Mapping, MapResult]:
+        """:meth:`attach_map_now`, copying in a worker if the map copies."""
+        try:
+            return self.attach_map_now(session, buffer, wire_accept, access)
+        except CopyPending as pending:
+            return (pending.attachment, *await pending.finish())
+
+    async def _detach_if_failed(
+        self, attachment: Attachment, mapped: Awaitable[tuple[Mapping, MapResult]]
+    ) -> tuple[Mapping, MapResult]:
+        try:
+            return await mapped
+        except BaseException:
+            if attachment.id in self.registry.attachments:
+                self.registry.detach(attachment)
+            raise
+
     def map_now(self, attachment: Attachment) -> tuple[Mapping, MapResult]:
         """Map an attachment whose buffer is not moving. The caller sends ``result.fds``, then
-        closes ``result.temporary``; if the fds cannot be delivered it calls :meth:`undo`."""
-        return self.registry.map(attachment)
+        closes ``result.temporary``; if the fds cannot be delivered it calls :meth:`undo`.
+
+        A map that copies is not done here (it is O(size)): it raises
+        :class:`CopyPending` after the checks a map gets, and the caller
+        awaits its ``finish()``. Other maps stay synchronous, with no thread hop.
+        """
+        converter = attachment.converter
+        if converter is None or not converter.copies:
+            return self.registry.map(attachment)
+        self.registry.check_map(attachment)  # refused before any work
+        session_id = attachment.session.id
+        waiting = self._copies.get(session_id, 0)
+        if waiting >= MAX_COPIES_PER_SESSION:
+            raise ResourceExhausted(
+                f"{converter.name}: this session has {waiting} copies waiting or running, at most "
+                f"{MAX_COPIES_PER_SESSION}; wait for their replies before mapping again, or accept "
+                "segments to share without a copy"
+            )
+        self._copies[session_id] = waiting + 1  # until the copy's finish() is over
+        copy = self._map_copy(attachment)
+        raise CopyPending(attachment, lambda: copy)
 
     async def map(self, session: Session, attachment: Attachment) -> tuple[Mapping, MapResult]:
-        """Map, first waiting out a move of the buffer (the mapping then shows the new backing)."""
+        """Map, first waiting out a move of the buffer (the mapping then shows the new backing);
+        a map that copies copies in a worker thread, and the loop goes on meanwhile."""
         if self.moving(attachment.buffer):
             await self.wait_out_move(attachment.buffer)
             if attachment.id not in session.attachments:
                 raise NotFound(f"attachment {attachment.id} was detached while its buffer moved")
-        return self.map_now(attachment)
+        try:
+            return self.map_now(attachment)
+        except CopyPending as pending:
+            return await pending.finish()
+
+    async def _map_copy(self, attachment: Attachment) -> tuple[Mapping, MapResult]:
+        """Copy in a worker thread (at most MAX_COPIES at once), then map on the loop.
+
+        The worker reads duplicates of the buffer's fds (a revoke or a move
+        may close the buffer's own meanwhile) and touches no broker state.
+        A copy whose attachment went away meanwhile (a detach, its session's
+        end, a revoke) is closed; one of a backing a move swapped meanwhile
+        is closed and made again from the new backing.
+        """
+        buffer, session = attachment.buffer, attachment.session
+        try:
+            while True:
+                if self.moving(buffer):
+                    await self.wait_out_move(buffer)
+                self.registry.check_map(attachment)
+                generation = buffer.generation
+                result = await self._copy_in_worker(attachment)
+                if buffer.generation == generation and not self.moving(buffer):
+                    # registry.map checks again (detached, revoked, limits) and closes the copy if refused.
+                    return self.registry.map(attachment, prepared=result)
+                self._discard(result)  # a copy of the old backing
+        finally:
+            left = self._copies.pop(session.id, 1) - 1
+            if left:
+                self._copies[session.id] = left
+
+    async def _copy_in_worker(self, attachment: Attachment) -> MapResult:
+        converter = attachment.converter
+        assert converter is not None
+        await self._copy_slots.acquire()
+        try:
+            self.registry.check_map(attachment)  # it may have waited for a slot
+            dups = self._duplicate_fds(attachment.buffer)
+        except BaseException:
+            self._copy_slots.release()
+            raise
+        backing = dataclasses.replace(attachment.buffer.backing(attachment.map_type), fds=dups, kept={})
+        job = asyncio.get_running_loop().run_in_executor(None, converter.map, backing, attachment.map_params)
+
+        def copied(_: object) -> None:  # on the loop, once the worker is done, whoever still waits
+            self.ledger.close_all([each.fd for each in dups])
+            self._copy_slots.release()
+
+        job.add_done_callback(copied)
+        try:
+            return await asyncio.shield(job)
+        except asyncio.CancelledError:  # the caller is gone; the worker is not: close its copy when it is done
+            job.add_done_callback(self._discard_when_done)
+            raise
+
+    def _discard_when_done(self, job: asyncio.Future[MapResult]) -> None:
+        if not job.cancelled() and job.exception() is None:
+            self._discard(job.result())
+
+    def _duplicate_fds(self, buffer: Buffer) -> list[BufferFd]:
+        """The buffer's fds, duplicated for a worker (adopted: closed through the ledger)."""
+        dups: list[BufferFd] = []
+        try:
+            for each in buffer.fds:
+                dups.append(dataclasses.replace(each, fd=self.ledger.adopt_opened(os.dup(each.fd))))
+        except OSError as error:
+            self.ledger.close_all([each.fd for each in dups])
+            raise ResourceExhausted(
+                f"the broker could not copy buffer {buffer.id} ({error.strerror or error}); map again later, "
+                "or accept segments to share without a copy"
+            ) from None
+        return dups
+
+    def _discard(self, result: MapResult) -> None:
+        """Close the fds of a map that will not be sent."""
+        for fd in result.temporary + result.retained:
+            self.ledger.close(self.ledger.adopt_opened(fd))
 
     def undo(self, mapping: Mapping, attachment: Attachment | None = None) -> None:
         """The reply never reached the client: drop the mapping (and the attachment made with it)."""

@@ -102,6 +102,30 @@ class BrokerSettings(BaseSettings):
     http_allowed_hosts: str = Field(
         "", description="comma-separated extra Host names HTTP answers to (besides the bind address; DNS rebinding)"
     )
+    # gRPC that a local user cannot exhaust (server/daemon.py, grpc.aio.server's options).
+    grpc_max_connections: int = Field(
+        0,
+        ge=0,
+        description="open gRPC connections; more are closed as they are accepted (0: 1/8 of RLIMIT_NOFILE, at most 1024)",
+    )
+    grpc_streams_per_connection: int = Field(
+        2048,
+        gt=0,
+        description="RPCs in progress on one gRPC connection (HTTP/2 MAX_CONCURRENT_STREAMS); more wait on the "
+        "client's side (a process's SDK sessions share one connection, an event stream each)",
+    )
+    grpc_max_concurrent_rpcs: int = Field(
+        8192,
+        gt=0,
+        description="RPCs in progress, all gRPC connections together; more are refused with RESOURCE_EXHAUSTED "
+        "(every SDK session holds one, its event stream: keep it well above max_sessions)",
+    )
+    grpc_idle_timeout: float = Field(
+        30.0, gt=0, description="seconds a gRPC connection with no RPC in progress stays open before it is closed"
+    )
+    grpc_handshake_timeout: float = Field(
+        5.0, gt=0, description="seconds a new gRPC connection may take to send its HTTP/2 preface before it is closed"
+    )
     # The fd budget (server/fdchannel/server.py, core/registry.py): checked before the broker takes fds.
     max_fds_per_session: int = Field(
         4096, gt=0, description="per session: fds the broker holds for it (its buffers' backings, fds sent unclaimed)"

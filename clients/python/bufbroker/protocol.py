@@ -15,6 +15,9 @@ from typing import Final
 SESSION_METADATA_KEY: Final = "bufbroker-session"
 """Request metadata: the session token the broker sent in HELLO on the fd channel."""
 
+PROOF_METADATA_KEY: Final = "bufbroker-proof"
+"""Request metadata beside the token: a proof the session sent first as ``Vouch`` on its fd channel (once per call)."""
+
 ERROR_KIND_KEY: Final = "bufbroker-error-kind"
 """Trailing metadata of a failed call: one of the error kinds below."""
 

@@ -62,14 +62,14 @@ class Link:
         self.channel: grpc.Channel | None = None
         self.events_call: Any = None
         self.threads: list[threading.Thread] = []
+        self.send_lock = threading.Lock()  # one datagram at a time on the fd channel
         self.calls = CallPool(self._open_call_channel)
         try:
             self.hello: fd_channel_pb2.Hello = _read_hello(self.sock, socket_dir)
-            self.metadata = ((protocol.SESSION_METADATA_KEY, self.hello.session_token),)
             self.channel = grpc.insecure_channel(f"unix:{socket_dir / 'grpc.sock'}")
             self.stub: Any = _new_stub(self.channel)
             self.events_ready = threading.Event()
-            self.events_call = self.stub.Events(pb.EventsRequest(), metadata=self.metadata)
+            self.events_call = self.stub.Events(pb.EventsRequest(), metadata=self.call_metadata())
             for target, name in ((self._read_fd_channel, "bufbroker-fd"), (self._read_events, "bufbroker-events")):
                 thread = threading.Thread(target=target, name=name, daemon=True)
                 thread.start()
@@ -81,6 +81,27 @@ class Link:
         except BaseException:
             self.close()
             raise
+
+    def send(self, message: fd_channel_pb2.FdMessage, fds: Sequence[int] = ()) -> None:
+        """One datagram on the fd channel; raises OSError."""
+        with self.send_lock:
+            fdwire.send(self.sock, message, list(fds))
+
+    def call_metadata(self) -> tuple[tuple[str, str], ...]:
+        """Metadata for one gRPC call of this session: its token, and a fresh proof vouched for on the fd channel.
+
+        The broker takes a token only with a proof its own fd channel sent
+        (a leaked token is useless to another process); each proof is good once.
+        """
+        proof = secrets.token_hex(16)
+        try:
+            self.send(fd_channel_pb2.FdMessage(vouch=fd_channel_pb2.Vouch(proof=proof)))
+        except OSError as error:
+            raise errors.Unavailable(f"cannot reach the broker's fd channel: {error}") from None
+        return (
+            (protocol.SESSION_METADATA_KEY, self.hello.session_token),
+            (protocol.PROOF_METADATA_KEY, proof),
+        )
 
     def take_fds(self, ticket: int, count: int) -> list[int]:
         """The fds this link's broker sent under ``ticket``; the caller owns them."""
@@ -111,7 +132,7 @@ class Link:
 
     def _open_call_channel(self) -> socket.socket:
         try:
-            response = self.stub.OpenCallChannel(pb.OpenCallChannelRequest(), metadata=self.metadata)
+            response = self.stub.OpenCallChannel(pb.OpenCallChannelRequest(), metadata=self.call_metadata())
         except grpc.RpcError as error:
             raise errors.from_rpc_error(error) from None
         fds = self.take_fds(response.fd_ticket, 1)
@@ -215,7 +236,6 @@ class Transport:
         self._on_event = on_event
         self._on_reconnected = on_reconnected
         self._lock = threading.Lock()
-        self._send_lock = threading.Lock()
         self._connected = threading.Event()
         self._closed = False
         self.link = Link(socket_dir, on_event, self._link_lost)
@@ -276,11 +296,10 @@ class Transport:
         """Send ``fds`` on the fd channel under a fresh nonce; return the nonce (the caller keeps its fds)."""
         nonce = secrets.token_hex(8)
         message = fd_channel_pb2.FdMessage(send_fds=fd_channel_pb2.SendFds(nonce=nonce, fd_count=len(fds)))
-        with self._send_lock:
-            try:
-                fdwire.send(self.link.sock, message, fds)
-            except OSError as error:
-                raise errors.Unavailable(f"cannot send fds to the broker: {error}") from None
+        try:
+            self.link.send(message, fds)
+        except OSError as error:
+            raise errors.Unavailable(f"cannot send fds to the broker: {error}") from None
         return nonce
 
     # --- the connection's life ------------------------------------------------------------
@@ -305,13 +324,14 @@ class Transport:
             raise errors.Unavailable(f"no broker at {self.socket_dir}: the session lost it and has not reconnected")
         link = self.link
         try:
-            return getattr(link.stub, method)(request, metadata=link.metadata), link
+            return getattr(link.stub, method)(request, metadata=link.call_metadata()), link
         except grpc.RpcError as error:
             raise errors.from_rpc_error(error) from None
 
     def _link_lost(self, link: Link, why: str) -> None:
         with self._lock:
-            if link is not self.link or self._closed or link.closed:
+            # getattr: the link's reader may report its loss before __init__ stored the first link.
+            if link is not getattr(self, "link", None) or self._closed or link.closed:
                 return
             link.lost = why
             self._connected.clear()

@@ -4,8 +4,10 @@ A call is Attach, Map, Unmap or Detach: the same operations, checks and errors
 as the RPC of that name (server/operations.py); the reply is one datagram with
 the mapping's fds attached. Calls are answered right away on the event loop;
 only an Attach(map) or Map of a buffer that is moving waits, in a task, for
-the swap, and an Attach with ``wait_seconds`` whose buffer is not there yet
-waits, in a task, for its registration. Timings go to the same RPC metrics as gRPC calls, under the service
+the swap, an Attach with ``wait_seconds`` whose buffer is not there yet
+waits, in a task, for its registration, and an Attach(map) or Map that copies
+(segments->memfd-copy) is answered, from a task, once its copy in a worker
+thread is done (server/operations.py). Timings go to the same RPC metrics as gRPC calls, under the service
 name ``bufbroker.v1.CallChannel``.
 """
 
@@ -14,17 +16,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 
 from bufbroker import fdwire
 from bufbroker.v1 import broker_pb2 as bpb
 from bufbroker.v1 import fd_channel_pb2 as pb
 from bufbroker_broker.core.errors import BrokerError, InvalidArgument, NotFound, ResourceExhausted
-from bufbroker_broker.core.registry import Buffer
+from bufbroker_broker.core.mapping_type import MapResult
+from bufbroker_broker.core.registry import Attachment, Buffer, Mapping
 from bufbroker_broker.server.fdchannel.server import FDS_IN_FLIGHT, Connection, FdChannelServer
 from bufbroker_broker.server.grpc.timing import RpcTimings
 from bufbroker_broker.server.observe.latency import REQUEST_STARTED
-from bufbroker_broker.server.operations import Operations, Target, check_wait
+from bufbroker_broker.server.operations import CopyPending, Operations, Target, check_wait
 from bufbroker_broker.server.wire.errors import call_error, internal_call_error
 from bufbroker_broker.server.wire.messages import attach_response, map_response
 
@@ -45,6 +48,14 @@ class _MustWait(Exception):
         self.then = then  # before answering again, e.g. "do not wait again"
 
 
+class _AnswerLater(Exception):
+    """The map copies: answer with ``answer(*await pending.finish())`` from a task."""
+
+    def __init__(self, pending: CopyPending, answer: Callable[[Mapping, MapResult], Answer]) -> None:
+        self.pending = pending
+        self.answer = answer
+
+
 def _move_over(operations: Operations, buffer: Buffer) -> _MustWait:
     return _MustWait(lambda: operations.wait_out_move(buffer))
 
@@ -54,7 +65,7 @@ class CallServer:
         self.operations = operations
         self.channels = channels
         self.timings = timings
-        self._waiting: set[asyncio.Task[None]] = set()  # calls waiting out a move
+        self._waiting: set[asyncio.Task[None]] = set()  # calls waiting out a move, or for a copy
         channels.on_call = self.handle
 
     def handle(self, channel: Connection, call: pb.Call) -> None:
@@ -66,9 +77,10 @@ class CallServer:
         try:
             reply, fds, temporary, undo = self._answer(channel, call, kind)
         except _MustWait as wait:
-            task = asyncio.get_running_loop().create_task(self._after_wait(channel, call, wait))
-            self._waiting.add(task)
-            task.add_done_callback(self._waiting.discard)
+            self._in_task(self._after_wait(channel, call, wait))
+            return
+        except _AnswerLater as later:
+            self._in_task(self._after_copy(channel, call, kind, started, later))
             return
         except BrokerError as error:
             code = error.status
@@ -79,6 +91,35 @@ class CallServer:
             reply, fds, temporary = internal_call_error(call.call_id, METHODS.get(kind or "", "a call")), [], []
         finally:
             REQUEST_STARTED.reset(marker)
+        self._send(channel, call, kind, started, code, (reply, fds, temporary, undo))
+
+    def _in_task(self, work: Coroutine[object, object, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._waiting.add(task)
+        task.add_done_callback(self._waiting.discard)
+
+    async def _after_copy(
+        self, channel: Connection, call: pb.Call, kind: str | None, started: float, later: _AnswerLater
+    ) -> None:
+        """Answer a call whose map copies, once the copy (in a worker thread) is done."""
+        code = "OK"
+        undo: Callable[[], None] | None = None
+        try:
+            reply, fds, temporary, undo = later.answer(*await later.pending.finish())
+        except BrokerError as error:
+            code = error.status
+            reply, fds, temporary = call_error(call.call_id, error), [], []
+        except Exception:
+            log.exception("bug answering a %s call; the client got INTERNAL", kind)
+            code = "INTERNAL"
+            reply, fds, temporary = internal_call_error(call.call_id, METHODS.get(kind or "", "a call")), [], []
+        # A closed channel closes the copy's fds, and the failed send undoes the mapping.
+        self._send(channel, call, kind, started, code, (reply, fds, temporary, undo))
+
+    def _send(
+        self, channel: Connection, call: pb.Call, kind: str | None, started: float, code: str, answer: Answer
+    ) -> None:
+        reply, fds, temporary, undo = answer
         data = fdwire.encode(reply)
         if len(data) > fdwire.MAX_CALL_BYTES:
             if undo is not None:
@@ -131,27 +172,22 @@ class CallServer:
             if operations.moving(buffer):
                 raise _move_over(operations, buffer)
             self.channels.check_unread_replies(channel)
-            attachment, mapping, result = operations.attach_map_now(session, buffer, request.accept, request.access)
-            response = attach_response(attachment)
-            response.mapping.CopyFrom(map_response(mapping, result))
-            return (
-                _reply(call, attach=response),
-                result.fds,
-                result.temporary,
-                lambda: operations.undo(mapping, attachment),
-            )
+            try:
+                attachment, mapping, result = operations.attach_map_now(session, buffer, request.accept, request.access)
+            except CopyPending as pending:
+                made = pending.attachment
+                raise _AnswerLater(pending, lambda m, r: self._attached(call, made, m, r)) from None
+            return self._attached(call, attachment, mapping, result)
         if kind == "map":
             attachment = operations.attachment(session, call.map.attachment_id)
             if operations.moving(attachment.buffer):
                 raise _move_over(operations, attachment.buffer)
             self.channels.check_unread_replies(channel)
-            mapping, result = operations.map_now(attachment)
-            return (
-                _reply(call, map=map_response(mapping, result)),
-                result.fds,
-                result.temporary,
-                lambda: operations.undo(mapping),
-            )
+            try:
+                mapping, result = operations.map_now(attachment)
+            except CopyPending as pending:
+                raise _AnswerLater(pending, lambda m, r: self._mapped(call, m, r)) from None
+            return self._mapped(call, mapping, result)
         if kind == "unmap":
             operations.unmap(session, call.unmap.mapping_id)
             return _reply(call, unmap=bpb.UnmapResponse()), [], [], None
@@ -159,6 +195,16 @@ class CallServer:
             operations.detach(session, call.detach.attachment_id)
             return _reply(call, detach=bpb.DetachResponse()), [], [], None
         raise InvalidArgument("the call names no request: set attach, map, unmap or detach")
+
+    def _attached(self, call: pb.Call, attachment: Attachment, mapping: Mapping, result: MapResult) -> Answer:
+        response = attach_response(attachment)
+        response.mapping.CopyFrom(map_response(mapping, result))
+        undo = self.operations.undo
+        return _reply(call, attach=response), result.fds, result.temporary, lambda: undo(mapping, attachment)
+
+    def _mapped(self, call: pb.Call, mapping: Mapping, result: MapResult) -> Answer:
+        undo = self.operations.undo
+        return _reply(call, map=map_response(mapping, result)), result.fds, result.temporary, lambda: undo(mapping)
 
 
 def _reply(call: pb.Call, **answer: object) -> pb.FdMessage:

@@ -38,6 +38,7 @@ from bufbroker_broker.core.fd_ledger import FdLedger
 from bufbroker_broker.core.registry import Registry, Session
 from bufbroker_broker.host.fds import open_fd_count
 from bufbroker_broker.host.peer import peer_groups
+from bufbroker_broker.server.fdchannel.vouches import Vouches
 from bufbroker_broker.server.wire.errors import call_error, notice
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,8 @@ class Connection:
     budget_error: BrokerError | None = None
     # Replies with fds sent on this call channel that the client may not have read yet.
     unread_replies: int = 0
+    # Proofs for this session's gRPC calls (main connection only; see vouches.py).
+    vouches: Vouches = field(default_factory=lambda: Vouches(_monotonic))
 
     @property
     def pending_fd_count(self) -> int:
@@ -532,12 +535,18 @@ class FdChannelServer:
                 InvalidArgument(f"malformed fd-channel message ({received.error}); use the bufbroker SDK"),
             )
             return
-        if message.WhichOneof("kind") != "send_fds":
+        kind = message.WhichOneof("kind")
+        if kind == "vouch" and not received.fds:
+            refused = connection.vouches.add(message.vouch.proof)
+            if refused is not None:
+                self._refuse(connection, "", refused)
+            return
+        if kind != "send_fds":
             self.ledger.close_all(received.fds)
             self._refuse(
                 connection,
                 "",
-                InvalidArgument(f"clients may only send send_fds on the fd channel, not {message.WhichOneof('kind')}"),
+                InvalidArgument(f"clients may only send send_fds or vouch (without fds) on the fd channel, not {kind}"),
             )
             return
         error = self._check_send_fds(connection, message.send_fds, received.fds)
@@ -623,6 +632,13 @@ class FdChannelServer:
             raise Unavailable("the session ended while waiting for its fds")
         pending.timer.cancel()
         return pending.fds
+
+    async def vouched(self, session: Session, proof: str) -> bool:
+        """True if ``session``'s own fd channel vouched for ``proof`` (used up here); see vouches.py."""
+        connection = self.connections.get(session.id)
+        if connection is None or connection.closed:
+            return False
+        return await connection.vouches.take(proof, self.limits.nonce_wait)
 
     # --- sending --------------------------------------------------------------
 
@@ -761,6 +777,7 @@ class FdChannelServer:
         for waiter in connection.waiters.values():
             if not waiter.done():
                 waiter.set_result(None)
+        connection.vouches.close()
         connection.sock.close()
         if connection.main is not None:
             connection.main.call_channels.remove(connection)

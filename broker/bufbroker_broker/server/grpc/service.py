@@ -1,6 +1,6 @@
 """The Broker gRPC service (grpc.aio) on DIR/grpc.sock: a thin adapter.
 
-Handlers authenticate the session from its token, decode the request, call
+Handlers authenticate the session from its token and proof, decode the request, call
 one operation (server/operations.py) and encode its result; every rule lives
 in the operations layer and the core. fds travel on the fd channel; this
 module only names them (nonces and tickets).
@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 
-from bufbroker.protocol import SESSION_METADATA_KEY
+from bufbroker.protocol import PROOF_METADATA_KEY, SESSION_METADATA_KEY
 from bufbroker.v1 import broker_pb2 as pb
 from bufbroker.v1 import broker_pb2_grpc as pb_grpc
 from bufbroker_broker.core.errors import BrokerError, FailedPrecondition, Unauthenticated
@@ -67,16 +67,32 @@ class BrokerService(pb_grpc.BrokerServicer):
 
     # --- sessions and events ---------------------------------------------------
 
-    def authenticate(self, context: Context) -> Session:
-        token = ""
+    async def authenticate(self, context: Context) -> Session:
+        """The session whose token and proof the call carries.
+
+        The token names the session; the proof (vouches.py) shows the call
+        comes from the process holding that session's fd channel, since gRPC
+        over a Unix socket cannot show who sent it. A token without its proof
+        is refused, so a leaked token does not let another process act as
+        its session.
+        """
+        token = proof = ""
         for key, value in context.invocation_metadata() or ():
             if key == SESSION_METADATA_KEY:
                 token = value if isinstance(value, str) else ""
+            elif key == PROOF_METADATA_KEY:
+                proof = value if isinstance(value, str) else ""
         session = self.registry.sessions_by_token.get(token) if token else None
         if session is None or session.closed:
             raise Unauthenticated(
                 "no valid session token: connect to the broker's fd.sock first and send the "
                 f"token from its HELLO as gRPC metadata {SESSION_METADATA_KEY!r} (bufbroker.connect() does this)"
+            )
+        if not await self.channels.vouched(session, proof):
+            raise Unauthenticated(
+                f"this call carries session {session.id}'s token but no proof from that session's fd channel: "
+                f"a token works only for the process holding its fd channel; send Vouch(proof) on the fd channel, "
+                f"then the call with metadata {PROOF_METADATA_KEY!r} = proof (bufbroker.connect() does this)"
             )
         return session
 
@@ -92,7 +108,7 @@ class BrokerService(pb_grpc.BrokerServicer):
 
     async def Events(self, request: pb.EventsRequest, context: Context) -> AsyncIterator[pb.Event]:
         try:
-            session = self.authenticate(context)
+            session = await self.authenticate(context)
             if session.id in self.event_queues:
                 raise FailedPrecondition("this session already has its event stream open; open it once")
         except BrokerError as error:
@@ -117,7 +133,7 @@ class BrokerService(pb_grpc.BrokerServicer):
 
     @grpc_errors
     async def RegisterBuffer(self, request: pb.RegisterBufferRequest, context: Context) -> pb.RegisterBufferResponse:
-        session = self.authenticate(context)
+        session = await self.authenticate(context)
         fds = await self.channels.take_fds(session, request.nonce)
         buffer = self.operations.register(
             session,
@@ -134,7 +150,7 @@ class BrokerService(pb_grpc.BrokerServicer):
 
     @grpc_errors
     async def MoveBuffer(self, request: pb.MoveBufferRequest, context: Context) -> pb.MoveBufferResponse:
-        session = self.authenticate(context)
+        session = await self.authenticate(context)
         if self.operations.moving(self.registry.buffer_owned(session, request.buffer_id)):
             raise FailedPrecondition(f"buffer {request.buffer_id} is already moving; wait for that move to finish")
         fds = await self.channels.take_fds(session, request.nonce)
@@ -151,39 +167,39 @@ class BrokerService(pb_grpc.BrokerServicer):
 
     @grpc_errors
     async def RevokeBuffer(self, request: pb.RevokeBufferRequest, context: Context) -> pb.RevokeBufferResponse:
-        self.operations.revoke(self.authenticate(context), request.buffer_id, request.reason)
+        self.operations.revoke(await self.authenticate(context), request.buffer_id, request.reason)
         return pb.RevokeBufferResponse()
 
     @grpc_errors
     async def UnregisterBuffer(
         self, request: pb.UnregisterBufferRequest, context: Context
     ) -> pb.UnregisterBufferResponse:
-        self.operations.unregister(self.authenticate(context), request.buffer_id)
+        self.operations.unregister(await self.authenticate(context), request.buffer_id)
         return pb.UnregisterBufferResponse()
 
     # --- attachments and mappings ----------------------------------------------
 
     @grpc_errors
     async def Attach(self, request: pb.AttachRequest, context: Context) -> pb.AttachResponse:
-        session = self.authenticate(context)
+        session = await self.authenticate(context)
         # Waits on the loop (an awaited event) when asked to wait for the buffer to be registered.
         buffer = await self.operations.await_buffer(session, Target.of(request), request.wait_seconds)
         if not request.map:
             return attach_response(self.operations.attach(session, buffer, request.accept, request.access))
         await self.operations.wait_out_move(buffer)
-        attachment, mapping, result = self.operations.attach_map_now(session, buffer, request.accept, request.access)
+        attachment, mapping, result = await self.operations.attach_map(session, buffer, request.accept, request.access)
         response = attach_response(attachment)
         response.mapping.CopyFrom(await self._deliver(session, mapping, result, attachment))
         return response
 
     @grpc_errors
     async def Detach(self, request: pb.DetachRequest, context: Context) -> pb.DetachResponse:
-        self.operations.detach(self.authenticate(context), request.attachment_id)
+        self.operations.detach(await self.authenticate(context), request.attachment_id)
         return pb.DetachResponse()
 
     @grpc_errors
     async def Map(self, request: pb.MapRequest, context: Context) -> pb.MapResponse:
-        session = self.authenticate(context)
+        session = await self.authenticate(context)
         attachment = self.operations.attachment(session, request.attachment_id)
         mapping, result = await self.operations.map(session, attachment)
         return await self._deliver(session, mapping, result)
@@ -200,12 +216,12 @@ class BrokerService(pb_grpc.BrokerServicer):
 
     @grpc_errors
     async def Unmap(self, request: pb.UnmapRequest, context: Context) -> pb.UnmapResponse:
-        self.operations.unmap(self.authenticate(context), request.mapping_id)
+        self.operations.unmap(await self.authenticate(context), request.mapping_id)
         return pb.UnmapResponse()
 
     @grpc_errors
     async def OpenCallChannel(self, request: pb.OpenCallChannelRequest, context: Context) -> pb.OpenCallChannelResponse:
-        session = self.authenticate(context)
+        session = await self.authenticate(context)
         client_end = self.channels.open_call_channel(session)
         return pb.OpenCallChannelResponse(fd_ticket=await self.channels.deliver(session, [client_end], [client_end]))
 
@@ -213,7 +229,7 @@ class BrokerService(pb_grpc.BrokerServicer):
 
     @grpc_errors
     async def ListBuffers(self, request: pb.ListBuffersRequest, context: Context) -> pb.ListBuffersResponse:
-        session = self.authenticate(context)
+        session = await self.authenticate(context)
         page_size = min(request.page_size or DEFAULT_PAGE, MAX_PAGE)
         visible = self.registry.buffer_visible  # clients must not see each other's buffers unless allowed to
         labels = dict(request.labels)
@@ -232,7 +248,7 @@ class BrokerService(pb_grpc.BrokerServicer):
 
     @grpc_errors
     async def Explain(self, request: pb.ExplainRequest, context: Context) -> pb.ExplainResponse:
-        session = self.authenticate(context)
+        session = await self.authenticate(context)
         bare_offers = request.WhichOneof("buffer") is None and bool(request.offers)
         buffer = None if bare_offers else self.operations.find_buffer(*named_buffer(request), asker=session)
         answer = self.operations.explain(session, request.accept, request.access, buffer, request.offers)
@@ -240,7 +256,7 @@ class BrokerService(pb_grpc.BrokerServicer):
 
     @grpc_errors
     async def GetStats(self, request: pb.GetStatsRequest, context: Context) -> pb.GetStatsResponse:
-        self.authenticate(context)
+        await self.authenticate(context)
         stats = self.operations.stats()
         return pb.GetStatsResponse(
             sessions=stats.sessions,
@@ -258,24 +274,24 @@ class BrokerService(pb_grpc.BrokerServicer):
 
     @grpc_errors
     async def ListSessions(self, request: pb.ListSessionsRequest, context: Context) -> pb.ListSessionsResponse:
-        self.authenticate(context)
+        await self.authenticate(context)
         return pb.ListSessionsResponse(sessions=list_sessions(self.registry))
 
     @grpc_errors
     async def ListAttachments(self, request: pb.ListAttachmentsRequest, context: Context) -> pb.ListAttachmentsResponse:
-        self.authenticate(context)
+        await self.authenticate(context)
         return pb.ListAttachmentsResponse(attachments=list_attachments(self.registry, request.buffer_id))
 
     @grpc_errors
     async def ListMappingTypes(
         self, request: pb.ListMappingTypesRequest, context: Context
     ) -> pb.ListMappingTypesResponse:
-        self.authenticate(context)
+        await self.authenticate(context)
         return pb.ListMappingTypesResponse(mapping_types=list_mapping_types(self.registry.host))
 
     @grpc_errors
     async def GetSettings(self, request: pb.GetSettingsRequest, context: Context) -> pb.GetSettingsResponse:
-        self.authenticate(context)
+        await self.authenticate(context)
         return pb.GetSettingsResponse(
             settings=[pb.Setting(name=name, value=value, source=source) for name, value, source in self.settings],
             pid=os.getpid(),

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from bufbroker.v1 import broker_pb2 as bufbroker_dot_v1_dot_broker__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x62ufbroker/v1/fd_channel.proto\x12\x0c\x62ufbroker.v1\x1a\x19\x62ufbroker/v1/broker.proto\"\x8b\x02\n\tFdMessage\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.bufbroker.v1.HelloH\x00\x12)\n\x08send_fds\x18\x02 \x01(\x0b\x32\x15.bufbroker.v1.SendFdsH\x00\x12/\n\x0b\x64\x65liver_fds\x18\x03 \x01(\x0b\x32\x18.bufbroker.v1.DeliverFdsH\x00\x12&\n\x06notice\x18\x04 \x01(\x0b\x32\x14.bufbroker.v1.NoticeH\x00\x12\"\n\x04\x63\x61ll\x18\x05 \x01(\x0b\x32\x12.bufbroker.v1.CallH\x00\x12(\n\x05reply\x18\x06 \x01(\x0b\x32\x17.bufbroker.v1.CallReplyH\x00\x42\x06\n\x04kind\"\xd6\x01\n\x04\x43\x61ll\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12-\n\x06\x61ttach\x18\x02 \x01(\x0b\x32\x1b.bufbroker.v1.AttachRequestH\x00\x12\'\n\x03map\x18\x03 \x01(\x0b\x32\x18.bufbroker.v1.MapRequestH\x00\x12+\n\x05unmap\x18\x04 \x01(\x0b\x32\x1a.bufbroker.v1.UnmapRequestH\x00\x12-\n\x06\x64\x65tach\x18\x05 \x01(\x0b\x32\x1b.bufbroker.v1.DetachRequestH\x00\x42\t\n\x07request\"\x87\x02\n\tCallReply\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12.\n\x06\x61ttach\x18\x02 \x01(\x0b\x32\x1c.bufbroker.v1.AttachResponseH\x00\x12(\n\x03map\x18\x03 \x01(\x0b\x32\x19.bufbroker.v1.MapResponseH\x00\x12,\n\x05unmap\x18\x04 \x01(\x0b\x32\x1b.bufbroker.v1.UnmapResponseH\x00\x12.\n\x06\x64\x65tach\x18\x05 \x01(\x0b\x32\x1c.bufbroker.v1.DetachResponseH\x00\x12(\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x17.bufbroker.v1.CallErrorH\x00\x42\x07\n\x05reply\"`\n\tCallError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12&\n\x05trace\x18\x04 \x03(\x0b\x32\x17.bufbroker.v1.TraceStep\"q\n\x05Hello\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\x04\x12\x0b\n\x03pid\x18\x03 \x01(\r\x12\x0b\n\x03uid\x18\x04 \x01(\r\x12\x0b\n\x03gid\x18\x05 \x01(\r\x12\x16\n\x0e\x62roker_version\x18\x06 \x01(\t\"*\n\x07SendFds\x12\r\n\x05nonce\x18\x01 \x01(\t\x12\x10\n\x08\x66\x64_count\x18\x02 \x01(\r\".\n\nDeliverFds\x12\x0e\n\x06ticket\x18\x01 \x01(\x04\x12\x10\n\x08\x66\x64_count\x18\x02 \x01(\r\"6\n\x06Notice\x12\r\n\x05nonce\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x62ufbroker/v1/fd_channel.proto\x12\x0c\x62ufbroker.v1\x1a\x19\x62ufbroker/v1/broker.proto\"\xb1\x02\n\tFdMessage\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.bufbroker.v1.HelloH\x00\x12)\n\x08send_fds\x18\x02 \x01(\x0b\x32\x15.bufbroker.v1.SendFdsH\x00\x12/\n\x0b\x64\x65liver_fds\x18\x03 \x01(\x0b\x32\x18.bufbroker.v1.DeliverFdsH\x00\x12&\n\x06notice\x18\x04 \x01(\x0b\x32\x14.bufbroker.v1.NoticeH\x00\x12\"\n\x04\x63\x61ll\x18\x05 \x01(\x0b\x32\x12.bufbroker.v1.CallH\x00\x12(\n\x05reply\x18\x06 \x01(\x0b\x32\x17.bufbroker.v1.CallReplyH\x00\x12$\n\x05vouch\x18\x07 \x01(\x0b\x32\x13.bufbroker.v1.VouchH\x00\x42\x06\n\x04kind\"\x16\n\x05Vouch\x12\r\n\x05proof\x18\x01 \x01(\t\"\xd6\x01\n\x04\x43\x61ll\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12-\n\x06\x61ttach\x18\x02 \x01(\x0b\x32\x1b.bufbroker.v1.AttachRequestH\x00\x12\'\n\x03map\x18\x03 \x01(\x0b\x32\x18.bufbroker.v1.MapRequestH\x00\x12+\n\x05unmap\x18\x04 \x01(\x0b\x32\x1a.bufbroker.v1.UnmapRequestH\x00\x12-\n\x06\x64\x65tach\x18\x05 \x01(\x0b\x32\x1b.bufbroker.v1.DetachRequestH\x00\x42\t\n\x07request\"\x87\x02\n\tCallReply\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12.\n\x06\x61ttach\x18\x02 \x01(\x0b\x32\x1c.bufbroker.v1.AttachResponseH\x00\x12(\n\x03map\x18\x03 \x01(\x0b\x32\x19.bufbroker.v1.MapResponseH\x00\x12,\n\x05unmap\x18\x04 \x01(\x0b\x32\x1b.bufbroker.v1.UnmapResponseH\x00\x12.\n\x06\x64\x65tach\x18\x05 \x01(\x0b\x32\x1c.bufbroker.v1.DetachResponseH\x00\x12(\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x17.bufbroker.v1.CallErrorH\x00\x42\x07\n\x05reply\"`\n\tCallError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12&\n\x05trace\x18\x04 \x03(\x0b\x32\x17.bufbroker.v1.TraceStep\"q\n\x05Hello\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\x04\x12\x0b\n\x03pid\x18\x03 \x01(\r\x12\x0b\n\x03uid\x18\x04 \x01(\r\x12\x0b\n\x03gid\x18\x05 \x01(\r\x12\x16\n\x0e\x62roker_version\x18\x06 \x01(\t\"*\n\x07SendFds\x12\r\n\x05nonce\x18\x01 \x01(\t\x12\x10\n\x08\x66\x64_count\x18\x02 \x01(\r\".\n\nDeliverFds\x12\x0e\n\x06ticket\x18\x01 \x01(\x04\x12\x10\n\x08\x66\x64_count\x18\x02 \x01(\r\"6\n\x06Notice\x12\r\n\x05nonce\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,19 +33,21 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bufbroker.v1.fd_channel_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_FDMESSAGE']._serialized_start=75
-  _globals['_FDMESSAGE']._serialized_end=342
-  _globals['_CALL']._serialized_start=345
-  _globals['_CALL']._serialized_end=559
-  _globals['_CALLREPLY']._serialized_start=562
-  _globals['_CALLREPLY']._serialized_end=825
-  _globals['_CALLERROR']._serialized_start=827
-  _globals['_CALLERROR']._serialized_end=923
-  _globals['_HELLO']._serialized_start=925
-  _globals['_HELLO']._serialized_end=1038
-  _globals['_SENDFDS']._serialized_start=1040
-  _globals['_SENDFDS']._serialized_end=1082
-  _globals['_DELIVERFDS']._serialized_start=1084
-  _globals['_DELIVERFDS']._serialized_end=1130
-  _globals['_NOTICE']._serialized_start=1132
-  _globals['_NOTICE']._serialized_end=1186
+  _globals['_FDMESSAGE']._serialized_end=380
+  _globals['_VOUCH']._serialized_start=382
+  _globals['_VOUCH']._serialized_end=404
+  _globals['_CALL']._serialized_start=407
+  _globals['_CALL']._serialized_end=621
+  _globals['_CALLREPLY']._serialized_start=624
+  _globals['_CALLREPLY']._serialized_end=887
+  _globals['_CALLERROR']._serialized_start=889
+  _globals['_CALLERROR']._serialized_end=985
+  _globals['_HELLO']._serialized_start=987
+  _globals['_HELLO']._serialized_end=1100
+  _globals['_SENDFDS']._serialized_start=1102
+  _globals['_SENDFDS']._serialized_end=1144
+  _globals['_DELIVERFDS']._serialized_start=1146
+  _globals['_DELIVERFDS']._serialized_end=1192
+  _globals['_NOTICE']._serialized_start=1194
+  _globals['_NOTICE']._serialized_end=1248
 # @@protoc_insertion_point(module_scope)

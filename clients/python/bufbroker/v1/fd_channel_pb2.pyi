@@ -8,20 +8,28 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class FdMessage(_message.Message):
-    __slots__ = ("hello", "send_fds", "deliver_fds", "notice", "call", "reply")
+    __slots__ = ("hello", "send_fds", "deliver_fds", "notice", "call", "reply", "vouch")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     SEND_FDS_FIELD_NUMBER: _ClassVar[int]
     DELIVER_FDS_FIELD_NUMBER: _ClassVar[int]
     NOTICE_FIELD_NUMBER: _ClassVar[int]
     CALL_FIELD_NUMBER: _ClassVar[int]
     REPLY_FIELD_NUMBER: _ClassVar[int]
+    VOUCH_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     send_fds: SendFds
     deliver_fds: DeliverFds
     notice: Notice
     call: Call
     reply: CallReply
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., send_fds: _Optional[_Union[SendFds, _Mapping]] = ..., deliver_fds: _Optional[_Union[DeliverFds, _Mapping]] = ..., notice: _Optional[_Union[Notice, _Mapping]] = ..., call: _Optional[_Union[Call, _Mapping]] = ..., reply: _Optional[_Union[CallReply, _Mapping]] = ...) -> None: ...
+    vouch: Vouch
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., send_fds: _Optional[_Union[SendFds, _Mapping]] = ..., deliver_fds: _Optional[_Union[DeliverFds, _Mapping]] = ..., notice: _Optional[_Union[Notice, _Mapping]] = ..., call: _Optional[_Union[Call, _Mapping]] = ..., reply: _Optional[_Union[CallReply, _Mapping]] = ..., vouch: _Optional[_Union[Vouch, _Mapping]] = ...) -> None: ...
+
+class Vouch(_message.Message):
+    __slots__ = ("proof",)
+    PROOF_FIELD_NUMBER: _ClassVar[int]
+    proof: str
+    def __init__(self, proof: _Optional[str] = ...) -> None: ...
 
 class Call(_message.Message):
     __slots__ = ("call_id", "attach", "map", "unmap", "detach")
