@@ -701,3 +701,120 @@ def concurrency(workdir: Path, echo_path: Path, quick: bool, log: Callable[[str]
 
 
 __all__ = ["concurrency", "control_plane", "handoff", "result", "scale"]
+
+
+def streams(workdir: Path, quick: bool, log: Callable[[str], None]) -> list[dict]:
+    """Frame hand-off through a bufbroker stream beside the floor, iceoryx2, shared_memory+Queue and gRPC bytes.
+
+    1920x1080x3 frames, a pool of 4; every peer is its own process and every
+    frame is checked (bench/stream_baselines.py, bench/stream_peer.py). A
+    --quick run leaves out the 1->4 floor, iceoryx2 1->4 and the
+    multiprocessing baseline to stay inside the smoke budget.
+    """
+    from bench import stream_baselines as sb
+
+    def measure(fn: Callable[..., dict], **kw: Any) -> dict:
+        entry = fn(quick=quick, workdir=workdir, log=log, **kw)
+        if entry.get("errors"):
+            raise RuntimeError(f"{entry['name']}: {entry['notes']}")
+        return entry
+
+    own = measure(sb.bufbroker_streams)
+    own4 = measure(sb.bufbroker_streams, consumers=4)
+    floor = measure(sb.floor)
+    grpc_bytes = measure(sb.grpc_bytes)
+    missing_iceoryx2 = sb.iceoryx2_importable()
+    iox = None if missing_iceoryx2 else measure(sb.iceoryx2)
+    extra = [] if quick else [measure(sb.floor, consumers=4), measure(sb.mp_queue)]
+    if not quick and iox is not None:
+        extra.append(measure(sb.iceoryx2, consumers=4))
+
+    def us(entry: dict | None) -> float | None:
+        return None if entry is None else entry["p50_us"]
+
+    shape = {"frame_bytes": sb.FRAME, "slots": sb.SLOTS}
+    results = [
+        result(
+            "streams_handoff_p50_over_floor",
+            own["p50_us"],
+            "us",
+            "seqpacket_memfd_floor_p50_us",
+            floor["p50_us"],
+            target=("<=", 1.5, "ratio"),
+            note="publish -> consumer holds a readable frame, 1 consumer, paced",
+            **shape,
+        ),
+        result(
+            "streams_handoff_p50_over_iceoryx2",
+            own["p50_us"],
+            "us",
+            "iceoryx2_p50_us",
+            us(iox),
+            target=("<=", 1.0, "ratio"),
+            note=f"iceoryx2 not measured: {missing_iceoryx2}" if iox is None else "iceoryx2 slice pub-sub + Event",
+            **shape,
+        ),
+        result(
+            "streams_p99_over_p50",
+            own["p99_us"],
+            "us",
+            "streams_handoff_p50_us",
+            own["p50_us"],
+            target=("<=", 3.0, "ratio"),
+            **shape,
+        ),
+        result(
+            "streams_fps_over_floor",
+            own["fps"],
+            "frames/s",
+            "seqpacket_memfd_floor_fps",
+            floor["fps"],
+            target=(">=", 0.7, "ratio"),
+            note="unpaced, 1 consumer: the producer publishes as fast as slots come back",
+            **shape,
+        ),
+        result(
+            "streams_fps_over_grpc_bytes",
+            own["fps"],
+            "frames/s",
+            "grpc_bytes_fps",
+            grpc_bytes["fps"],
+            target=(">=", 50.0, "ratio"),
+            note="gRPC streaming of the frame bytes over a Unix socket",
+            **shape,
+        ),
+        result(
+            "streams_1to4_p50_over_1to1",
+            own4["p50_us"],
+            "us",
+            "streams_handoff_p50_us_1to1",
+            own["p50_us"],
+            target=("<=", 2.0, "ratio"),
+            note="p50 pooled over the 4 consumers' deliveries",
+            **shape,
+        ),
+        result(
+            "streams_broker_cpu_us_per_frame",
+            own["broker_cpu_s_per_frame"] * US if own["broker_cpu_s_per_frame"] is not None else None,
+            "CPU us/frame",
+            "none (an absolute bound)",
+            None,
+            broker_cpu_s=own["broker_cpu_s"],
+            target=("<=", 10.0, "value"),
+            note="broker utime+stime over the whole run (set-up and reports included) / frames: "
+            "frames never pass through it (a broker relaying each frame would spend tens of us on it)",
+            broker_fds_leaked=own["broker_fds_leaked"],
+        ),
+    ]
+    for entry in [own4, floor, grpc_bytes, *([iox] if iox else []), *extra]:
+        results.append(
+            result(
+                f"streams_measured_{entry['name']}_p50_us",
+                entry["p50_us"],
+                "us",
+                "",
+                None,
+                note=f"p99 {entry['p99_us']} us, {entry['fps']} frames/s unpaced, {entry['consumers']} consumer(s)",
+            )
+        )
+    return results

@@ -33,6 +33,15 @@ REQUIRED = {
         "concurrent_errors",
         "concurrent_broker_fds_leaked",
     ],
+    "streams": [
+        "streams_handoff_p50_over_floor",
+        "streams_handoff_p50_over_iceoryx2",
+        "streams_p99_over_p50",
+        "streams_fps_over_floor",
+        "streams_fps_over_grpc_bytes",
+        "streams_1to4_p50_over_1to1",
+        "streams_broker_cpu_us_per_frame",
+    ],
 }
 RESULT_KEYS = ("name", "value", "unit", "baseline", "baseline_value", "ratio")
 
@@ -61,6 +70,7 @@ def run(
                 "handoff": lambda: groups.handoff(workdir, quick, log),
                 "scale": lambda: groups.scale(workdir, quick, log),
                 "concurrency": lambda: groups.concurrency(workdir, echo_path, quick, log),
+                "streams": lambda: groups.streams(workdir, quick, log),
             }
             for group, fn in plan.items():
                 if only and group not in only:

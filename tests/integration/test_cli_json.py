@@ -22,7 +22,9 @@ def _cli(broker, *args: str, socket_dir=None) -> subprocess.CompletedProcess:
 def _ls(broker, *args: str) -> list[dict]:
     out = _cli(broker, "ls", "--json", *args)
     assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
+    document = json.loads(out.stdout)
+    assert document["streams"] == []  # these tests make no stream (tests/integration/test_cli_streams.py does)
+    return document["buffers"]
 
 
 def test_ls_json_pages_past_100_buffers_and_filters_by_name_and_labels(broker):
@@ -43,6 +45,7 @@ def test_ls_json_pages_past_100_buffers_and_filters_by_name_and_labels(broker):
             i, labels = exported[b["id"]]
             assert b["name"] == f"frame-{i}" and b["labels"] == labels and b["size"] == 4096 + i
             assert b["exporter_pid"] == os.getpid() and b["exporter_session_id"] == exporter.id
+            assert b["exporter_name"] == ""  # the session did not name itself
             assert b["state"] == "active" and b["offer_types"] == ["segments", "memfd"]
             assert [o["type"] for o in b["offers"]] == ["segments", "memfd"]
             assert b["attachment_count"] == (1 if b["id"] == first else 0)

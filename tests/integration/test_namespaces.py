@@ -1,5 +1,6 @@
-"""Like containers in a pod: broker, exporter and importer in separate
-mount, PID and network namespaces, sharing only the socket dir."""
+"""Like containers in a pod: broker, exporter and importer (or a stream's
+producer and consumer) in separate mount, PID and network namespaces,
+sharing only the socket dir."""
 
 from __future__ import annotations
 
@@ -90,6 +91,46 @@ def test_clients_in_other_namespaces_share_a_buffer_through_the_socket_dir(tmp_p
         assert broker.wait(15) == 0
     finally:
         for process in (importer, exporter, broker):
+            if process is None:
+                continue
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+            for stream in (process.stdin, process.stdout):
+                if stream is not None:
+                    stream.close()
+
+
+def test_a_stream_carries_frames_between_namespaces(tmp_path):
+    socket_dir = tmp_path / "shared"
+    broker = _isolated("bufbroker_broker", "serve", "--socket-dir", str(socket_dir), "--http", "none")
+    producer = consumer = None
+    try:
+        wait_until_serving(socket_dir, broker)
+        broker_pid = _child_pid(broker.pid)
+        warm_up(socket_dir)
+        baseline = settled_fd_count(broker_pid)
+        where = ("--socket-dir", str(socket_dir))
+        consumer = _isolated(
+            "bufbroker_broker",
+            *("stream", "watch", "pod", *where, "--mode", "queue", "--check", "--json", "--frames", "60"),
+        )
+        producer = _isolated(
+            "bufbroker_broker",
+            *("stream", "test-source", "pod", *where, "--size", "64x48", "--fps", "300", "--frames", "60"),
+            "--wait-consumers",
+            "1",
+        )
+        out, _ = consumer.communicate(timeout=60)
+        assert consumer.returncode == 0, out  # --check: every frame held its number and pattern
+        final = json.loads(out.strip().splitlines()[-1])
+        assert final["total"] == 60 and final["missed_total"] == 0 and final["last_seq"] == 60, final
+        assert producer.wait(30) == 0
+        assert wait_for_fds(broker_pid, baseline) == baseline
+        os.kill(broker_pid, signal.SIGTERM)
+        assert broker.wait(15) == 0
+    finally:
+        for process in (consumer, producer, broker):
             if process is None:
                 continue
             if process.poll() is None:

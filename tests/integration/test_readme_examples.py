@@ -78,3 +78,28 @@ def test_the_layout_example_gives_the_layout_it_shows():
     exec("from bufbroker import planes\n" + call, namespace)
     assert namespace["layout"] == expected
     assert namespace["nbytes"] >= expected["planes"][-1]["offset"]
+
+
+def test_the_stream_examples_run_as_two_unrelated_processes(broker):
+    producer_code = _block("The usual job is a stream of frames").replace('"/tmp/bb"', repr(str(broker.socket_dir)))
+    consumer_code = _block("Consumer (another process").replace('"/tmp/bb"', repr(str(broker.socket_dir)))
+    consumer = _python(consumer_code)  # first: it waits for the stream
+    producer = None
+    try:
+        producer = _python(producer_code)
+        _, producer_err = producer.communicate(timeout=60)
+        assert producer.returncode == 0, producer_err
+        out, err = consumer.communicate(timeout=60)
+        assert consumer.returncode == 0, err
+        seen = [line.split(" ", 1) for line in out.splitlines()]
+        seqs = [int(seq) for seq, _ in seen]
+        # It joined while the producer started: from the next frame on, every one, in order.
+        assert seqs and seqs[-1] == 300 and seqs == list(range(seqs[0], 301)), seqs[:5]
+        for seq, rest in seen:
+            n = int(seq) - 1
+            assert rest == f"b'frame {n}' {n % 256}", (seq, rest)
+    finally:
+        for process in (producer, consumer):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.communicate()

@@ -9,9 +9,12 @@ CONFIG_DMABUF_HEAPS_SYSTEM=y). The runner:
 1. installs ``qemu-system-x86`` with apt if ``qemu-system-x86_64`` is
    missing, and downloads (``apt-get download``, nothing installed) the
    newest such kernel and ``busybox-static``;
-2. builds, once, an initramfs with busybox and the kernel's 9p modules
-   (``netfs``, ``9pnet``, ``9pnet_virtio``, ``9p``), cached with the kernel
-   under tests/kernel/.cache/ (gitignored);
+2. builds, once, an initramfs with busybox, the kernel's 9p modules
+   (``netfs``, ``9pnet``, ``9pnet_virtio``, ``9p``) and ``vgem`` with the
+   modules it depends on (``drm``, ``drm_kms_helper``, ``drm_shmem_helper``,
+   ...: read from the package's modules.dep, loaded with insmod in
+   dependency order, no modprobe), cached with the kernel under
+   tests/kernel/.cache/ (gitignored);
 3. boots it with TCG (nested KVM fails at boot here), shares this host's
    root read-only over virtio-9p, mounts tmpfs on /tmp, /run and
    /dev/shm, chroots into it and runs this Python on
@@ -51,8 +54,11 @@ NO_RESULT_STATUS = 3
 RESULT_MARKER = "BUFBROKER-LANE-STATUS:"
 KERNEL_PACKAGE = re.compile(r"^linux-image-(6\.12\.\d+)\+deb12-amd64(-unsigned)?$")
 MODULES = ("netfs", "9pnet", "9pnet_virtio", "9p")  # in load order
+# vgem: a DRM driver with no hardware whose fences the tests signal (tests/kernel/vgem.py).
+# Loaded after the 9p modules, with its dependencies first (from modules.dep).
+EXTRA_MODULES = ("vgem",)
 # Bump when the initramfs layout or the init script changes.
-INITRAMFS_VERSION = "1"
+INITRAMFS_VERSION = "2"
 
 INIT_SCRIPT = r"""#!/bin/busybox sh
 # bufbroker kernel lane: mount the host root read-only, chroot, run the job.
@@ -64,8 +70,12 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 say() { echo "bufbroker-lane: $*"; }
 finish() { echo "BUFBROKER-LANE-STATUS: $1"; sync; poweroff -f; }
-for m in netfs 9pnet 9pnet_virtio 9p; do
+for m in $(cat /lib/modules/order); do
     insmod /lib/modules/$m.ko || { say "insmod $m failed"; finish 125; }
+done
+# vgem and its DRM dependencies, in dependency order; a failure is reported, and the vgem tests say so.
+for m in $(cat /lib/modules/extra-order); do
+    insmod /lib/modules/$m.ko 2>/dev/null || say "insmod $m failed (the vgem tests will fail)"
 done
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=512000 hostroot /host \
     || { say "cannot mount the host root (9p)"; finish 125; }
@@ -159,7 +169,9 @@ def newest_kernel_package() -> str:
         )
 
     def version(name: str) -> tuple[int, int]:
-        patch = int(KERNEL_PACKAGE.match(name).group(1).split(".")[2])
+        match = KERNEL_PACKAGE.match(name)
+        assert match is not None  # names were filtered by this pattern
+        patch = int(match.group(1).split(".")[2])
         return patch, 1 if name.endswith("-unsigned") else 0  # prefer -unsigned: nothing to verify
 
     return max(names, key=version)
@@ -200,20 +212,95 @@ def cpio_newc(entries: list[tuple[str, int, bytes]]) -> bytes:
     return out.getvalue()
 
 
+def module_name(path: str) -> str:
+    """``kernel/drivers/gpu/drm/drm_kms_helper.ko.xz`` -> ``drm_kms_helper`` (the kernel's spelling: ``_``)."""
+    name = path.rsplit("/", 1)[-1]
+    return name.split(".ko", 1)[0].replace("-", "_")
+
+
+def read_module(path: Path) -> bytes:
+    data = path.read_bytes()
+    return lzma.decompress(data) if path.suffix == ".xz" else data
+
+
+def module_depends(data: bytes) -> list[str]:
+    """The ``depends=`` of a module's .modinfo (what depmod turns into modules.dep)."""
+    at = data.find(b"\0depends=")
+    if at < 0:
+        return []
+    value = data[at + len(b"\0depends=") : data.index(b"\0", at + 1)].decode()
+    return [module_name(n) for n in value.split(",") if n]
+
+
+class ModuleTree:
+    """A kernel package's modules: where each is, and what each needs.
+
+    From modules.dep when the tree has one; a package's tree does not
+    (depmod writes it at install), so otherwise from each module's own
+    ``depends=``, read only for the modules load_order() visits.
+    """
+
+    def __init__(self, modules_dir: Path) -> None:
+        releases = sorted(d for d in modules_dir.glob("*") if d.is_dir())
+        if not releases:
+            raise LaneUnavailable(f"the kernel package has no modules under {modules_dir}")
+        self.release_dir = releases[-1]
+        self.paths: dict[str, Path] = {}
+        self.needs: dict[str, list[str]] = {}
+        deps_file = self.release_dir / "modules.dep"
+        if deps_file.exists():
+            for line in deps_file.read_text().splitlines():
+                relative, sep, needs = line.partition(":")
+                if sep:
+                    self.paths[module_name(relative)] = self.release_dir / relative
+                    self.needs[module_name(relative)] = [module_name(n) for n in needs.split()]
+        else:
+            for path in self.release_dir.rglob("*.ko*"):
+                if path.name.endswith((".ko", ".ko.xz")):
+                    self.paths[module_name(path.name)] = path
+
+    def dependencies(self, name: str) -> list[str]:
+        if name not in self.paths:
+            raise LaneUnavailable(f"the kernel package has no module {name}")
+        if name not in self.needs:
+            self.needs[name] = module_depends(read_module(self.paths[name]))
+        return self.needs[name]
+
+    def load_order(self, roots: tuple[str, ...]) -> list[str]:
+        """``roots`` and everything they need, each after its dependencies (what modprobe would insmod)."""
+        order: list[str] = []
+        visiting: set[str] = set()
+
+        def visit(name: str) -> None:
+            if name in order:
+                return
+            if name in visiting:
+                raise RuntimeError(f"the modules' dependencies have a cycle through {name}")
+            visiting.add(name)
+            for needed in self.dependencies(name):
+                visit(needed)
+            visiting.discard(name)
+            order.append(name)
+
+        for root in roots:
+            visit(root)
+        return order
+
+
 def build_initramfs(modules_dir: Path, busybox: Path) -> bytes:
     entries: list[tuple[str, int, bytes]] = []
     for directory in ("bin", "dev", "proc", "sys", "lib", "lib/modules", "host", "keep"):
         entries.append((directory, 0o040755, b""))
     entries.append(("bin/busybox", 0o100755, busybox.read_bytes()))
     entries.append(("init", 0o100755, INIT_SCRIPT.encode()))
-    for module in MODULES:
-        found = list(modules_dir.rglob(f"{module}.ko.xz")) + list(modules_dir.rglob(f"{module}.ko"))
-        if not found:
-            raise LaneUnavailable(f"the kernel package has no module {module}")
-        data = found[0].read_bytes()
-        if found[0].suffix == ".xz":
-            data = lzma.decompress(data)
-        entries.append((f"lib/modules/{module}.ko", 0o100644, data))
+    tree = ModuleTree(modules_dir)
+    order = tree.load_order(MODULES)
+    extra = [m for m in tree.load_order(EXTRA_MODULES) if m not in order]
+    for module in [*order, *extra]:
+        entries.append((f"lib/modules/{module}.ko", 0o100644, read_module(tree.paths[module])))
+    entries.append(("lib/modules/order", 0o100644, "".join(f"{m}\n" for m in order).encode()))
+    entries.append(("lib/modules/extra-order", 0o100644, "".join(f"{m}\n" for m in extra).encode()))
+    log(f"initramfs modules: {' '.join(order)}; then {' '.join(extra)}")
     return gzip.compress(cpio_newc(entries), compresslevel=6)
 
 
@@ -274,7 +361,7 @@ export HOME=/tmp PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 BUFBROKER_KERNEL_L
 # Python under TCG emulation starts slowly, more so on a loaded host.
 export BUFBROKER_START_TIMEOUT=120
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-echo "bufbroker-lane: guest kernel $(uname -r), up $(cut -d' ' -f1 /proc/uptime) s; $(ls /dev/udmabuf /dev/dma_heap/* 2>&1 | tr '\\n' ' ')"
+echo "bufbroker-lane: guest kernel $(uname -r), up $(cut -d' ' -f1 /proc/uptime) s; $(ls /dev/udmabuf /dev/dma_heap/* /dev/dri/* 2>&1 | tr '\\n' ' ')"
 # Plugins the kernel tests do not use cost seconds of start-up under TCG.
 {shlex.quote(python)} -m pytest -p no:cacheprovider -p no:schemathesis -p no:anyio -p no:hypothesispytest \\
     -o addopts= -ra --strict-markers --color=no --durations=10 -m kernel tests/kernel {args}

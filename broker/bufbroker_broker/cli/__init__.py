@@ -22,6 +22,7 @@ from bufbroker_broker.cli import (
     health,
     ls,
     serve,
+    stream,
     top,
 )
 
@@ -41,6 +42,7 @@ COMMANDS: dict[str, ModuleType] = {
     "ls": ls,
     "explain": explain,
     "top": top,
+    "stream": stream,
     "demo": demo,
     "example": example,
     "bench": bench,

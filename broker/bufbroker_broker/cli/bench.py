@@ -8,7 +8,7 @@ from pathlib import Path
 from bufbroker_broker.cli.source_tree import import_from_checkout
 
 # The groups bench/runner.py runs; kept here so `--help` needs no bench import.
-GROUPS = ("control_plane", "handoff", "scale", "concurrency")
+GROUPS = ("control_plane", "handoff", "scale", "concurrency", "streams")
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -18,11 +18,16 @@ exactly one line), each after --interval seconds, so every line has rates:
   rates {seconds (the interval measured), fds_sent_per_second,
          fds_received_per_second, fds_closed_per_second},
   sessions [{id, pid, uid, gid, role, buffers, attachments, mappings, fds_held,
-             non_compliant, events_open, this_top}],
+             non_compliant, events_open, name, this_top}],
   buffers [the objects `bufbroker ls --json` prints, plus
-           importers [{attachment_id, session_id, pid, map_type}]],
-  attachments [{id, buffer_id, session_id, importer_pid, map_type, pinned,
-                mappings, non_compliant}].
+           importers [{attachment_id, session_id, pid, name, map_type}]],
+  attachments [{id, buffer_id, session_id, importer_pid, importer_name,
+                map_type, pinned, mappings, non_compliant}],
+  streams [the stream objects `bufbroker ls --json` prints (the HTTP API's
+           Stream): per consumer pid, name, mode, stalled and counters with
+           fps, lag, held_now, longest_hold, dropped_busy,
+           dropped_overwritten; a consumer's counters.fps is measured between
+           two of its producer's reports when the producer did not report it].
 Without --once or --iterations, --json prints a line per refresh until Ctrl-C.
 On an error nothing more goes to stdout: the message goes to stderr, exit 1.
 """
@@ -31,8 +36,9 @@ On an error nothing more goes to stdout: the message goes to stderr, exit 1.
 def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     top = commands.add_parser(
         "top",
-        help="live view of sessions, buffers and rates (like pw-top)",
-        description="Show the broker's sessions, buffers, their importers and fd rates, refreshed "
+        help="live view of sessions, buffers, streams and rates (like pw-top)",
+        description="Show the broker's sessions (pid and name), buffers, their importers, fd rates and "
+        "streams (per consumer: fps, lag, held slots, drops; stalled consumers in red), refreshed "
         "every --interval seconds until Ctrl-C. Uses the gRPC introspection calls, so it works with "
         "HTTP off. Its own session shows as idle, marked (this top).",
         epilog=SNAPSHOT_FIELDS,

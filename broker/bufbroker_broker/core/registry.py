@@ -81,6 +81,8 @@ class Session:
     # Backing fds of its registered buffers the broker holds, kept by
     # register, revoke and move so the fd budget check does not walk them.
     fd_count: int = 0
+    # What the session calls itself (SetSessionName), shown beside its pid.
+    name: str = ""
 
 
 @dataclass

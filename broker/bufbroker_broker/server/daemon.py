@@ -29,7 +29,7 @@ from bufbroker.v1 import broker_pb2 as pb
 from bufbroker.v1 import broker_pb2_grpc as pb_grpc
 from bufbroker_broker import __version__, mapping_types
 from bufbroker_broker.core.fd_ledger import FdLedger
-from bufbroker_broker.core.registry import Registry, SessionLimits
+from bufbroker_broker.core.registry import Registry, Session, SessionLimits
 from bufbroker_broker.host import capabilities
 from bufbroker_broker.host.probe import probe_host_facts
 from bufbroker_broker.server.fdchannel.calls import CallServer
@@ -41,6 +41,7 @@ from bufbroker_broker.server.limits import RequestLimits
 from bufbroker_broker.server.operations import Operations
 from bufbroker_broker.server.readiness import Readiness
 from bufbroker_broker.server.settings import BrokerSettings
+from bufbroker_broker.server.streams import StreamLimits, Streams
 
 log = logging.getLogger("bufbroker")
 
@@ -170,7 +171,15 @@ async def serve(settings: BrokerSettings, origins: Mapping[str, str] | None = No
         channels = FdChannelServer(str(fd_path), registry, ledger, limits, __version__)
         operations = Operations(registry, ledger, move_timeout=settings.move_timeout, limits=RequestLimits.of(settings))
         service = BrokerService(operations, channels, __version__, settings_table(settings, origins))
-        channels.on_session_end = service.session_ended
+        streams = Streams(operations, channels, StreamLimits.of(settings))
+        streams.notify = service.notify  # stream_link_opened reaches the producer as every event does
+        service.streams = streams
+
+        def session_ended(session: Session) -> None:
+            streams.session_ended(session)  # its streams end, its links are forgotten
+            service.session_ended(session)
+
+        channels.on_session_end = session_ended
         readiness = Readiness()
 
         rpc_timings = RpcTimings()
@@ -208,7 +217,9 @@ async def serve(settings: BrokerSettings, origins: Mapping[str, str] | None = No
         stack.callback(channels.stop)
 
         if settings.http_address is not None:
-            await start_http(settings, readiness, operations, stack, channels=channels, rpc_timings=rpc_timings)
+            await start_http(
+                settings, readiness, operations, stack, channels=channels, rpc_timings=rpc_timings, streams=streams
+            )
 
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
@@ -264,6 +275,7 @@ async def start_http(
     stack: AsyncExitStack,
     channels: FdChannelServer | None = None,
     rpc_timings: RpcTimings | None = None,
+    streams: Streams | None = None,
 ) -> None:
     """Serve the HTTP app in this loop until the stack unwinds."""
     # Imported here: FastAPI and uvicorn cost start-up time a broker run
@@ -283,7 +295,7 @@ async def start_http(
     admin_token = read_admin_token(settings.admin_token_file) if settings.admin_token_file is not None else None
     activity = ActivityCounters(registry)
     events = EventHub(registry, queue_limit=settings.http_event_queue)
-    metrics = make_metrics_registry(registry, ledger, activity, rpc_timings, events, __version__)
+    metrics = make_metrics_registry(registry, ledger, activity, rpc_timings, events, __version__, streams=streams)
     view = BrokerView(
         operations,
         activity,
@@ -293,6 +305,7 @@ async def start_http(
         version=__version__,
         max_page_bytes=settings.http_max_page_bytes,
         max_event_streams=max(1, settings.http_max_connections // 2),
+        streams=streams,
     )
     app = create_app(readiness, metrics, __version__, view)
     allowed = [name for name in settings.http_allowed_hosts.split(",") if name.strip()]

@@ -75,17 +75,18 @@ class RequestLimits:
                 f"{what} hold {total} bytes (keys and values); at most {self.max_label_bytes} (setting max_label_bytes)"
             )
 
-    def check_name(self, name: str) -> None:
-        """A buffer name: at most max_name_length characters, no control or format (bidi) characters."""
+    def check_name(self, name: str, what: str = "buffer name") -> None:
+        """A buffer name (or stream or session name, ``what``): at most max_name_length characters,
+        no control or format (bidi) characters."""
         if len(name) > self.max_name_length:
             raise InvalidArgument(
-                f"buffer name is {len(name)} characters; at most {self.max_name_length} (setting max_name_length)"
+                f"{what} is {len(name)} characters; at most {self.max_name_length} (setting max_name_length)"
             )
         for index, char in enumerate(name):
             if unicodedata.category(char) in ("Cc", "Cf"):
-                what = unicodedata.name(char, "a control character")
+                called = unicodedata.name(char, "a control character")
                 raise InvalidArgument(
-                    f"buffer name has U+{ord(char):04X} ({what}) at index {index}: control and format "
+                    f"{what} has U+{ord(char):04X} ({called}) at index {index}: control and format "
                     "(bidi) characters are refused; use printable text"
                 )
 

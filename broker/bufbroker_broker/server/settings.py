@@ -142,6 +142,15 @@ class BrokerSettings(BaseSettings):
     max_unread_replies: int = Field(
         64, gt=0, description="per session, all its call channels: replies with fds unread before calls are refused"
     )
+    # Streams (server/streams.py): a producer's slots, its consumers' links, the stall rule.
+    stream_stall_timeout: float = Field(
+        2.0, gt=0, le=3600, description="default seconds a consumer may hold a slot before it counts as stalled"
+    )
+    max_stream_slots: int = Field(64, gt=0, description="slots (buffers) in one stream")
+    max_stream_consumers: int = Field(64, gt=0, description="consumers (links) of one stream")
+    stream_max_meta_bytes: int = Field(
+        4096, gt=0, le=1 << 20, description="bytes of per-frame metadata on a stream's links (told to both ends)"
+    )
 
     @field_validator("log_level")
     @classmethod

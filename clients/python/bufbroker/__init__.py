@@ -21,23 +21,28 @@ from bufbroker.attachment import Attachment, MappedExtent, Mapping
 from bufbroker.buffers import ExportedBuffer
 from bufbroker.errors import (
     BrokerError,
+    EndOfStream,
     FailedPrecondition,
     InvalidArgument,
     NoCommonMappingType,
     NotFound,
     PermissionDenied,
     ResourceExhausted,
+    SlotReclaimed,
     Unauthenticated,
     Unavailable,
 )
 from bufbroker.session import Session, connect, default_socket_dir
 from bufbroker.specs import Dmabuf, Extent, Memfd, Plugin, Segments, Udmabuf
+from bufbroker.streams import ConsumerFrame, ProducerFrame, Stream, Subscription
 from bufbroker.trace import TraceStep, format_trace
 
 __all__ = [
     "Attachment",
     "BrokerError",
+    "ConsumerFrame",
     "Dmabuf",
+    "EndOfStream",
     "ExportedBuffer",
     "Extent",
     "FailedPrecondition",
@@ -49,9 +54,13 @@ __all__ = [
     "NotFound",
     "PermissionDenied",
     "Plugin",
+    "ProducerFrame",
     "ResourceExhausted",
     "Segments",
     "Session",
+    "SlotReclaimed",
+    "Stream",
+    "Subscription",
     "TraceStep",
     "Udmabuf",
     "Unauthenticated",

@@ -12,12 +12,19 @@ invalidate around it. ``cpu_access(fd)`` does that::
         view[:5] = b"hello"
 
 Importers get the same bracketing from ``Mapping.cpu_access()``.
+
+A dma-buf also carries implicit fences (pending device reads and writes).
+``export_sync_file(fd, write)`` returns them as a sync_file, a pollable fd
+(readable once signalled) that can travel as a stream frame's fence;
+``import_sync_file(fd, sync_file, write)`` adds a sync_file's fence to the
+buffer, so drivers that sync implicitly wait for it (Linux 6.0+).
 Standard library only (``fcntl.ioctl``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import mmap
 import os
@@ -42,6 +49,14 @@ DMA_BUF_SYNC_START = 0 << 2
 DMA_BUF_SYNC_END = 1 << 2
 DMA_BUF_IOCTL_SYNC = _ioc(_WRITE, "b", 0, _SYNC.size)
 
+# Implicit fences as sync_files (Linux 6.0; CONFIG_SYNC_FILE). Both structs are
+# {__u32 flags; __s32 fd}: struct dma_buf_export_sync_file (fd is returned) and
+# struct dma_buf_import_sync_file (fd is given).
+_SYNC_FILE = struct.Struct("=Ii")
+DMA_BUF_IOCTL_EXPORT_SYNC_FILE = _ioc(_READ | _WRITE, "b", 2, _SYNC_FILE.size)  # 0xc0086202
+DMA_BUF_IOCTL_IMPORT_SYNC_FILE = _ioc(_WRITE, "b", 3, _SYNC_FILE.size)  # 0x40086203
+SYNC_FILE_KERNEL = (6, 0)  # merged for 5.20, released as 6.0
+
 # include/uapi/linux/dma-heap.h
 _HEAP_ALLOC = struct.Struct("=QIIQ")  # struct dma_heap_allocation_data {len, fd, fd_flags, heap_flags}
 DMA_HEAP_IOCTL_ALLOC = _ioc(_READ | _WRITE, "H", 0, _HEAP_ALLOC.size)
@@ -62,6 +77,14 @@ def is_dmabuf(fd: int) -> bool:
     """True when ``fd`` is a kernel dma-buf (its fdinfo names an exporter)."""
     try:
         return "exp_name" in fdinfo(fd)
+    except OSError:
+        return False
+
+
+def is_sync_file(fd: int) -> bool:
+    """True when ``fd`` is a sync_file (what export_sync_file returns and import_sync_file takes)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:sync_file"
     except OSError:
         return False
 
@@ -141,3 +164,66 @@ def cpu_access(fd: int, size: int | None = None, write: bool = False) -> Iterato
         # If the caller kept a slice of the view, the pages stay mapped until it goes.
         with contextlib.suppress(BufferError):
             region.close()
+
+
+class SyncFileUnsupported(OSError):
+    """This kernel cannot export or import a dma-buf's implicit fences (ENOTTY)."""
+
+
+def _kernel_release() -> str:
+    return os.uname().release
+
+
+def _sync_file_error(error: OSError, fd: int, verb: str, ioctl: str) -> OSError:
+    """A clear error for a failed EXPORT/IMPORT_SYNC_FILE on ``fd`` (keeps the errno)."""
+    code = error.errno
+    if code == errno.EBADF:
+        return OSError(code, f"cannot {verb} a sync_file: fd {fd} is not open")
+    if code == errno.ENOTTY:
+        if not is_dmabuf(fd):
+            return OSError(code, f"cannot {verb} a sync_file: fd {fd} is not a dma-buf (no exp_name in its fdinfo)")
+        major, minor = SYNC_FILE_KERNEL
+        return SyncFileUnsupported(
+            code,
+            f"cannot {verb} a sync_file: {ioctl} needs Linux {major}.{minor} or newer (first numbered 5.20) "
+            f"built with CONFIG_SYNC_FILE; this kernel is {_kernel_release()}",
+        )
+    if code == errno.EINVAL and verb == "import":
+        return OSError(code, f"cannot import a sync_file into dma-buf fd {fd}: the fence fd is not a sync_file")
+    return OSError(code, f"cannot {verb} a sync_file ({ioctl} on fd {fd}): {os.strerror(code or 0)}")
+
+
+def export_sync_file(dmabuf_fd: int, write: bool) -> int:
+    """The dma-buf's implicit fences as a new sync_file fd (O_CLOEXEC; the caller owns it).
+
+    ``write=False``: the fences a reader must wait for (the buffer's pending
+    writes). ``write=True``: those a writer must wait for (all pending reads
+    and writes). The sync_file polls readable once they have signalled; with
+    no pending fence it is readable at once. Raises SyncFileUnsupported
+    (ENOTTY) on kernels before 6.0 or without CONFIG_SYNC_FILE, OSError
+    (ENOTTY) when ``dmabuf_fd`` is not a dma-buf, OSError (EBADF) when it is
+    not open.
+    """
+    flags = DMA_BUF_SYNC_WRITE if write else DMA_BUF_SYNC_READ
+    data = bytearray(_SYNC_FILE.pack(flags, -1))
+    try:
+        fcntl.ioctl(dmabuf_fd, DMA_BUF_IOCTL_EXPORT_SYNC_FILE, data, True)
+    except OSError as error:
+        raise _sync_file_error(error, dmabuf_fd, "export", "DMA_BUF_IOCTL_EXPORT_SYNC_FILE") from None
+    fd: int = _SYNC_FILE.unpack(data)[1]
+    return fd
+
+
+def import_sync_file(dmabuf_fd: int, sync_file_fd: int, write: bool) -> None:
+    """Add the fences of ``sync_file_fd`` to the dma-buf's implicit fences (the caller keeps the fd).
+
+    ``write=True`` adds them as write fences (readers and writers then wait
+    for them), ``write=False`` as read fences (only writers wait). Errors as
+    export_sync_file's, plus OSError (EINVAL) when ``sync_file_fd`` is not a
+    sync_file.
+    """
+    flags = DMA_BUF_SYNC_WRITE if write else DMA_BUF_SYNC_READ
+    try:
+        fcntl.ioctl(dmabuf_fd, DMA_BUF_IOCTL_IMPORT_SYNC_FILE, _SYNC_FILE.pack(flags, sync_file_fd))
+    except OSError as error:
+        raise _sync_file_error(error, dmabuf_fd, "import", "DMA_BUF_IOCTL_IMPORT_SYNC_FILE") from None

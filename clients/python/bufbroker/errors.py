@@ -64,6 +64,35 @@ class Unavailable(BrokerError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+# --- streams: raised by the SDK from what a stream link says, not by the broker ---
+
+
+class SlotReclaimed(FailedPrecondition):
+    """The producer took back the slot of a frame this consumer held past the stream's stall_timeout.
+
+    Raised by the frame's next access (``numpy()``, ``memoryview()``,
+    ``release()``); the frame's memory may already show another frame.
+    """
+
+    def __init__(self, message: str, slot: int = 0, seq: int = 0, held_for: float = 0.0) -> None:
+        super().__init__(message)
+        self.slot = slot
+        self.seq = seq
+        self.held_for = held_for  # seconds the consumer had held it when the producer took it back
+
+
+class EndOfStream(Exception):
+    """The stream ended: its producer said Bye (closed the stream) or died, or the consumer unsubscribed.
+
+    ``last_seq`` is the last frame the producer published, when it said so (0 otherwise).
+    """
+
+    def __init__(self, message: str, last_seq: int = 0) -> None:
+        super().__init__(message)
+        self.message = message
+        self.last_seq = last_seq
+
+
 _BY_KIND: dict[str, type[BrokerError]] = {
     protocol.KIND_NOT_FOUND: NotFound,
     protocol.KIND_INVALID_ARGUMENT: InvalidArgument,

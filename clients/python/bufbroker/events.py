@@ -2,7 +2,8 @@
 
 The broker streams MoveNotify, Revoked, AttachmentInvalidated and
 ExporterGone (and more) to each session; the session's events thread hands
-every one to ``EventDispatcher.dispatch``.
+every one to ``EventDispatcher.dispatch``. StreamLinkOpened goes to the
+stream it names (a consumer subscribed to a stream this session produces).
 """
 
 from __future__ import annotations
@@ -11,16 +12,21 @@ import logging
 from collections.abc import Callable, Mapping
 
 from bufbroker.attachment import Attachment
+from bufbroker.streams import StreamRegistry
 from bufbroker.v1 import broker_pb2 as pb
 
 log = logging.getLogger("bufbroker")
 
 
 class EventDispatcher:
-    """Routes events to attachments by id; reads ``attachments``, which its session keeps up to date."""
+    """Routes events to attachments and streams by id.
 
-    def __init__(self, attachments: Mapping[int, Attachment]) -> None:
+    It reads ``attachments`` and ``streams``, which its session keeps up to date.
+    """
+
+    def __init__(self, attachments: Mapping[int, Attachment], streams: StreamRegistry | None = None) -> None:
         self._attachments = attachments
+        self._streams = streams
         self._handlers: list[Callable[[pb.Event], None]] = []
 
     def add_handler(self, handler: Callable[[pb.Event], None]) -> None:
@@ -47,6 +53,11 @@ class EventDispatcher:
             for attachment in list(self._attachments.values()):
                 if attachment.buffer_id == event.exporter_gone.buffer_id:
                     attachment._on_exporter_gone()
+        elif kind == "stream_link_opened" and self._streams is not None:
+            try:
+                self._streams.route(event.stream_link_opened)
+            except Exception:
+                log.exception("bufbroker: could not open a stream link")
         for handler in list(self._handlers):
             try:
                 handler(event)

@@ -10,8 +10,10 @@ everything it handed out.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import socket
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -23,7 +25,10 @@ from bufbroker.attachment import Attachment
 from bufbroker.backing import backing_fds
 from bufbroker.buffers import EXIT_POLICIES, ExportedBuffer
 from bufbroker.events import EventDispatcher
-from bufbroker.planes import layout_to_wire
+from bufbroker.planes import layout_to_wire, plane_shapes
+from bufbroker.slotpool import ConsumerMode, DropPolicy
+from bufbroker.streamlink import DEFAULT_MAX_META_BYTES, LinkEnd
+from bufbroker.streams import Stream, StreamRegistry, Subscription, mode_value, stall_value
 from bufbroker.transport import Link, Transport
 from bufbroker.v1 import broker_pb2 as pb
 
@@ -41,21 +46,27 @@ def default_socket_dir() -> Path:
     return Path(runtime) / "bufbroker"
 
 
-def connect(socket_dir: str | os.PathLike[str] | None = None, *, reconnect: bool = True) -> Session:
+def connect(
+    socket_dir: str | os.PathLike[str] | None = None, *, reconnect: bool = True, name: str | None = None
+) -> Session:
     """Open a session with the broker serving ``socket_dir``.
 
     With ``reconnect`` (the default), if the broker dies the session
     reconnects with backoff when a broker serves the dir again, registers
     its exported buffers again under the same names and re-attaches its
     attachments by name; mappings already held stay valid throughout.
+    ``name`` (e.g. "decoder") is shown beside the pid by the dashboard,
+    ``bufbroker top`` and ``bufbroker ls``.
     """
-    return Session(socket_dir, reconnect=reconnect)
+    return Session(socket_dir, reconnect=reconnect, name=name)
 
 
 class Session:
     """A client's session. Use as a context manager, or call close()."""
 
-    def __init__(self, socket_dir: str | os.PathLike[str] | None = None, *, reconnect: bool = True) -> None:
+    def __init__(
+        self, socket_dir: str | os.PathLike[str] | None = None, *, reconnect: bool = True, name: str | None = None
+    ) -> None:
         self.socket_dir = Path(socket_dir) if socket_dir is not None else default_socket_dir()
         self.reconnects = 0  # successful reconnections so far
         self.last_reconnect_gap = 0.0  # seconds from losing the broker to being whole again
@@ -65,10 +76,19 @@ class Session:
         # broker); exports strongly: their fds must survive a broker restart.
         self._attachments: weakref.WeakValueDictionary[int, Attachment] = weakref.WeakValueDictionary()
         self._exports: dict[int, ExportedBuffer] = {}
-        self._events = EventDispatcher(self._attachments)
+        self._streams = StreamRegistry()  # the streams this session produces, by id
+        self._subscriptions: list[Subscription] = []
+        self.name = name or ""
+        self._events = EventDispatcher(self._attachments, self._streams)
         self._transport = Transport(
             self.socket_dir, reconnect=reconnect, on_event=self._events.dispatch, on_reconnected=self._restore
         )
+        if self.name:
+            try:
+                self.call("SetSessionName", pb.SetSessionNameRequest(name=self.name))
+            except BaseException:
+                self._transport.close()
+                raise
 
     # --- who this session is at the current broker ------------------------------------------
 
@@ -135,6 +155,11 @@ class Session:
 
     def _restore(self, lost_at: float, deadline: float) -> None:
         """On the reconnect thread, once a new broker answers: register exports and re-attach again."""
+        if self.name:
+            try:
+                self.call("SetSessionName", pb.SetSessionNameRequest(name=self.name))
+            except errors.BrokerError as error:
+                log.error("bufbroker: could not name the session %r again: %s", self.name, error)
         exports = list(self._exports.values())
         self._exports.clear()
         unregistered: list[ExportedBuffer] = []
@@ -160,6 +185,7 @@ class Session:
                 lost.append(attachment)
         for attachment in lost:  # kept so close() releases their mappings; no broker knows their ids
             self._attachments.setdefault(attachment.id, attachment)
+        self._streams.create_again()  # their slot buffers are registered again by now
         self.reconnects += 1
         self.last_reconnect_gap = time.monotonic() - lost_at
         log.warning("bufbroker: reconnected to %s after %.3f s", self.socket_dir, self.last_reconnect_gap)
@@ -294,6 +320,124 @@ class Session:
         self._attachments[attachment.id] = attachment
         return attachment
 
+    def create_stream(
+        self,
+        name: str,
+        *,
+        slots: int = 4,
+        size: int | None = None,
+        layout: Mapping[str, Any] | None = None,
+        offers: Sequence[specs.Spec] | None = None,
+        labels: Mapping[str, str] | None = None,
+        allow: Sequence[str] | None = None,
+        stall_timeout: float | None = None,
+        on_stall: str = "reclaim",
+        drop: DropPolicy = "block",
+        max_held: int | None = None,
+    ) -> Stream:
+        """Produce a stream named ``name``: ``slots`` buffers of ``size`` bytes (or as ``layout`` needs).
+
+        Each slot is exported as ``export()`` would (``offers``, ``allow``),
+        labelled ``bufbroker.stream=NAME`` and ``bufbroker.slot=K`` besides
+        ``labels``; consumers are attached to every slot. ``stall_timeout``
+        (seconds; None: the broker's setting, 2 s) is how long a consumer may
+        hold a slot before ``on_stall`` applies: ``"reclaim"`` takes it back,
+        ``"report"`` only reports it. ``drop``: with ``"block"``
+        ``acquire()`` waits for a free slot, with ``"oldest"`` it overwrites
+        the oldest frame no consumer holds. ``max_held`` caps the slots one
+        consumer may hold (None: slots - 1). ``close()`` the stream (or the
+        session) to end it.
+        """
+        stall = stall_value(on_stall)
+        if drop not in ("block", "oldest"):
+            raise ValueError(f"drop must be 'block' or 'oldest', not {drop!r}")
+        if size is None:
+            if layout is None:
+                raise ValueError("create_stream() needs size= or layout=")
+            size = _layout_bytes(layout)
+        buffers: list[ExportedBuffer] = []
+        try:
+            for slot in range(slots):
+                slot_labels = {**(labels or {}), "bufbroker.stream": name, "bufbroker.slot": str(slot)}
+                buffers.append(self.export(size, offers=offers, layout=layout, labels=slot_labels, allow=allow))
+            request = pb.CreateStreamRequest(
+                name=name,
+                slot_buffer_ids=[buffer.id for buffer in buffers],
+                stall_timeout=stall_timeout or 0.0,
+                on_stall=stall,
+                max_held=max_held or 0,
+                labels=dict(labels or {}),
+            )
+            # Held while CreateStream is in flight: a consumer's link announced before the reply waits for the stream.
+            with self._streams.creating():
+                response = self.call("CreateStream", request)
+                stream = Stream(self._transport, response.stream, buffers, drop, on_close=self._streams.remove)
+                self._streams.add(stream)
+        except BaseException:
+            for buffer in buffers:
+                try:
+                    buffer.unregister()
+                except errors.BrokerError:
+                    buffer.close()
+            raise
+        return stream
+
+    def subscribe(
+        self,
+        name: str,
+        *,
+        accept: Sequence[specs.Spec] | None = None,
+        mode: ConsumerMode = "queue",
+        max_held: int = 1,
+        wait: float = 0.0,
+    ) -> Subscription:
+        """Join the stream ``name`` as a consumer; returns the Subscription to receive frames from.
+
+        The broker attaches and maps every slot with ``accept`` (importer
+        order, as ``attach()``; read access) and opens the link to the
+        producer. ``mode="queue"`` gets every frame in order (the producer
+        waits for you, up to its stall timeout); ``"latest"`` only frames
+        published while you hold fewer than ``max_held`` slots (the others
+        are dropped for you and counted). ``wait`` is how many seconds to
+        wait for the stream to be created (the broker waits: no polling; at
+        most 300 s); after that, NotFound. The first frame you get is the
+        next one published.
+        """
+        request = pb.SubscribeRequest(
+            name=name,
+            accept=specs.accept_to_wire(accept, "read"),
+            mode=mode_value(mode),
+            max_held=max_held,
+            wait_seconds=wait,
+        )
+        response, link = self._transport._call("Subscribe", request)  # no deadline: the broker bounds the wait
+        attachments: list[Attachment] = []
+        try:
+            for slot, attached in enumerate(response.slots):
+                mapped = attached.mapping if attached.HasField("mapping") else None
+                fds = link.take_fds(mapped.fd_ticket, mapped.fd_count) if mapped is not None else []
+                # Filed by labels: after a broker restart it is attached again to the slot registered again.
+                again = pb.AttachRequest(
+                    accept=request.accept,
+                    access=specs.access_value("read"),
+                    labels={"bufbroker.stream": name, "bufbroker.slot": str(slot)},
+                )
+                attachment = Attachment(self._transport, attached, again, fds)
+                attachments.append(attachment)
+                self._attachments[attachment.id] = attachment
+            link_fds = link.take_fds(response.link_fd_ticket, 1)
+            end = LinkEnd(socket.socket(fileno=link_fds[0]), response.stream.max_meta_bytes or DEFAULT_MAX_META_BYTES)
+            subscription = Subscription(
+                self._transport, response, attachments, end, mode, on_close=self._subscriptions.remove
+            )
+        except BaseException:
+            for attachment in attachments:
+                with contextlib.suppress(errors.BrokerError):
+                    attachment.detach()
+            raise
+        self._subscriptions.append(subscription)
+        return subscription
+
     def buffers(self, name: str = "", *, labels: Mapping[str, str] | None = None) -> list[pb.BufferInfo]:
         """Every registered buffer you may see (or the one named ``name``), with all of ``labels`` if given."""
         found: list[pb.BufferInfo] = []
@@ -326,6 +470,11 @@ class Session:
         """End the session: the broker detaches its attachments and revokes its buffers."""
         if self._transport.closed:
             return
+        # Streams first: their consumers get Bye (end of stream) and their links close.
+        for stream in self._streams.all():
+            stream._close_locally()
+        for subscription in list(self._subscriptions):
+            subscription._close_locally()
         self._transport.close()
         # This process's side: the exporters' memfds and mappings, the
         # importers' fds and views (numpy arrays made from them keep their
@@ -352,3 +501,16 @@ class Session:
     def __repr__(self) -> str:
         transport = getattr(self, "_transport", None)
         return f"<bufbroker.Session {transport.hello.session_id if transport else '?'} at {self.socket_dir}>"
+
+
+def _layout_bytes(layout: Mapping[str, Any]) -> int:
+    """The bytes a frame of ``layout`` takes: the end of its last plane (planes as ``export(layout=...)``)."""
+    shapes = plane_shapes(layout["fourcc"], layout["width"], layout["height"])
+    planes = layout.get("planes") or []
+    if len(planes) != len(shapes):
+        raise ValueError(f"a {layout['fourcc']} layout needs {len(shapes)} planes, this one has {len(planes)}")
+    ends: list[int] = [
+        int(plane.get("offset", 0)) + int(plane.get("stride", 0)) * (rows - 1) + row_bytes
+        for (rows, row_bytes), plane in zip(shapes, planes, strict=True)
+    ]
+    return max(ends)

@@ -37,6 +37,13 @@ from bufbroker_broker.server.observe.introspection import (
     list_sessions,
 )
 from bufbroker_broker.server.operations import Operations, Target, labels_match
+from bufbroker_broker.server.streams import (
+    StreamLinkOpenedEvent,
+    Streams,
+    link_opened_to_wire,
+    stream_info,
+    subscribe_response,
+)
 from bufbroker_broker.server.wire.errors import grpc_abort, grpc_errors, trace_to_wire
 from bufbroker_broker.server.wire.messages import attach_response, map_response, named_buffer
 
@@ -298,6 +305,71 @@ class BrokerService(pb_grpc.BrokerServicer):
             version=self.version,
         )
 
+    # --- streams (server/streams.py: the daemon sets ``streams``) --------------
+
+    streams: Streams | None = None
+
+    def _streams(self) -> Streams:
+        assert self.streams is not None, "the daemon sets BrokerService.streams before serving"
+        return self.streams
+
+    @grpc_errors
+    async def CreateStream(self, request: pb.CreateStreamRequest, context: Context) -> pb.CreateStreamResponse:
+        session, streams = await self.authenticate(context), self._streams()
+        stream = streams.create(
+            session,
+            request.name,
+            list(request.slot_buffer_ids),
+            stall_timeout=request.stall_timeout,
+            on_stall=request.on_stall,
+            max_held=request.max_held,
+            labels=dict(request.labels),
+        )
+        return pb.CreateStreamResponse(stream=stream_info(stream, streams.clock(), streams.limits))
+
+    @grpc_errors
+    async def DeleteStream(self, request: pb.DeleteStreamRequest, context: Context) -> pb.DeleteStreamResponse:
+        self._streams().delete_owned(await self.authenticate(context), request.stream_id)
+        return pb.DeleteStreamResponse()
+
+    @grpc_errors
+    async def Subscribe(self, request: pb.SubscribeRequest, context: Context) -> pb.SubscribeResponse:
+        session, streams = await self.authenticate(context), self._streams()
+        # Waits on the loop (an awaited event) when asked to wait for the stream to be created.
+        subscription = await streams.subscribe(
+            session,
+            request.name,
+            list(request.accept),
+            mode=request.mode,
+            max_held=request.max_held,
+            wait=request.wait_seconds,
+        )
+        return subscribe_response(subscription, streams.clock(), streams.limits)
+
+    @grpc_errors
+    async def ListStreams(self, request: pb.ListStreamsRequest, context: Context) -> pb.ListStreamsResponse:
+        session, streams = await self.authenticate(context), self._streams()
+        now = streams.clock()
+        listed = streams.listed(session, request.name)
+        return pb.ListStreamsResponse(streams=[stream_info(s, now, streams.limits) for s in listed])
+
+    @grpc_errors
+    async def ReportStreamStats(
+        self, request: pb.ReportStreamStatsRequest, context: Context
+    ) -> pb.ReportStreamStatsResponse:
+        self._streams().report(
+            await self.authenticate(context),
+            request.stream_id,
+            request.producer if request.HasField("producer") else None,
+            list(request.links),
+        )
+        return pb.ReportStreamStatsResponse()
+
+    @grpc_errors
+    async def SetSessionName(self, request: pb.SetSessionNameRequest, context: Context) -> pb.SetSessionNameResponse:
+        self._streams().name_session(await self.authenticate(context), request.name)
+        return pb.SetSessionNameResponse()
+
 
 def event_to_wire(event: Any) -> pb.Event:
     """A registry event as the session's wire Event."""
@@ -323,4 +395,6 @@ def event_to_wire(event: Any) -> pb.Event:
         return pb.Event(
             attachment_invalidated=pb.AttachmentInvalidated(attachment_id=event.attachment_id, reason=event.reason)
         )
+    if isinstance(event, StreamLinkOpenedEvent):
+        return link_opened_to_wire(event)
     raise TypeError(f"no wire form for event {event!r}")

@@ -36,6 +36,7 @@ from bufbroker_broker.server.observe.activity import ActivityCounters
 from bufbroker_broker.server.observe.latency import REQUEST_STARTED
 from bufbroker_broker.server.operations import Operations, dry_run_session
 from bufbroker_broker.server.readiness import Readiness
+from bufbroker_broker.server.streams import stream_info
 from bufbroker_broker.server.wire import offers as wire_offers
 from bufbroker_broker.server.wire.errors import http_status
 
@@ -67,6 +68,7 @@ class BrokerView:
     started: float = field(default_factory=time.monotonic)
     max_page_bytes: int = 1 << 20  # bytes of buffers in one page (http_max_page_bytes)
     max_event_streams: int = 32  # open /v1/events streams (half of http_max_connections)
+    streams: Any = None  # bufbroker_broker.server.streams.Streams: /v1/streams
 
 
 def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -152,6 +154,7 @@ def create_app(
 
     if broker is not None:
         _add_introspection(app, broker)
+        _add_streams(app, broker)
         _add_admin(app, broker)
         _add_dashboard(app)
 
@@ -296,6 +299,48 @@ def _add_introspection(app: FastAPI, broker: BrokerView) -> None:
                 503, f"{broker.max_event_streams} /v1/events streams are open, half of --http-max-connections"
             )
         return EventStreamResponse(broker.events, parse_last_event_id(resume))
+
+
+def _add_streams(app: FastAPI, broker: BrokerView) -> None:
+    """GET /v1/streams and /v1/streams/{name}: every live stream (an empty list when the broker has none)."""
+    streams = broker.streams
+
+    def snapshot(stream: Any) -> m.Stream:
+        return m.stream_model(stream_info(stream, streams.clock(), streams.limits))
+
+    @app.get("/v1/streams", response_model=m.StreamPage, tags=["introspection"])
+    async def list_streams(
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="streams per page")] = DEFAULT_PAGE,
+        cursor: Annotated[
+            str | None, Query(max_length=20, pattern=r"^[0-9]*$", description="next_cursor of the previous page")
+        ] = None,
+    ) -> m.StreamPage:
+        """Live streams in id order, a page at a time: slots, policy, consumers and their reported counters."""
+        live = streams.listed() if streams is not None else []
+        after = _parse_cursor(cursor)
+        page = [s for s in live if s.id > after][:limit]
+        models: list[m.Stream] = []
+        used, cut = 0, False
+        for stream in page:
+            model = snapshot(stream)
+            size = len(pydantic_core.to_json(model)) + 1
+            if models and used + size > broker.max_page_bytes:
+                cut = True
+                break
+            models.append(model)
+            used += size
+        more = cut or (bool(page) and live[-1].id > page[-1].id)
+        return m.StreamPage(
+            streams=models, total=len(live), limit=limit, next_cursor=str(models[-1].id) if more and models else None
+        )
+
+    @app.get("/v1/streams/{name}", response_model=m.Stream, responses=_problems(404), tags=["introspection"])
+    async def get_stream(name: Annotated[str, Path(min_length=1, max_length=256)]) -> m.Stream:
+        """One stream by name."""
+        found = streams.listed(name=name) if streams is not None else []
+        if not found:
+            raise HTTPException(404, f"no stream named {name!r}; list them with GET /v1/streams")
+        return snapshot(found[0])
 
 
 def _models_within(buffers: list[core.Buffer], max_bytes: int) -> tuple[list[m.Buffer], bool]:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from bufbroker.v1 import broker_pb2 as pb
+from bufbroker.v1 import stream_pb2 as spb
 from bufbroker_broker.core import registry as core
 from bufbroker_broker.server.observe import introspection
 from bufbroker_broker.server.wire.offers import offer_description
@@ -151,6 +152,7 @@ class Session(Model):
     events_open: bool
     buffer_ids: list[int]
     attachment_ids: list[int]
+    name: str = Field("", description="what the session calls itself (connect(name=...)); empty when unnamed")
 
 
 class SessionList(Model):
@@ -247,6 +249,62 @@ class SessionEnded(Model):
     session_id: int
     pid: int
     reason: str
+
+
+class StreamCounters(Model):
+    """Counters of a stream or one of its links, as its producer (and, for latency, its consumer) reported."""
+
+    published: int
+    delivered: int
+    dropped_busy: int = Field(description="latest mode: frames dropped because the consumer was busy")
+    dropped_overwritten: int = Field(description='drop="oldest": frames overwritten before delivery')
+    released: int
+    reclaimed: int = Field(description="slots taken back after a stall")
+    held_now: int
+    longest_hold: float = Field(description="seconds, of the slots held now")
+    lag: int = Field(description="seqs behind the newest published frame")
+    last_seq: int
+    fps: float
+    latency_p50_us: float = Field(description="hand-off latency (publish to a readable frame), microseconds")
+    latency_p99_us: float
+    generation: int
+
+
+class StreamConsumer(Model):
+    link_id: int
+    session_id: int
+    pid: int
+    name: str
+    mode: Literal["queue", "latest"]
+    max_held: int
+    stalled: bool = Field(description="held a slot past the stall timeout at the producer's last report")
+    counters: StreamCounters
+
+
+class Stream(Model):
+    """A named producer endpoint: its slot buffers, its consumers' links and their reported counters."""
+
+    id: int
+    name: str
+    producer_session_id: int
+    producer_pid: int
+    producer_name: str
+    slot_buffer_ids: list[int]
+    stall_timeout: float = Field(description="seconds")
+    on_stall: Literal["reclaim", "report"]
+    max_held: int = Field(description="most slots one consumer may hold")
+    max_meta_bytes: int
+    labels: dict[str, str]
+    consumers: list[StreamConsumer]
+    producer: StreamCounters | None = Field(description="the producer's last report; null before the first")
+    report_age: float | None = Field(description="seconds since the producer's last report; null before the first")
+
+
+class StreamPage(Model):
+    streams: list[Stream]
+    total: int = Field(description="live streams, on every page")
+    limit: int
+    next_cursor: str | None = Field(description="pass as cursor for the next page; null on the last one")
 
 
 # --- builders ---------------------------------------------------------------
@@ -357,10 +415,62 @@ def session_model(session: core.Session) -> Session:
         events_open=info.events_open,
         buffer_ids=sorted(session.buffers),
         attachment_ids=sorted(session.attachments),
+        name=info.name,
     )
 
 
 def mapping_type_model(info: pb.MappingTypeInfo) -> MappingType:
     return MappingType(
         name=info.name, description=info.description, supported=info.supported, support_reason=info.support_reason
+    )
+
+
+def stream_counters_model(counters: pb.StreamCounters) -> StreamCounters:
+    return StreamCounters(
+        published=counters.published,
+        delivered=counters.delivered,
+        dropped_busy=counters.dropped_busy,
+        dropped_overwritten=counters.dropped_overwritten,
+        released=counters.released,
+        reclaimed=counters.reclaimed,
+        held_now=counters.held_now,
+        longest_hold=counters.longest_hold,
+        lag=counters.lag,
+        last_seq=counters.last_seq,
+        fps=counters.fps,
+        latency_p50_us=counters.latency_p50_us,
+        latency_p99_us=counters.latency_p99_us,
+        generation=counters.generation,
+    )
+
+
+def stream_model(info: pb.StreamInfo) -> Stream:
+    """A stream from its snapshot (server/streams.py stream_info)."""
+    return Stream(
+        id=info.id,
+        name=info.name,
+        producer_session_id=info.producer_session_id,
+        producer_pid=info.producer_pid,
+        producer_name=info.producer_name,
+        slot_buffer_ids=list(info.slot_buffer_ids),
+        stall_timeout=info.stall_timeout,
+        on_stall="report" if info.on_stall == pb.STALL_POLICY_REPORT else "reclaim",
+        max_held=info.max_held,
+        max_meta_bytes=info.max_meta_bytes,
+        labels=dict(info.labels),
+        consumers=[
+            StreamConsumer(
+                link_id=c.link_id,
+                session_id=c.session_id,
+                pid=c.pid,
+                name=c.name,
+                mode="latest" if c.mode == spb.CONSUMER_MODE_LATEST else "queue",
+                max_held=c.max_held,
+                stalled=c.stalled,
+                counters=stream_counters_model(c.counters),
+            )
+            for c in info.consumers
+        ],
+        producer=stream_counters_model(info.producer) if info.HasField("producer") else None,
+        report_age=info.report_age if info.report_age >= 0 else None,
     )

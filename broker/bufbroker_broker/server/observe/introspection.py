@@ -44,6 +44,7 @@ def session_info(session: Session) -> pb.SessionInfo:
         fds_held=sum(len(b.fds) for b in session.buffers.values()),
         non_compliant=session.non_compliant,
         events_open=session.events_open,
+        name=session.name,
     )
 
 

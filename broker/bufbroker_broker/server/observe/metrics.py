@@ -30,6 +30,7 @@ from bufbroker_broker.core.registry import ACTIVE, REVOKED, Registry
 from bufbroker_broker.server.grpc.timing import RpcTimings
 from bufbroker_broker.server.observe.activity import NEGOTIATION_RESULTS, ActivityCounters
 from bufbroker_broker.server.observe.introspection import Role, session_role
+from bufbroker_broker.server.streams import Streams, link_counters
 
 ROLES: tuple[Role, ...] = ("exporter", "importer", "both", "idle")
 
@@ -53,7 +54,9 @@ class BrokerCollector(Collector):
         rpc_timings: RpcTimings | None = None,
         event_clients: EventClients | None = None,
         version: str = "",
+        streams: Streams | None = None,
     ) -> None:
+        self.streams = streams  # server/streams.py: live streams and what their ends report
         self.registry = registry
         self.ledger = ledger
         self.activity = activity
@@ -68,6 +71,8 @@ class BrokerCollector(Collector):
             yield from self._activity(self.activity)
         if self.rpc_timings is not None:
             yield from self._rpcs(self.rpc_timings)
+        if self.streams is not None:
+            yield from self._streams(self.streams)
         if self.event_clients is not None:
             hub = self.event_clients
             yield GaugeMetricFamily(
@@ -249,6 +254,63 @@ class BrokerCollector(Collector):
             calls.add_metric([service, method, code], count)
         yield calls
 
+    def _streams(self, streams: Streams) -> Iterator:
+        """Live streams, their links, and the counters the producers and consumers last reported."""
+        live = streams.listed()
+        yield GaugeMetricFamily("bufbroker_streams", "Live streams.", value=len(live))
+        yield CounterMetricFamily(
+            "bufbroker_stream_stalls",
+            "Consumers reported holding a slot past their stream's stall timeout (each stall once).",
+            value=streams.stalls_total,
+        )
+        consumers = GaugeMetricFamily(
+            "bufbroker_stream_consumers", "Consumers (links) of each stream.", labels=["stream"]
+        )
+        published = CounterMetricFamily(
+            "bufbroker_stream_frames_published", "Frames published, as the producer reported.", labels=["stream"]
+        )
+        per_link = ["stream", "link"]
+        delivered = CounterMetricFamily(
+            "bufbroker_stream_frames_delivered", "Frames sent to each consumer (producer's report).", labels=per_link
+        )
+        dropped = CounterMetricFamily(
+            "bufbroker_stream_frames_dropped",
+            "Frames not delivered to a consumer, by reason: busy (latest mode), overwritten (drop=oldest).",
+            labels=[*per_link, "reason"],
+        )
+        released = CounterMetricFamily(
+            "bufbroker_stream_frames_released", "Frames each consumer released.", labels=per_link
+        )
+        reclaimed = CounterMetricFamily(
+            "bufbroker_stream_frames_reclaimed", "Slots taken back from a stalled consumer.", labels=per_link
+        )
+        held = GaugeMetricFamily("bufbroker_stream_held_slots", "Slots each consumer holds now.", labels=per_link)
+        lag = GaugeMetricFamily(
+            "bufbroker_stream_lag_frames", "Seqs each consumer is behind the newest published frame.", labels=per_link
+        )
+        stalled = GaugeMetricFamily(
+            "bufbroker_stream_stalled", "1 while a consumer holds a slot past the stall timeout.", labels=per_link
+        )
+        for stream in live:
+            consumers.add_metric([stream.name], len(stream.links))
+            totals = stream.producer_counters
+            published.add_metric([stream.name], totals.published if totals is not None else 0)
+            for link in stream.links.values():
+                key = [stream.name, str(link.id)]
+                counters = link_counters(link)
+                delivered.add_metric(key, counters.delivered)
+                dropped.add_metric([*key, "busy"], counters.dropped_busy)
+                dropped.add_metric([*key, "overwritten"], counters.dropped_overwritten)
+                released.add_metric(key, counters.released)
+                reclaimed.add_metric(key, counters.reclaimed)
+                held.add_metric(key, counters.held_now)
+                lag.add_metric(key, counters.lag)
+                stalled.add_metric(key, 1 if link.stalled else 0)
+        # A family without a stream to show has no sample: left out, as promtool reads a bare counter
+        # family as a sample with no help text.
+        families = (consumers, published, delivered, dropped, released, reclaimed, held, lag, stalled)
+        yield from (family for family in families if family.samples)
+
 
 def make_metrics_registry(
     registry: Registry,
@@ -257,9 +319,10 @@ def make_metrics_registry(
     rpc_timings: RpcTimings | None = None,
     event_clients: EventClients | None = None,
     version: str = "",
+    streams: Streams | None = None,
 ) -> CollectorRegistry:
     metrics = CollectorRegistry(auto_describe=False)
-    metrics.register(BrokerCollector(registry, ledger, activity, rpc_timings, event_clients, version))
+    metrics.register(BrokerCollector(registry, ledger, activity, rpc_timings, event_clients, version, streams))
     # Each registers itself on the registry it is given; read at scrape time from /proc/self and gc.
     ProcessCollector(registry=metrics)
     PlatformCollector(registry=metrics)

@@ -1,4 +1,5 @@
 from bufbroker.v1 import mapping_types_pb2 as _mapping_types_pb2
+from bufbroker.v1 import stream_pb2 as _stream_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -19,12 +20,21 @@ class BufferState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BUFFER_STATE_UNSPECIFIED: _ClassVar[BufferState]
     BUFFER_STATE_ACTIVE: _ClassVar[BufferState]
     BUFFER_STATE_REVOKED: _ClassVar[BufferState]
+
+class StallPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STALL_POLICY_UNSPECIFIED: _ClassVar[StallPolicy]
+    STALL_POLICY_RECLAIM: _ClassVar[StallPolicy]
+    STALL_POLICY_REPORT: _ClassVar[StallPolicy]
 EXPORTER_EXIT_POLICY_UNSPECIFIED: ExporterExitPolicy
 EXPORTER_EXIT_POLICY_REVOKE: ExporterExitPolicy
 EXPORTER_EXIT_POLICY_KEEP: ExporterExitPolicy
 BUFFER_STATE_UNSPECIFIED: BufferState
 BUFFER_STATE_ACTIVE: BufferState
 BUFFER_STATE_REVOKED: BufferState
+STALL_POLICY_UNSPECIFIED: StallPolicy
+STALL_POLICY_RECLAIM: StallPolicy
+STALL_POLICY_REPORT: StallPolicy
 
 class Plane(_message.Message):
     __slots__ = ("offset", "stride")
@@ -292,18 +302,20 @@ class EventsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("ready", "revoked", "move_notify", "exporter_gone", "attachment_invalidated")
+    __slots__ = ("ready", "revoked", "move_notify", "exporter_gone", "attachment_invalidated", "stream_link_opened")
     READY_FIELD_NUMBER: _ClassVar[int]
     REVOKED_FIELD_NUMBER: _ClassVar[int]
     MOVE_NOTIFY_FIELD_NUMBER: _ClassVar[int]
     EXPORTER_GONE_FIELD_NUMBER: _ClassVar[int]
     ATTACHMENT_INVALIDATED_FIELD_NUMBER: _ClassVar[int]
+    STREAM_LINK_OPENED_FIELD_NUMBER: _ClassVar[int]
     ready: Ready
     revoked: Revoked
     move_notify: MoveNotify
     exporter_gone: ExporterGone
     attachment_invalidated: AttachmentInvalidated
-    def __init__(self, ready: _Optional[_Union[Ready, _Mapping]] = ..., revoked: _Optional[_Union[Revoked, _Mapping]] = ..., move_notify: _Optional[_Union[MoveNotify, _Mapping]] = ..., exporter_gone: _Optional[_Union[ExporterGone, _Mapping]] = ..., attachment_invalidated: _Optional[_Union[AttachmentInvalidated, _Mapping]] = ...) -> None: ...
+    stream_link_opened: StreamLinkOpened
+    def __init__(self, ready: _Optional[_Union[Ready, _Mapping]] = ..., revoked: _Optional[_Union[Revoked, _Mapping]] = ..., move_notify: _Optional[_Union[MoveNotify, _Mapping]] = ..., exporter_gone: _Optional[_Union[ExporterGone, _Mapping]] = ..., attachment_invalidated: _Optional[_Union[AttachmentInvalidated, _Mapping]] = ..., stream_link_opened: _Optional[_Union[StreamLinkOpened, _Mapping]] = ...) -> None: ...
 
 class MoveNotify(_message.Message):
     __slots__ = ("attachment_id", "buffer_id", "reason", "generation")
@@ -429,7 +441,7 @@ class GetStatsResponse(_message.Message):
     def __init__(self, sessions: _Optional[int] = ..., buffers: _Optional[int] = ..., attachments: _Optional[int] = ..., mappings: _Optional[int] = ..., fds_held: _Optional[int] = ..., fds_received: _Optional[int] = ..., fds_sent: _Optional[int] = ..., fds_closed: _Optional[int] = ..., fds_expired: _Optional[int] = ..., pid: _Optional[int] = ..., version: _Optional[str] = ...) -> None: ...
 
 class SessionInfo(_message.Message):
-    __slots__ = ("id", "pid", "uid", "gid", "role", "buffers", "attachments", "mappings", "fds_held", "non_compliant", "events_open")
+    __slots__ = ("id", "pid", "uid", "gid", "role", "buffers", "attachments", "mappings", "fds_held", "non_compliant", "events_open", "name")
     ID_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     UID_FIELD_NUMBER: _ClassVar[int]
@@ -441,6 +453,7 @@ class SessionInfo(_message.Message):
     FDS_HELD_FIELD_NUMBER: _ClassVar[int]
     NON_COMPLIANT_FIELD_NUMBER: _ClassVar[int]
     EVENTS_OPEN_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
     id: int
     pid: int
     uid: int
@@ -452,7 +465,8 @@ class SessionInfo(_message.Message):
     fds_held: int
     non_compliant: bool
     events_open: bool
-    def __init__(self, id: _Optional[int] = ..., pid: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., role: _Optional[str] = ..., buffers: _Optional[int] = ..., attachments: _Optional[int] = ..., mappings: _Optional[int] = ..., fds_held: _Optional[int] = ..., non_compliant: _Optional[bool] = ..., events_open: _Optional[bool] = ...) -> None: ...
+    name: str
+    def __init__(self, id: _Optional[int] = ..., pid: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., role: _Optional[str] = ..., buffers: _Optional[int] = ..., attachments: _Optional[int] = ..., mappings: _Optional[int] = ..., fds_held: _Optional[int] = ..., non_compliant: _Optional[bool] = ..., events_open: _Optional[bool] = ..., name: _Optional[str] = ...) -> None: ...
 
 class ListSessionsRequest(_message.Message):
     __slots__ = ()
@@ -543,3 +557,227 @@ class GetSettingsResponse(_message.Message):
     pid: int
     version: str
     def __init__(self, settings: _Optional[_Iterable[_Union[Setting, _Mapping]]] = ..., pid: _Optional[int] = ..., version: _Optional[str] = ...) -> None: ...
+
+class CreateStreamRequest(_message.Message):
+    __slots__ = ("name", "slot_buffer_ids", "stall_timeout", "on_stall", "max_held", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SLOT_BUFFER_IDS_FIELD_NUMBER: _ClassVar[int]
+    STALL_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    ON_STALL_FIELD_NUMBER: _ClassVar[int]
+    MAX_HELD_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    slot_buffer_ids: _containers.RepeatedScalarFieldContainer[int]
+    stall_timeout: float
+    on_stall: StallPolicy
+    max_held: int
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., slot_buffer_ids: _Optional[_Iterable[int]] = ..., stall_timeout: _Optional[float] = ..., on_stall: _Optional[_Union[StallPolicy, str]] = ..., max_held: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class CreateStreamResponse(_message.Message):
+    __slots__ = ("stream",)
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    stream: StreamInfo
+    def __init__(self, stream: _Optional[_Union[StreamInfo, _Mapping]] = ...) -> None: ...
+
+class DeleteStreamRequest(_message.Message):
+    __slots__ = ("stream_id",)
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    stream_id: int
+    def __init__(self, stream_id: _Optional[int] = ...) -> None: ...
+
+class DeleteStreamResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SubscribeRequest(_message.Message):
+    __slots__ = ("name", "accept", "mode", "max_held", "wait_seconds")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ACCEPT_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    MAX_HELD_FIELD_NUMBER: _ClassVar[int]
+    WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    accept: _containers.RepeatedCompositeFieldContainer[_mapping_types_pb2.Match]
+    mode: _stream_pb2.ConsumerMode
+    max_held: int
+    wait_seconds: float
+    def __init__(self, name: _Optional[str] = ..., accept: _Optional[_Iterable[_Union[_mapping_types_pb2.Match, _Mapping]]] = ..., mode: _Optional[_Union[_stream_pb2.ConsumerMode, str]] = ..., max_held: _Optional[int] = ..., wait_seconds: _Optional[float] = ...) -> None: ...
+
+class SubscribeResponse(_message.Message):
+    __slots__ = ("stream", "link_id", "link_fd_ticket", "max_held", "slots")
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    LINK_ID_FIELD_NUMBER: _ClassVar[int]
+    LINK_FD_TICKET_FIELD_NUMBER: _ClassVar[int]
+    MAX_HELD_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    stream: StreamInfo
+    link_id: int
+    link_fd_ticket: int
+    max_held: int
+    slots: _containers.RepeatedCompositeFieldContainer[AttachResponse]
+    def __init__(self, stream: _Optional[_Union[StreamInfo, _Mapping]] = ..., link_id: _Optional[int] = ..., link_fd_ticket: _Optional[int] = ..., max_held: _Optional[int] = ..., slots: _Optional[_Iterable[_Union[AttachResponse, _Mapping]]] = ...) -> None: ...
+
+class StreamLinkOpened(_message.Message):
+    __slots__ = ("stream_id", "link_id", "consumer_session_id", "consumer_pid", "consumer_name", "mode", "max_held", "fd_ticket")
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    LINK_ID_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_PID_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    MAX_HELD_FIELD_NUMBER: _ClassVar[int]
+    FD_TICKET_FIELD_NUMBER: _ClassVar[int]
+    stream_id: int
+    link_id: int
+    consumer_session_id: int
+    consumer_pid: int
+    consumer_name: str
+    mode: _stream_pb2.ConsumerMode
+    max_held: int
+    fd_ticket: int
+    def __init__(self, stream_id: _Optional[int] = ..., link_id: _Optional[int] = ..., consumer_session_id: _Optional[int] = ..., consumer_pid: _Optional[int] = ..., consumer_name: _Optional[str] = ..., mode: _Optional[_Union[_stream_pb2.ConsumerMode, str]] = ..., max_held: _Optional[int] = ..., fd_ticket: _Optional[int] = ...) -> None: ...
+
+class StreamInfo(_message.Message):
+    __slots__ = ("id", "name", "producer_session_id", "producer_pid", "producer_name", "slot_buffer_ids", "stall_timeout", "on_stall", "max_held", "labels", "consumers", "producer", "report_age", "max_meta_bytes")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PRODUCER_SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    PRODUCER_PID_FIELD_NUMBER: _ClassVar[int]
+    PRODUCER_NAME_FIELD_NUMBER: _ClassVar[int]
+    SLOT_BUFFER_IDS_FIELD_NUMBER: _ClassVar[int]
+    STALL_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    ON_STALL_FIELD_NUMBER: _ClassVar[int]
+    MAX_HELD_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    CONSUMERS_FIELD_NUMBER: _ClassVar[int]
+    PRODUCER_FIELD_NUMBER: _ClassVar[int]
+    REPORT_AGE_FIELD_NUMBER: _ClassVar[int]
+    MAX_META_BYTES_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    name: str
+    producer_session_id: int
+    producer_pid: int
+    producer_name: str
+    slot_buffer_ids: _containers.RepeatedScalarFieldContainer[int]
+    stall_timeout: float
+    on_stall: StallPolicy
+    max_held: int
+    labels: _containers.ScalarMap[str, str]
+    consumers: _containers.RepeatedCompositeFieldContainer[StreamConsumerInfo]
+    producer: StreamCounters
+    report_age: float
+    max_meta_bytes: int
+    def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., producer_session_id: _Optional[int] = ..., producer_pid: _Optional[int] = ..., producer_name: _Optional[str] = ..., slot_buffer_ids: _Optional[_Iterable[int]] = ..., stall_timeout: _Optional[float] = ..., on_stall: _Optional[_Union[StallPolicy, str]] = ..., max_held: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., consumers: _Optional[_Iterable[_Union[StreamConsumerInfo, _Mapping]]] = ..., producer: _Optional[_Union[StreamCounters, _Mapping]] = ..., report_age: _Optional[float] = ..., max_meta_bytes: _Optional[int] = ...) -> None: ...
+
+class StreamCounters(_message.Message):
+    __slots__ = ("published", "delivered", "dropped_busy", "dropped_overwritten", "released", "reclaimed", "held_now", "longest_hold", "lag", "last_seq", "fps", "latency_p50_us", "latency_p99_us", "generation")
+    PUBLISHED_FIELD_NUMBER: _ClassVar[int]
+    DELIVERED_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_BUSY_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_OVERWRITTEN_FIELD_NUMBER: _ClassVar[int]
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    RECLAIMED_FIELD_NUMBER: _ClassVar[int]
+    HELD_NOW_FIELD_NUMBER: _ClassVar[int]
+    LONGEST_HOLD_FIELD_NUMBER: _ClassVar[int]
+    LAG_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    FPS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P50_US_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P99_US_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    published: int
+    delivered: int
+    dropped_busy: int
+    dropped_overwritten: int
+    released: int
+    reclaimed: int
+    held_now: int
+    longest_hold: float
+    lag: int
+    last_seq: int
+    fps: float
+    latency_p50_us: float
+    latency_p99_us: float
+    generation: int
+    def __init__(self, published: _Optional[int] = ..., delivered: _Optional[int] = ..., dropped_busy: _Optional[int] = ..., dropped_overwritten: _Optional[int] = ..., released: _Optional[int] = ..., reclaimed: _Optional[int] = ..., held_now: _Optional[int] = ..., longest_hold: _Optional[float] = ..., lag: _Optional[int] = ..., last_seq: _Optional[int] = ..., fps: _Optional[float] = ..., latency_p50_us: _Optional[float] = ..., latency_p99_us: _Optional[float] = ..., generation: _Optional[int] = ...) -> None: ...
+
+class StreamConsumerInfo(_message.Message):
+    __slots__ = ("link_id", "session_id", "pid", "name", "mode", "max_held", "stalled", "counters")
+    LINK_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    MAX_HELD_FIELD_NUMBER: _ClassVar[int]
+    STALLED_FIELD_NUMBER: _ClassVar[int]
+    COUNTERS_FIELD_NUMBER: _ClassVar[int]
+    link_id: int
+    session_id: int
+    pid: int
+    name: str
+    mode: _stream_pb2.ConsumerMode
+    max_held: int
+    stalled: bool
+    counters: StreamCounters
+    def __init__(self, link_id: _Optional[int] = ..., session_id: _Optional[int] = ..., pid: _Optional[int] = ..., name: _Optional[str] = ..., mode: _Optional[_Union[_stream_pb2.ConsumerMode, str]] = ..., max_held: _Optional[int] = ..., stalled: _Optional[bool] = ..., counters: _Optional[_Union[StreamCounters, _Mapping]] = ...) -> None: ...
+
+class ListStreamsRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListStreamsResponse(_message.Message):
+    __slots__ = ("streams",)
+    STREAMS_FIELD_NUMBER: _ClassVar[int]
+    streams: _containers.RepeatedCompositeFieldContainer[StreamInfo]
+    def __init__(self, streams: _Optional[_Iterable[_Union[StreamInfo, _Mapping]]] = ...) -> None: ...
+
+class LinkReport(_message.Message):
+    __slots__ = ("link_id", "counters", "stalled")
+    LINK_ID_FIELD_NUMBER: _ClassVar[int]
+    COUNTERS_FIELD_NUMBER: _ClassVar[int]
+    STALLED_FIELD_NUMBER: _ClassVar[int]
+    link_id: int
+    counters: StreamCounters
+    stalled: bool
+    def __init__(self, link_id: _Optional[int] = ..., counters: _Optional[_Union[StreamCounters, _Mapping]] = ..., stalled: _Optional[bool] = ...) -> None: ...
+
+class ReportStreamStatsRequest(_message.Message):
+    __slots__ = ("stream_id", "producer", "links")
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    PRODUCER_FIELD_NUMBER: _ClassVar[int]
+    LINKS_FIELD_NUMBER: _ClassVar[int]
+    stream_id: int
+    producer: StreamCounters
+    links: _containers.RepeatedCompositeFieldContainer[LinkReport]
+    def __init__(self, stream_id: _Optional[int] = ..., producer: _Optional[_Union[StreamCounters, _Mapping]] = ..., links: _Optional[_Iterable[_Union[LinkReport, _Mapping]]] = ...) -> None: ...
+
+class ReportStreamStatsResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SetSessionNameRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class SetSessionNameResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -119,6 +119,36 @@ class BrokerStub:
                 request_serializer=bufbroker_dot_v1_dot_broker__pb2.GetSettingsRequest.SerializeToString,
                 response_deserializer=bufbroker_dot_v1_dot_broker__pb2.GetSettingsResponse.FromString,
                 _registered_method=True)
+        self.CreateStream = channel.unary_unary(
+                '/bufbroker.v1.Broker/CreateStream',
+                request_serializer=bufbroker_dot_v1_dot_broker__pb2.CreateStreamRequest.SerializeToString,
+                response_deserializer=bufbroker_dot_v1_dot_broker__pb2.CreateStreamResponse.FromString,
+                _registered_method=True)
+        self.DeleteStream = channel.unary_unary(
+                '/bufbroker.v1.Broker/DeleteStream',
+                request_serializer=bufbroker_dot_v1_dot_broker__pb2.DeleteStreamRequest.SerializeToString,
+                response_deserializer=bufbroker_dot_v1_dot_broker__pb2.DeleteStreamResponse.FromString,
+                _registered_method=True)
+        self.Subscribe = channel.unary_unary(
+                '/bufbroker.v1.Broker/Subscribe',
+                request_serializer=bufbroker_dot_v1_dot_broker__pb2.SubscribeRequest.SerializeToString,
+                response_deserializer=bufbroker_dot_v1_dot_broker__pb2.SubscribeResponse.FromString,
+                _registered_method=True)
+        self.ListStreams = channel.unary_unary(
+                '/bufbroker.v1.Broker/ListStreams',
+                request_serializer=bufbroker_dot_v1_dot_broker__pb2.ListStreamsRequest.SerializeToString,
+                response_deserializer=bufbroker_dot_v1_dot_broker__pb2.ListStreamsResponse.FromString,
+                _registered_method=True)
+        self.ReportStreamStats = channel.unary_unary(
+                '/bufbroker.v1.Broker/ReportStreamStats',
+                request_serializer=bufbroker_dot_v1_dot_broker__pb2.ReportStreamStatsRequest.SerializeToString,
+                response_deserializer=bufbroker_dot_v1_dot_broker__pb2.ReportStreamStatsResponse.FromString,
+                _registered_method=True)
+        self.SetSessionName = channel.unary_unary(
+                '/bufbroker.v1.Broker/SetSessionName',
+                request_serializer=bufbroker_dot_v1_dot_broker__pb2.SetSessionNameRequest.SerializeToString,
+                response_deserializer=bufbroker_dot_v1_dot_broker__pb2.SetSessionNameResponse.FromString,
+                _registered_method=True)
 
 
 class BrokerServicer:
@@ -244,6 +274,52 @@ class BrokerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateStream(self, request, context):
+        """Streams (control plane; the per-frame data plane is stream.proto).
+        A producer registers one buffer per slot, then names them a stream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteStream(self, request, context):
+        """End a stream this session produces (its slot buffers stay registered).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Subscribe(self, request, context):
+        """Join a stream as a consumer: the broker attaches the consumer to every
+        slot (negotiated as Attach does, per slot), creates a link (a
+        SOCK_SEQPACKET socketpair), sends the consumer its end under
+        `link_fd_ticket` and the producer its end with a StreamLinkOpened event.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListStreams(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportStreamStats(self, request, context):
+        """Counters a producer or consumer keeps for its links, sent at most twice
+        a second: the broker never sees frames, so this is how it shows them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetSessionName(self, request, context):
+        """A name for this session, shown beside its pid (dashboard, top, ls).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BrokerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -331,6 +407,36 @@ def add_BrokerServicer_to_server(servicer, server):
                     servicer.GetSettings,
                     request_deserializer=bufbroker_dot_v1_dot_broker__pb2.GetSettingsRequest.FromString,
                     response_serializer=bufbroker_dot_v1_dot_broker__pb2.GetSettingsResponse.SerializeToString,
+            ),
+            'CreateStream': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateStream,
+                    request_deserializer=bufbroker_dot_v1_dot_broker__pb2.CreateStreamRequest.FromString,
+                    response_serializer=bufbroker_dot_v1_dot_broker__pb2.CreateStreamResponse.SerializeToString,
+            ),
+            'DeleteStream': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteStream,
+                    request_deserializer=bufbroker_dot_v1_dot_broker__pb2.DeleteStreamRequest.FromString,
+                    response_serializer=bufbroker_dot_v1_dot_broker__pb2.DeleteStreamResponse.SerializeToString,
+            ),
+            'Subscribe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Subscribe,
+                    request_deserializer=bufbroker_dot_v1_dot_broker__pb2.SubscribeRequest.FromString,
+                    response_serializer=bufbroker_dot_v1_dot_broker__pb2.SubscribeResponse.SerializeToString,
+            ),
+            'ListStreams': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListStreams,
+                    request_deserializer=bufbroker_dot_v1_dot_broker__pb2.ListStreamsRequest.FromString,
+                    response_serializer=bufbroker_dot_v1_dot_broker__pb2.ListStreamsResponse.SerializeToString,
+            ),
+            'ReportStreamStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportStreamStats,
+                    request_deserializer=bufbroker_dot_v1_dot_broker__pb2.ReportStreamStatsRequest.FromString,
+                    response_serializer=bufbroker_dot_v1_dot_broker__pb2.ReportStreamStatsResponse.SerializeToString,
+            ),
+            'SetSessionName': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetSessionName,
+                    request_deserializer=bufbroker_dot_v1_dot_broker__pb2.SetSessionNameRequest.FromString,
+                    response_serializer=bufbroker_dot_v1_dot_broker__pb2.SetSessionNameResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -792,6 +898,168 @@ class Broker:
             '/bufbroker.v1.Broker/GetSettings',
             bufbroker_dot_v1_dot_broker__pb2.GetSettingsRequest.SerializeToString,
             bufbroker_dot_v1_dot_broker__pb2.GetSettingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bufbroker.v1.Broker/CreateStream',
+            bufbroker_dot_v1_dot_broker__pb2.CreateStreamRequest.SerializeToString,
+            bufbroker_dot_v1_dot_broker__pb2.CreateStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bufbroker.v1.Broker/DeleteStream',
+            bufbroker_dot_v1_dot_broker__pb2.DeleteStreamRequest.SerializeToString,
+            bufbroker_dot_v1_dot_broker__pb2.DeleteStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Subscribe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bufbroker.v1.Broker/Subscribe',
+            bufbroker_dot_v1_dot_broker__pb2.SubscribeRequest.SerializeToString,
+            bufbroker_dot_v1_dot_broker__pb2.SubscribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListStreams(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bufbroker.v1.Broker/ListStreams',
+            bufbroker_dot_v1_dot_broker__pb2.ListStreamsRequest.SerializeToString,
+            bufbroker_dot_v1_dot_broker__pb2.ListStreamsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportStreamStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bufbroker.v1.Broker/ReportStreamStats',
+            bufbroker_dot_v1_dot_broker__pb2.ReportStreamStatsRequest.SerializeToString,
+            bufbroker_dot_v1_dot_broker__pb2.ReportStreamStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetSessionName(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bufbroker.v1.Broker/SetSessionName',
+            bufbroker_dot_v1_dot_broker__pb2.SetSessionNameRequest.SerializeToString,
+            bufbroker_dot_v1_dot_broker__pb2.SetSessionNameResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,6 +1,8 @@
 // bufbroker dashboard: plain JS and SVG, no dependencies, nothing from the internet.
 // It draws GET /v1/overview, redraws when GET /v1/events (SSE) reports a change,
-// and polls GET /v1/stats once a second for the live charts.
+// and polls GET /v1/stats once a second for the live charts. Streams come from
+// GET /v1/streams, read again on every stream event and once a second (their
+// counters are what producers report, twice a second).
 "use strict";
 
 const SVG = "http://www.w3.org/2000/svg";
@@ -8,6 +10,8 @@ const EVENT_KINDS = [
   "session-opened", "session-ended", "registered", "unregistered", "revoked", "moved",
   "attached", "detached", "mapped", "unmapped", "negotiated",
 ];
+const STREAM_KINDS = ["stream-created", "stream-deleted", "stream-linked", "stream-unlinked", "stalled"];
+const STREAM_LIMIT = 100;     // streams drawn
 const GRAPH_LIMIT = 200;      // buffers drawn in the graph and tables
 const CHART_POINTS = 60;      // one a second
 const EVENT_LIMIT = 100;      // events kept in the panel
@@ -16,7 +20,12 @@ const NODE_W = 220, NODE_H = 42, GAP = 14, TOP = 34;
 const LABEL_H = 20, LABEL_STEP = 26, LABEL_MIN_W = 120;
 const LANE = 64;              // room for the curves between two columns
 
-const state = { overview: null, selected: null, refreshTimer: null, samples: { rate: [], fds: [] }, lastStats: null };
+const state = {
+  overview: null, selected: null, refreshTimer: null, samples: { rate: [], fds: [] }, lastStats: null,
+  streams: null, streamsTotal: 0, streamsTimer: null,
+  // Per link id: the producer report last used for its fps ({at: seconds on this page's clock, delivered}), and the fps.
+  linkSeen: new Map(), linkFps: new Map(),
+};
 
 // --- small DOM helpers (text only through textContent: nothing is parsed as HTML) ---
 
@@ -35,6 +44,14 @@ function svg(tag, attrs = {}, text) {
 }
 
 function clear(node) { while (node.firstChild) node.removeChild(node.firstChild); }
+
+// A pid with its session's name beside it, when the session named itself.
+function who(pid, name) { return name ? pid + " (" + name + ")" : String(pid); }
+
+function sessionName(id) {
+  const s = state.overview && state.overview.sessions.find((x) => x.id === id);
+  return s ? s.name || "" : "";
+}
 
 function bytes(n) {
   const units = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -255,17 +272,20 @@ function renderGraph(o) {
 
   for (const e of L.exporters.values()) {
     const sub = e.gone ? "exporter gone" : "session " + e.id;
-    nodes.appendChild(node("exporter", X.exporter, L.exporterTop.get(e.id), "pid " + e.pid, sub, { "data-session-id": e.id }));
+    const title = "pid " + who(e.pid, (L.sessions.get(e.id) || {}).name);
+    nodes.appendChild(node("exporter", X.exporter, L.exporterTop.get(e.id), title, sub, { "data-session-id": e.id }));
   }
   for (const b of o.buffers) {
-    const title = b.name || "buffer #" + b.id;
+    const title = b.name || (b.labels["bufbroker.stream"] !== undefined
+      ? b.labels["bufbroker.stream"] + " slot " + b.labels["bufbroker.slot"] : "buffer #" + b.id);
     const sub = "#" + b.id + " · " + bytes(b.size) + " · " + b.offer_types.join(",") + (b.state === "revoked" ? " · revoked" : "");
     nodes.appendChild(node("buffer" + (b.state === "revoked" ? " revoked" : ""), X.buffer, L.bufferTop.get(b.id), title, sub, { "data-buffer-id": b.id }));
   }
   for (const i of L.importers.values()) {
     const s = L.sessions.get(i.id);
     const sub = "session " + i.id + (s && s.non_compliant ? " · non-compliant" : "");
-    nodes.appendChild(node("importer", X.importer, L.importerTop.get(i.id), "pid " + i.pid, sub, { "data-session-id": i.id }));
+    const title = "pid " + who(i.pid, s && s.name);
+    nodes.appendChild(node("importer", X.importer, L.importerTop.get(i.id), title, sub, { "data-session-id": i.id }));
   }
   markSelection();
 }
@@ -350,7 +370,7 @@ function renderSessions(sessions) {
   clear(body);
   for (const s of sessions) {
     const row = el("tr", { "data-session-id": s.id });
-    for (const value of [s.id, s.pid, s.uid, s.gid, s.role, s.buffers, s.attachments, s.mappings, s.fds_held,
+    for (const value of [s.id, s.pid, s.name || "-", s.uid, s.gid, s.role, s.buffers, s.attachments, s.mappings, s.fds_held,
       s.non_compliant ? "no" : "yes", s.events_open ? "open" : "-"]) {
       row.appendChild(el("td", {}, value));
     }
@@ -366,12 +386,135 @@ function renderBuffers(o) {
   for (const b of o.buffers) {
     const row = el("tr", { "data-buffer-id": b.id, class: b.state });
     const labels = Object.entries(b.labels).map(([k, v]) => k + "=" + v).join(" ");
-    for (const value of [b.id, b.name || "-", bytes(b.size), b.state, b.exporter_pid, b.offer_types.join(", "),
+    for (const value of [b.id, b.name || "-", bytes(b.size), b.state, who(b.exporter_pid, sessionName(b.exporter_session_id)), b.offer_types.join(", "),
       b.attachment_count, b.generation, labels]) {
       row.appendChild(el("td", {}, value));
     }
     row.addEventListener("click", () => { document.getElementById("explain-buffer").value = b.name || String(b.id); });
     body.appendChild(row);
+  }
+}
+
+// --- streams ---
+//
+// A consumer's counters are its producer's last report (report_age seconds
+// old). Its fps is the change of ``delivered`` between two reports over the
+// time between them (unless the producer reports an fps itself), so it is
+// right however often this page polls.
+
+async function refreshStreams() {
+  state.streamsTimer = null;
+  let page;
+  try {
+    page = await getJSON("/v1/streams?limit=" + STREAM_LIMIT);
+  } catch (error) {
+    return;
+  }
+  const now = performance.now() / 1000;
+  const live = new Set();
+  for (const stream of page.streams) {
+    if (stream.report_age === null) continue;
+    const at = now - stream.report_age;
+    for (const c of stream.consumers) {
+      live.add(c.link_id);
+      const seen = state.linkSeen.get(c.link_id);
+      if (!seen) {
+        state.linkSeen.set(c.link_id, { at, delivered: c.counters.delivered });
+      } else if (at - seen.at > 0.2) {
+        state.linkFps.set(c.link_id, Math.max(0, (c.counters.delivered - seen.delivered) / (at - seen.at)));
+        state.linkSeen.set(c.link_id, { at, delivered: c.counters.delivered });
+      }
+    }
+  }
+  for (const id of [...state.linkSeen.keys()]) if (!live.has(id)) { state.linkSeen.delete(id); state.linkFps.delete(id); }
+  state.streams = page.streams;
+  state.streamsTotal = page.total;
+  renderStreams();
+}
+
+function scheduleStreamsRefresh() {
+  if (state.streamsTimer === null) state.streamsTimer = setTimeout(refreshStreams, 80);
+}
+
+function consumerFps(c) {
+  if (c.counters.fps > 0) return c.counters.fps;
+  return state.linkFps.has(c.link_id) ? state.linkFps.get(c.link_id) : null;
+}
+
+// One cell per slot, the ones this consumer holds now filled. Reports that
+// list the held slots (counters.held_slots) mark those; otherwise the count
+// (held_now) is all there is, so that many cells are filled from the left.
+function slotStrip(stream, c) {
+  const slots = stream.slot_buffer_ids.length;
+  const listed = Array.isArray(c.counters.held_slots) ? new Set(c.counters.held_slots) : null;
+  const strip = el("span", {
+    class: "slot-strip", "data-held": c.counters.held_now,
+    title: "holds " + c.counters.held_now + " of " + slots + " slots" +
+      (c.counters.held_now ? ", the longest for " + c.counters.longest_hold.toFixed(1) + " s" : ""),
+  });
+  for (let k = 0; k < slots; k++) {
+    const held = listed ? listed.has(k) : k < c.counters.held_now;
+    strip.appendChild(el("span", { class: "slot" + (held ? " held" : ""), "data-slot": k, "data-buffer-id": stream.slot_buffer_ids[k] }));
+  }
+  return strip;
+}
+
+function renderStreams() {
+  const box = document.getElementById("streams");
+  clear(box);
+  const streams = state.streams || [];
+  document.getElementById("streams-total").textContent =
+    state.streamsTotal > streams.length ? "(first " + streams.length + " of " + state.streamsTotal + ")" :
+      streams.length ? "(" + streams.length + ")" : "";
+  if (!streams.length) {
+    box.appendChild(el("p", { class: "hint" }, "no streams"));
+    return;
+  }
+  for (const s of streams) {
+    const card = el("div", { class: "stream", "data-stream-name": s.name, "data-stream-id": s.id });
+    const head = card.appendChild(el("div", { class: "stream-head" }));
+    head.appendChild(el("span", { class: "stream-name" }, s.name));
+    head.appendChild(el("span", { class: "stream-producer" }, "producer pid " + who(s.producer_pid, s.producer_name)));
+    const fps = s.producer ? s.producer.fps : 0;
+    const fpsLine = head.appendChild(el("span", {}, ""));
+    fpsLine.appendChild(el("span", { class: "stream-fps", "data-fps": fps.toFixed(2) }, fps.toFixed(1)));
+    fpsLine.appendChild(document.createTextNode(" fps"));
+    head.appendChild(el("span", { class: "hint" }, s.slot_buffer_ids.length + " slots · " +
+      (s.producer ? s.producer.published + " published · " : "") +
+      "on stall " + s.on_stall + " after " + s.stall_timeout + " s"));
+    if (!s.consumers.length) {
+      card.appendChild(el("p", { class: "hint" }, "no consumers"));
+      box.appendChild(card);
+      continue;
+    }
+    const table = card.appendChild(el("table", { class: "consumers" }));
+    const headRow = el("tr");
+    for (const h of ["link", "consumer pid (name)", "mode", "slots held", "fps", "lag", "held", "drops", "latency p50/p99", "stalled"]) {
+      headRow.appendChild(el("th", {}, h));
+    }
+    table.appendChild(el("thead")).appendChild(headRow);
+    const body = table.appendChild(el("tbody"));
+    for (const c of s.consumers) {
+      const k = c.counters;
+      const row = el("tr", { class: "consumer" + (c.stalled ? " stalled" : ""), "data-link-id": c.link_id, "data-pid": c.pid });
+      row.appendChild(el("td", {}, "#" + c.link_id));
+      row.appendChild(el("td", { class: "who" }, "pid " + who(c.pid, c.name)));
+      row.appendChild(el("td", {}, c.mode));
+      row.appendChild(el("td", {})).appendChild(slotStrip(s, c));
+      const measured = consumerFps(c);
+      row.appendChild(el("td", { class: "num fps", "data-fps": measured === null ? "" : measured.toFixed(2) },
+        measured === null ? "-" : measured.toFixed(1)));
+      row.appendChild(el("td", { class: "num lag" }, k.lag));
+      row.appendChild(el("td", { class: "num held" }, k.held_now + "/" + c.max_held + (k.held_now ? " · " + k.longest_hold.toFixed(1) + " s" : "")));
+      row.appendChild(el("td", { class: "num drops", title: "busy " + k.dropped_busy + " · overwritten " + k.dropped_overwritten },
+        k.dropped_busy + k.dropped_overwritten));
+      row.appendChild(el("td", { class: "num" }, k.latency_p50_us ? k.latency_p50_us.toFixed(0) + " / " + k.latency_p99_us.toFixed(0) + " µs" : "-"));
+      const mark = row.appendChild(el("td", { class: "stalled-cell" }));
+      if (c.stalled) mark.appendChild(el("span", { class: "stalled-mark" }, "stalled " + k.longest_hold.toFixed(1) + " s"));
+      else mark.textContent = "no";
+      body.appendChild(row);
+    }
+    box.appendChild(card);
   }
 }
 
@@ -473,7 +616,7 @@ function logEvent(kind, data) {
 function connectEvents() {
   const live = document.getElementById("live");
   const source = new EventSource("/v1/events?last_event_id=0");
-  source.onopen = () => { live.textContent = "live"; live.className = "live on"; scheduleRefresh(); };
+  source.onopen = () => { live.textContent = "live"; live.className = "live on"; scheduleRefresh(); scheduleStreamsRefresh(); };
   source.onerror = () => { live.textContent = "reconnecting…"; live.className = "live off"; };
   for (const kind of EVENT_KINDS) {
     source.addEventListener(kind, (event) => {
@@ -483,11 +626,22 @@ function connectEvents() {
       if (kind !== "negotiated") scheduleRefresh();
     });
   }
+  for (const kind of STREAM_KINDS) {
+    source.addEventListener(kind, (event) => {
+      let data = {};
+      try { data = JSON.parse(event.data); } catch (error) { return; }
+      logEvent(kind, data);
+      scheduleStreamsRefresh();
+      if (kind !== "stalled") scheduleRefresh();
+    });
+  }
   source.addEventListener("dropped", () => logEvent("dropped", { seq: "-", detail: { why: "this page read too slowly" } }));
 }
 
 document.getElementById("explain-form").addEventListener("submit", explain);
 refresh();
+refreshStreams();
 connectEvents();
 sample();
 setInterval(sample, 1000);
+setInterval(refreshStreams, 1000);
