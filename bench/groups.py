@@ -472,7 +472,11 @@ def scale(workdir: Path, quick: bool, log: Callable[[str], None]) -> list[dict]:
     brokers = {}
     for key, path in dirs.items():
         path.mkdir()
-        brokers[key] = start_broker(path, [*BROKER_ARGS, "--max-buffers-per-session", str(many + 100)])
+        # One session holds all the buffers here: raise its buffer and fd caps, and keep fewer fds in
+        # reserve than the default 5/8 of the fd limit, as an operator of such a broker would.
+        per_session = ["--max-buffers-per-session", str(many + 100), "--max-fds-per-session", str(many + 100)]
+        per_session += ["--fd-reserve", "1024"]
+        brokers[key] = start_broker(path, [*BROKER_ARGS, *per_session])
     try:
         exporters = {key: bufbroker.connect(path) for key, path in dirs.items()}
         importers = {key: bufbroker.connect(path) for key, path in dirs.items()}

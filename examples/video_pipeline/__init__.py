@@ -1,22 +1,26 @@
-"""A video pipeline on bufbroker: decoder -> analyser -> encoder, three processes.
+"""A video pipeline on bufbroker streams: decoder -> analyser -> encoder, three separate commands.
 
-The decoder (PyAV) decodes a generated test video into a pool of
-bufbroker buffers; the analyser and the encoder read the frames in place
-through their own mappings; only slot numbers travel between them. Halfway
-the stream changes resolution and the decoder moves its buffers to the
-new layout. ``bufbroker example video`` runs it, then the same pipeline
-with frames copied through pipes, and prints a report.
+The decoder (PyAV) decodes a generated test video into the stream
+``decoded`` (a pool of slot buffers); the analyser and the encoder read
+each frame in place through their own mappings; the analyser publishes
+what it read on the stream ``analysed``, which the encoder pairs with each
+frame. The stages are unrelated processes (``python -m
+examples.video_pipeline.decoder SOCKET_DIR ...``) that share only the
+broker's socket dir and find each other by stream name; only frame
+messages travel between them, on the links the broker set up. Halfway the
+video changes resolution and the decoder moves its stream to the new
+layout (``stream.move``). ``bufbroker example video`` runs it, then the
+same pipeline with frames copied through pipes, and prints a report.
 
 Modules, one job each:
 
     pattern   the test picture and its frame-number barcode
     h264      raw H.264 in and out with PyAV
     source    the generated source video
-    handoff   the slot-number messages between the processes
-    pool      the decoder's free/in-use slots
-    reader    a consumer's attachments, re-maps and layouts
-    meter     what a process exchanged with the broker
-    decoder, analyser, encoder   the three processes
+    handoff   stream names, frame meta and results shared by the stages
+    reader    a consumer's frames: bytes, layout, what stays mapped
+    meter     what a process exchanged with the broker and on the links
+    decoder, analyser, encoder   the three stage commands
     piped     the comparison run, frames copied through pipes
     run       starting the processes of either run
     checks    what a correct run looks like

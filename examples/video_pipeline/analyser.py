@@ -1,66 +1,122 @@
-"""Analyser process: read each frame zero-copy, measure it, tell the encoder.
+"""Analyser stage: read each decoded frame zero-copy, measure it, publish what it read.
 
-For every slot the decoder hands over, it reads the frame through its own
-read-only mapping as numpy views (via the layout), decodes the frame
-number from the barcode and takes the mean luma, passes the slot on to the
-encoder with those numbers, and releases the slot to the decoder.
+    python -m examples.video_pipeline.analyser SOCKET_DIR [--input decoded] [--output analysed]
+        [--result FILE]
+
+Creates the stream ``analysed`` (a few one-page slots: what travels is the
+frame meta) and waits for its consumer, the encoder; then subscribes to
+``decoded`` (waiting for the decoder to create it). For every frame it
+reads the picture through its own read-only mapping as numpy views (via
+the layout of the frame's generation), decodes the frame number from the
+barcode and takes the mean luma, publishes those numbers on ``analysed``
+and releases the decoded frame. End of ``decoded`` ends ``analysed``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import argparse
+import mmap
+import sys
+import time
+from dataclasses import asdict
 from typing import Any
 
+ANALYSED_SLOTS = 4
 
-def analyser_main(
-    socket_dir: str, names: Sequence[str], control: Any, from_decoder: Any, to_encoder: Any, release: Any
-) -> None:
+
+def analyse(socket_dir: str, input_name: str, output_name: str) -> dict[str, Any]:
     import bufbroker
     from bufbroker.planes import plane_arrays
     from examples.video_pipeline import pattern
-    from examples.video_pipeline.handoff import ANALYSED, END, FRAME, RELEASE, Channel
+    from examples.video_pipeline.handoff import (
+        ANALYSED_META,
+        ANALYSER,
+        DECODED_META,
+        ENCODER,
+        STARTUP_TIMEOUT,
+        STEP_TIMEOUT,
+        wait_for_consumers,
+    )
     from examples.video_pipeline.meter import ControlPlaneMeter
-    from examples.video_pipeline.reader import PoolReader
+    from examples.video_pipeline.reader import ACCEPT, MapCounter, frame_view, mapped_regions
 
-    frames_in, frames_out, releases = Channel(from_decoder), Channel(to_encoder), Channel(release)
-    with bufbroker.connect(socket_dir) as session:
+    with bufbroker.connect(socket_dir, name=ANALYSER) as session:
         meter = ControlPlaneMeter(session)
-        reader = PoolReader(session, names, meter)
-        control.send({"map_type": reader.map_type, "trace": reader.attachments[0].trace})
+        out = session.create_stream(
+            output_name, slots=ANALYSED_SLOTS, size=mmap.PAGESIZE, offers=["segments", "memfd"], on_stall="report"
+        )
+        meter.fds += ANALYSED_SLOTS
+        wait_for_consumers(session, out, [ENCODER])
+        meter.fds += len(out.consumers())
+        sub = session.subscribe(input_name, accept=ACCEPT, mode="queue", wait=STARTUP_TIMEOUT)
+        meter.fds += 1
+        attached = {"map_type": sub.attachments[0].map_type, "trace": [asdict(s) for s in sub.attachments[0].trace]}
+        maps = MapCounter(meter)
         stats = []
         while True:
-            slot, generation, seq = frames_in.receive(FRAME)
-            if slot == END:
-                frames_out.send(ANALYSED, END, 0, 0, 0, 0.0)
+            try:
+                frame = sub.receive(STEP_TIMEOUT)
+            except bufbroker.EndOfStream:
                 break
-            view, layout = reader.frame(slot, generation)
-            luma_plane = plane_arrays(view, layout)[0]
-            width, height = layout["width"], layout["height"]
-            number = pattern.read_number(luma_plane, width, height)
-            luma = pattern.mean_luma(luma_plane, width)
-            del view, luma_plane  # nothing may pin the mapping once the slot is released
-            frames_out.send(ANALYSED, slot, generation, seq, number, luma)
-            releases.send(RELEASE, slot, seq)
+            with frame:
+                (index,) = DECODED_META.unpack(frame.meta)
+                maps.note(frame)
+                view, layout = frame_view(frame)
+                luma_plane = plane_arrays(view, layout)[0]
+                width, height = layout["width"], layout["height"]
+                number = pattern.read_number(luma_plane, width, height)
+                luma = pattern.mean_luma(luma_plane, width)
+                del view, luma_plane  # nothing may pin the mapping once the frame is released
+                with out.acquire(timeout=STEP_TIMEOUT) as result:
+                    result.publish(meta=ANALYSED_META.pack(frame.seq, index, number, luma))
             stats.append(
                 {
-                    "seq": seq,
+                    "seq": index,
+                    "stream_seq": frame.seq,
                     "number": number,
                     "mean_luma": luma,
                     "size": (width, height),
-                    "slot": slot,
-                    "generation": generation,
+                    "slot": frame.slot,
+                    "generation": frame.generation,
                 }
             )
-        regions = reader.mapped_regions()
-        reader.detach()
-        releases.send(RELEASE, END, 0)
-        control.send(
-            {
-                "stats": stats,
-                "maps": reader.maps,
-                "mapped_regions": regions,
-                "handoff_bytes": frames_out.bytes_sent + releases.bytes_sent,
-                "handoff_messages": frames_out.messages_sent + releases.messages_sent,
-                "meter": meter.summary(),
-            }
-        )
+        regions = mapped_regions()
+        skipped = sub.skipped
+        sub.close()
+        drained = out.drain(STEP_TIMEOUT)
+        out.close()
+    return {
+        "attached": attached,
+        "stats": stats,
+        "skipped": skipped,
+        "drained": drained,
+        "maps": maps.maps,
+        "mapped_regions": regions,
+        "meter": meter.summary(),
+        "cpu_seconds": time.process_time(),  # every thread of this process, start-up included
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    from examples.video_pipeline.handoff import ANALYSED, DECODED, fail, write_result
+
+    parser = argparse.ArgumentParser(
+        prog="python -m examples.video_pipeline.analyser",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("socket_dir")
+    parser.add_argument("--input", default=DECODED, help=f"the stream to analyse (default {DECODED})")
+    parser.add_argument("--output", default=ANALYSED, help=f"the stream to produce (default {ANALYSED})")
+    parser.add_argument("--result", default=None, metavar="FILE", help="write the result JSON here (default stdout)")
+    args = parser.parse_args(argv)
+    try:
+        result = analyse(args.socket_dir, args.input, args.output)
+    except Exception as error:
+        return fail("analyser", error)
+    write_result(result, args.result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -14,6 +14,12 @@ LUMA_TOLERANCE = 3.0
 def bufbroker_problems(result: dict[str, Any], source: Sequence[SourceFrame]) -> list[str]:
     problems = []
     frames = len(source)
+    sizes = [(f.width, f.height) for f in source]
+    decoder = result["decoder"]
+    if decoder["frames"] != frames or decoder["published"] != frames:
+        problems.append(f"the decoder decoded {decoder['frames']} and published {decoder['published']} of {frames}")
+    if not decoder["drained"] or not result["analyser"]["drained"]:
+        problems.append("a stream still had frames out when its producer closed it")
     stats = result["analyser"]["stats"]
     if [s["seq"] for s in stats] != list(range(frames)):
         problems.append(
@@ -22,8 +28,7 @@ def bufbroker_problems(result: dict[str, Any], source: Sequence[SourceFrame]) ->
     wrong = [(s["seq"], s["number"]) for s in stats if s["number"] != s["seq"]]
     if wrong:
         problems.append(f"the barcode read by the analyser disagrees with the frame order: (seq, number) {wrong[:5]}")
-    sizes = [s["size"] for s in stats]
-    if sizes != [(f.width, f.height) for f in source]:
+    if [tuple(s["size"]) for s in stats] != sizes:
         problems.append("the analyser saw frame sizes that differ from the source's")
     drift = [
         (s["seq"], round(s["mean_luma"] - f.mean_luma, 2))
@@ -36,20 +41,20 @@ def bufbroker_problems(result: dict[str, Any], source: Sequence[SourceFrame]) ->
     problems.extend(encoder["problems"])
     if encoder["frames"] != frames:
         problems.append(f"the encoder encoded {encoder['frames']} frames, the source has {frames}")
+    for name in ("analyser", "encoder"):
+        if result[name]["skipped"]:
+            problems.append(f"the {name} missed {result[name]['skipped']} frames of its streams")
     output = encoder["output"]
     if [o["number"] for o in output] != list(range(frames)):
         problems.append(f"the encoded file holds frames {[o['number'] for o in output][:8]}..., not 0..{frames - 1}")
-    if [o["size"] for o in output] != [(f.width, f.height) for f in source]:
+    if [tuple(o["size"]) for o in output] != sizes:
         problems.append("the encoded file's frame sizes differ from the source's")
-    pool = len(result["ready"]["names"])
+    pool = result["ready"]["slots"]
     for name in ("analyser", "encoder"):
         if result[name]["mapped_regions"] != pool:
             problems.append(
-                f"the {name} maps the pool's memfds {result[name]['mapped_regions']} times, not once per slot"
+                f"the {name} maps the stream's memfds {result[name]['mapped_regions']} times, not once per slot"
             )
-    late = [m for m in result["decoder"]["moves"] if m["non_compliant"]]
-    if late:
-        problems.append(f"importers did not unmap in time for moves: {late}")
     return problems
 
 

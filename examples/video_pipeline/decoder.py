@@ -1,16 +1,28 @@
-"""Decoder process: decode the source into a pool of bufbroker buffers.
+"""Decoder stage: decode the source into the stream ``decoded``.
 
-Exports POOL buffers laid out as I420 with per-plane offsets and strides,
-decodes each frame into a free slot and hands the slot number to the
-analyser. When the stream changes resolution it moves each slot to a new
-backing with the new layout as the slot comes free, so no consumer ever
-reads a buffer while it moves and the pipeline does not drain.
+    python -m examples.video_pipeline.decoder SOCKET_DIR SOURCE [--stream decoded]
+        [--consumers video-analyser,video-encoder] [--result FILE]
+
+Creates a stream of POOL slot buffers laid out as I420 with per-plane
+offsets and strides, waits until the ``--consumers`` (session names)
+subscribed (a frame goes only to the consumers subscribed when it is
+published; others, e.g. ``bufbroker stream watch``, may join too), then
+decodes each frame straight into a slot it acquired and publishes it. A
+slot comes back only when every consumer released it. When the video
+changes resolution the decoder moves the stream to the new layout
+(``stream.move``): the slots get new backings with the new layout, and the
+frames published after it carry the new generation. At the end it drains
+the stream (every frame released) and closes it: the consumers get
+end-of-stream.
 """
 
 from __future__ import annotations
 
+import argparse
 import mmap
+import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +30,6 @@ POOL = 4
 FOURCC = "I420"
 ALIGN = 64  # luma rows start on 64-byte boundaries, as decoders like
 WANTED_OFFERS = ["udmabuf", "segments", "memfd"]
-RELEASE_TIMEOUT = 30.0
 
 
 def slot_layout(width: int, height: int) -> tuple[dict, int]:
@@ -67,82 +78,113 @@ def copy_into(planes: list, frame: Any) -> int:
     return copied
 
 
-def decoder_main(socket_dir: str, run_id: str, source: str, control: Any, to_analyser: Any, releases: dict) -> None:
-    """``control``: the runner's pipe (ready/start/result); ``releases``: consumer name -> pipe."""
+def decode(socket_dir: str, source: str, name: str, consumers: Sequence[str]) -> dict[str, Any]:
     import bufbroker
     from bufbroker.planes import plane_arrays
     from examples.video_pipeline.h264 import open_stream
-    from examples.video_pipeline.handoff import END, FRAME, Channel
+    from examples.video_pipeline.handoff import DECODED_META, DECODER, STEP_TIMEOUT, wait_for_consumers
     from examples.video_pipeline.meter import ControlPlaneMeter
-    from examples.video_pipeline.pool import SlotPool
 
-    frames_out = Channel(to_analyser)
-    pool = SlotPool(POOL, {name: Channel(conn) for name, conn in releases.items()})
-    with bufbroker.connect(socket_dir) as session:
+    with bufbroker.connect(socket_dir, name=DECODER) as session:
         meter = ControlPlaneMeter(session)
         offers, udmabuf_note = choose_offers(session)
-        container, stream = open_stream(Path(source))
+        container, video = open_stream(Path(source))
         with container:
-            size = (stream.codec_context.width, stream.codec_context.height)
+            size = (video.codec_context.width, video.codec_context.height)
             layout, nbytes = slot_layout(*size)
-            buffers = [
-                session.export(
-                    nbytes, name=f"{run_id}-slot-{i}", offers=offers, layout=layout, labels={"example": "video"}
-                )
-                for i in range(POOL)
-            ]
-            meter.fds += POOL
-            sizes = [size] * POOL
-            planes: list = [plane_arrays(b.memoryview(), layout) for b in buffers]
-            control.send(
-                {"names": [b.name for b in buffers], "offers": offers, "udmabuf": udmabuf_note, "layout": layout}
+            # on_stall="report": a consumer slower than the stall timeout (a loaded machine) is
+            # reported, not robbed of its slot: this pipeline must carry every frame.
+            stream = session.create_stream(
+                name,
+                slots=POOL,
+                size=nbytes,
+                layout=layout,
+                offers=offers,
+                labels={"example": "video"},
+                on_stall="report",
             )
-            control.recv()  # start: both consumers have attached
+            meter.fds += POOL
+            ready = {
+                "stream": name,
+                "slots": POOL,
+                "offers": offers,
+                "udmabuf": udmabuf_note,
+                "layout": layout,
+            }
+            wait_for_consumers(session, stream, consumers)
+            meter.fds += len(stream.consumers())  # the producer's end of each link
             started = time.monotonic()
-            moves, pixel_bytes, seq = [], 0, 0
-            for seq, frame in enumerate(container.decode(stream)):
+            moves, pixel_bytes, index = [], 0, -1
+            for index, frame in enumerate(container.decode(video)):
                 if frame.format.name != "yuv420p":
                     frame = frame.reformat(format="yuv420p")
-                slot = pool.take(RELEASE_TIMEOUT)
-                if sizes[slot] != (frame.width, frame.height):
-                    # The slot is free: nobody reads it, so it may move now.
-                    planes[slot] = None  # the views pin the old mapping
-                    layout, nbytes = slot_layout(frame.width, frame.height)
+                if size != (frame.width, frame.height):
+                    size = (frame.width, frame.height)
+                    layout, nbytes = slot_layout(*size)
                     moved_at = time.monotonic()
-                    non_compliant = buffers[slot].move(
-                        nbytes, layout=layout, reason=f"resolution change to {frame.width}x{frame.height}"
+                    generation = stream.move(
+                        size=nbytes,
+                        layout=layout,
+                        timeout=STEP_TIMEOUT,
+                        reason=f"resolution change to {size[0]}x{size[1]} at frame {index}",
                     )
                     moves.append(
                         {
-                            "slot": slot,
-                            "frame": seq,
+                            "frame": index,
                             "ms": (time.monotonic() - moved_at) * 1000,
-                            "non_compliant": non_compliant,
-                            "size": (frame.width, frame.height),
-                            "generation": buffers[slot].info.generation,
+                            "size": size,
+                            "generation": generation,
                         }
                     )
-                    meter.fds += 1
-                    sizes[slot] = (frame.width, frame.height)
-                    planes[slot] = plane_arrays(buffers[slot].memoryview(), layout)
-                pixel_bytes += copy_into(planes[slot], frame)
-                pool.hand_out(slot, seq)
-                frames_out.send(FRAME, slot, buffers[slot].info.generation, seq)
-            frames_out.send(FRAME, END, 0, 0)
-            frames = seq + 1
-            # Keep the pool registered until both consumers have detached.
-            pool.wait_detached(RELEASE_TIMEOUT)
-        planes.clear()
-        for buffer in buffers:
-            buffer.unregister()  # session close alone would leave this process's memfds open
-        control.send(
-            {
-                "frames": frames,
-                "started": started,
-                "pixel_bytes": pixel_bytes,
-                "moves": moves,
-                "handoff_bytes": frames_out.bytes_sent,
-                "handoff_messages": frames_out.messages_sent,
-                "meter": meter.summary(),
-            }
-        )
+                    meter.fds += POOL
+                with stream.acquire(timeout=STEP_TIMEOUT) as slot:
+                    planes = plane_arrays(slot.memoryview(), layout)
+                    pixel_bytes += copy_into(planes, frame)
+                    del planes  # nothing of ours may point into the slot once it is published
+                    slot.publish(meta=DECODED_META.pack(index))
+            frames = index + 1
+            drained = stream.drain(STEP_TIMEOUT)
+            published = stream.published
+            stream.close()
+    return {
+        "ready": ready,
+        "frames": frames,
+        "published": published,
+        "drained": drained,
+        "started": started,
+        "pixel_bytes": pixel_bytes,
+        "moves": moves,
+        "meter": meter.summary(),
+        "cpu_seconds": time.process_time(),  # every thread of this process, start-up included
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    from examples.video_pipeline.handoff import ANALYSER, DECODED, ENCODER, fail, write_result
+
+    parser = argparse.ArgumentParser(
+        prog="python -m examples.video_pipeline.decoder",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("socket_dir")
+    parser.add_argument("source", help="raw H.264 file")
+    parser.add_argument("--stream", default=DECODED, help=f"the stream to produce (default {DECODED})")
+    parser.add_argument(
+        "--consumers",
+        default=f"{ANALYSER},{ENCODER}",
+        metavar="NAMES",
+        help=f"publish once the sessions of these names subscribed (default {ANALYSER},{ENCODER})",
+    )
+    parser.add_argument("--result", default=None, metavar="FILE", help="write the result JSON here (default stdout)")
+    args = parser.parse_args(argv)
+    try:
+        result = decode(args.socket_dir, args.source, args.stream, [n for n in args.consumers.split(",") if n])
+    except Exception as error:
+        return fail("decoder", error)
+    write_result(result, args.result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

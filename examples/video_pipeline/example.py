@@ -1,7 +1,10 @@
 """`bufbroker example video`: set everything up, run both pipelines, print the report.
 
 Everything lives in a temp dir (the broker's sockets, the generated
-source, the encoded outputs) and is removed at the end.
+source, the encoded outputs, the stages' results) and is removed at the
+end. The bufbroker run starts the three stages as separate commands
+(``run.run_bufbroker``); this process only starts them and reads their
+results.
 """
 
 from __future__ import annotations
@@ -57,6 +60,11 @@ def run_example(frames: int, first: tuple[int, int], second: tuple[int, int], co
         source_seconds = time.monotonic() - began
         socket_dir = workdir / "broker"
         broker = start_broker(socket_dir, ["--log-level", "warning", "--http", "none"])
+        print(
+            f"bufbroker example video: broker in {socket_dir}; to watch a stream while it runs: "
+            f"bufbroker stream watch decoded --socket-dir {socket_dir}",
+            flush=True,
+        )
         _warm_up(socket_dir)
         baseline = settled_fd_count(broker.pid)
         result = run_bufbroker(socket_dir, workdir / "source.h264", workdir / "bufbroker.h264")

@@ -1,45 +1,89 @@
-"""The example's own hand-off channel: slot numbers, never pixels.
+"""What travels between the stages: stream names and a few bytes of meta per frame, never pixels.
 
-Each message is a few packed integers sent over a pipe between two
-processes (a ``multiprocessing`` connection). ``Channel`` counts the bytes
-it sends, so the report can say exactly how much crossed the process
-boundary beside the pixels that did not.
+The stages are separate commands that share only the broker's socket dir.
+They find each other by stream name: the decoder produces ``decoded``
+(the pictures, in a pool of slot buffers), the analyser consumes it and
+produces ``analysed`` (one small frame per picture whose meta holds what it
+read from the pixels), and the encoder consumes both. Each frame message
+is one datagram on the link the broker set up between producer and
+consumer (``bufbroker.streams``); the broker sees none of them.
+
+Each stage writes one JSON object when it is done (``--result FILE``, else
+stdout): what the report and the checks read.
 """
 
 from __future__ import annotations
 
+import json
 import struct
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-END = 0xFFFFFFFF  # in the slot field: no more frames / this consumer detached
+DECODED = "decoded"
+ANALYSED = "analysed"
+# The stages' session names (shown by `bufbroker ls`, `top` and the dashboard beside their pids).
+DECODER, ANALYSER, ENCODER = "video-decoder", "video-analyser", "video-encoder"
 
-# decoder -> analyser: frame `seq` is in pool slot `slot`, written at buffer generation `generation`
-FRAME = struct.Struct("<III")
-# analyser -> encoder: the same, plus what the analyser read from it
-ANALYSED = struct.Struct("<IIIif")
-# consumer -> decoder: done with slot `slot` (holding frame `seq`)
-RELEASE = struct.Struct("<II")
+# decoded frame meta: the decoder's frame index (0, 1, ...; stream seqs start at 1)
+DECODED_META = struct.Struct("<I")
+# analysed frame meta: the decoded stream's seq, the frame index, the barcode read, the mean luma
+ANALYSED_META = struct.Struct("<QIif")
 
-# multiprocessing.Connection frames each message with a 4-byte length.
-CONNECTION_HEADER = 4
+# How long a stage waits for the stream it consumes to appear, or for its consumers to subscribe.
+STARTUP_TIMEOUT = 60.0
+# How long a stage waits for a frame, a free slot or a drain.
+STEP_TIMEOUT = 60.0
 
 
-class Channel:
-    """One direction of a pipe carrying fixed-size packed messages."""
+def write_result(result: dict[str, Any], path: str | None) -> None:
+    """The stage's result: to ``path`` (written whole, then renamed) or stdout."""
+    text = json.dumps(result)
+    if path is None:
+        print(text, flush=True)
+        return
+    target = Path(path)
+    partial = target.with_name(target.name + ".partial")
+    partial.write_text(text)
+    partial.replace(target)
 
-    def __init__(self, connection: Any) -> None:
-        self.connection = connection
-        self.bytes_sent = 0
-        self.messages_sent = 0
 
-    def send(self, layout: struct.Struct, *values: Any) -> None:
-        data = layout.pack(*values)
-        self.connection.send_bytes(data)
-        self.bytes_sent += len(data) + CONNECTION_HEADER
-        self.messages_sent += 1
+def wait_for_consumers(session: Any, stream: Any, names: Sequence[str], timeout: float = STARTUP_TIMEOUT) -> None:
+    """Until the sessions called ``names`` subscribed to ``stream`` and their links reached this producer.
 
-    def receive(self, layout: struct.Struct) -> tuple:
-        return layout.unpack(self.connection.recv_bytes(layout.size))
+    A frame goes only to the consumers subscribed when it is published, so
+    the producer waits for the ones it is meant for, by the names they
+    connected with (``bufbroker.connect(name=...)``), as the broker lists
+    them; anyone else who subscribes too (``bufbroker stream watch``) is
+    welcome but not waited for.
+    """
+    from bufbroker.v1 import broker_pb2 as pb
 
-    def close(self) -> None:
-        self.connection.close()
+    deadline = time.monotonic() + timeout
+    while True:
+        while len(stream.consumers()) < len(names):  # no RPC until enough links arrived
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"stream {stream.name!r}: {len(stream.consumers())} consumers subscribed in {timeout} s, "
+                    f"waiting for {', '.join(names)}"
+                )
+            time.sleep(0.005)
+        listed = session.call("ListStreams", pb.ListStreamsRequest(name=stream.name)).streams
+        consumers = [c for s in listed if s.id == stream.id for c in s.consumers]
+        missing = set(names) - {c.name for c in consumers}
+        if not missing and len(stream.consumers()) >= len(consumers):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"stream {stream.name!r}: {', '.join(sorted(missing))} did not subscribe in {timeout} s")
+        time.sleep(0.01)
+
+
+def fail(stage: str, error: BaseException) -> int:
+    """Say why the stage failed (with the traceback, on stderr); its exit status."""
+    import traceback
+
+    traceback.print_exception(error, file=sys.stderr)
+    print(f"video {stage}: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+    return 1

@@ -53,7 +53,9 @@ def piped_decoder_main(source: str, control: Any, to_analyser: Any) -> None:
             out.send(HEADER.pack(seq, *size))
             out.send(frame_buffer)
     out.send(HEADER.pack(-1, 0, 0))
-    control.send({"frames": seq + 1, "started": started, "pipe_bytes": out.bytes_sent})
+    control.send(
+        {"frames": seq + 1, "started": started, "pipe_bytes": out.bytes_sent, "cpu_seconds": time.process_time()}
+    )
 
 
 def piped_analyser_main(control: Any, from_decoder: Any, to_encoder: Any, max_frame_bytes: int) -> None:
@@ -80,7 +82,7 @@ def piped_analyser_main(control: Any, from_decoder: Any, to_encoder: Any, max_fr
         out.send(header)
         out.send(view)
         view.release()
-    control.send({"numbers": numbers, "pipe_bytes": out.bytes_sent})
+    control.send({"numbers": numbers, "pipe_bytes": out.bytes_sent, "cpu_seconds": time.process_time()})
 
 
 def piped_encoder_main(output: str, control: Any, from_analyser: Any, max_frame_bytes: int) -> None:
@@ -106,4 +108,4 @@ def piped_encoder_main(output: str, control: Any, from_analyser: Any, max_frame_
             view.release()
     finally:
         writer.close()
-    control.send({"frames": writer.frames, "finished": time.monotonic()})
+    control.send({"frames": writer.frames, "finished": time.monotonic(), "cpu_seconds": time.process_time()})

@@ -1,71 +1,74 @@
-"""A consumer's side of the pool: one read-only attachment per slot.
+"""A consumer's side of a stream of pictures: each frame's bytes and layout, and what stays mapped.
 
-``frame(slot, generation)`` gives the bytes of a slot (a read-only
-memoryview of this process's mapping) and their layout, as the decoder
-wrote them at that buffer generation. After a move the SDK re-maps by
-itself; the consumer only waits until the mapping of *that* generation is
-in place, and takes the layout from it (``Mapping.generation``,
-``Mapping.layout``).
+The broker attached and mapped every slot of the stream for this consumer
+when it subscribed (``session.subscribe``); a frame names its slot and the
+generation of the slot's buffer it was written at. After a resolution
+change (``stream.move``) the SDK re-maps by itself before it hands out a
+frame of the new generation, and the frame shows that generation's layout.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
+import os
+from collections.abc import Iterable
 from typing import Any
 
 ACCEPT = ["segments", "memfd"]
 
 
-class PoolReader:
-    def __init__(self, session: Any, names: Sequence[str], meter: Any, accept: Sequence[str] = ACCEPT) -> None:
-        self.session = session
-        self.names = list(names)
+def frame_view(frame: Any) -> tuple[memoryview, dict]:
+    """The frame's bytes (read-only, this process's mapping) and their layout. Drop both before release.
+
+    ``frame.mapping`` is the mapping the SDK reads the frame through: it
+    shows the frame's generation (the SDK waited for the re-map after a
+    move), and ``frame.layout`` is the producer's layout at that generation.
+    """
+    if frame.mapping.generation != frame.generation:  # the SDK's promise, checked: never a mixed frame
+        raise RuntimeError(
+            f"frame {frame.seq} in slot {frame.slot} was written at generation {frame.generation}, "
+            f"but this consumer reads it through a mapping of generation {frame.mapping.generation}"
+        )
+    return frame.memoryview(), frame.layout
+
+
+class MapCounter:
+    """Counts the distinct mappings a subscription's frames were read through (the first maps and the re-maps)."""
+
+    def __init__(self, meter: Any) -> None:
         self.meter = meter
-        self.attachments = [session.attach(name, accept=list(accept), access="read", map=True) for name in names]
-        self.mappings_seen: set[int] = set()
-        self.maps = 0
+        self.seen: set[int] = set()
+
+    def note(self, frame: Any) -> None:
+        mapping = frame.mapping
+        if mapping.id not in self.seen:
+            self.seen.add(mapping.id)
+            self.meter.fds += len(mapping.fds)
 
     @property
-    def map_type(self) -> str:
-        return self.attachments[0].map_type
+    def maps(self) -> int:
+        return len(self.seen)
 
-    def frame(self, slot: int, generation: int, timeout: float = 5.0) -> tuple[memoryview, dict]:
-        """The mapped bytes of ``slot`` and their layout. Drop the view (and arrays over it) after use."""
-        mapping = self._mapping(slot, generation, timeout)
-        return mapping.memoryview(), mapping.layout
 
-    def _mapping(self, slot: int, generation: int, timeout: float) -> Any:
-        attachment = self.attachments[slot]
-        deadline = time.monotonic() + timeout
-        while True:
-            mapping = attachment.wait_mapped(max(deadline - time.monotonic(), 0.0))
-            if mapping.generation == generation:
-                break
-            if mapping.generation > generation:
-                raise RuntimeError(
-                    f"slot {slot} is at generation {mapping.generation}, the decoder wrote generation {generation}: "
-                    "it moved a buffer this consumer had not released"
-                )
-            # Not re-mapped yet: the SDK is still handling the move.
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"slot {slot} was not re-mapped for generation {generation} within {timeout} s")
-            time.sleep(0.0005)
-        if mapping.id not in self.mappings_seen:
-            self.mappings_seen.add(mapping.id)
-            self.maps += 1
-            self.meter.fds += len(mapping.fds)
-        return mapping
+def inodes(subscription: Any) -> set[int]:
+    """The inodes of the memfds a subscription maps now."""
+    found: set[int] = set()
+    for attachment in subscription.attachments:
+        if attachment.mapping is not None:
+            found.update(os.fstat(fd).st_ino for fd in attachment.mapping.fds)
+    return found
 
-    def mapped_regions(self) -> int:
-        """How many regions of this process's address space map the pool's memfds.
 
-        One per slot when every re-map let go of the old backing; more
-        means views taken before a move still pin old pages.
-        """
-        with open("/proc/self/maps") as maps:
-            return sum(1 for line in maps if any(f"memfd:{name} " in line for name in self.names))
+def mapped_regions(exclude: Iterable[int] = ()) -> int:
+    """How many regions of this process's address space map stream slot memfds (leaving out ``exclude`` inodes).
 
-    def detach(self) -> None:
-        for attachment in self.attachments:
-            attachment.detach()
+    One per slot when every re-map let go of the old backing; more means
+    views taken before a move still pin old pages.
+    """
+    skip = set(exclude)
+    count = 0
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].startswith("/memfd:bufbroker") and int(fields[4]) not in skip:
+                count += 1
+    return count

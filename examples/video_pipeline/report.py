@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from bufbroker import format_trace
+from bufbroker import TraceStep, format_trace
 from examples.video_pipeline.source import SourceFrame
 
 
@@ -17,12 +17,17 @@ def _size(count: float) -> str:
     raise AssertionError
 
 
+def _cpu(result: dict[str, Any]) -> float:
+    """CPU seconds the three stages of a run used (every thread; imports and connecting included)."""
+    return float(sum(result[stage]["cpu_seconds"] for stage in ("decoder", "analyser", "encoder")))
+
+
 def bufbroker_crossings(result: dict[str, Any]) -> dict[str, int]:
-    """Bytes and fds that crossed a process boundary in the bufbroker run."""
+    """Bytes and fds that crossed a process boundary in the bufbroker run (each counted by its sender)."""
     meters = [result[name]["meter"] for name in ("decoder", "analyser", "encoder")]
     return {
-        "handoff": sum(result[name]["handoff_bytes"] for name in ("decoder", "analyser", "encoder")),
-        "handoff_messages": sum(result[name]["handoff_messages"] for name in ("decoder", "analyser", "encoder")),
+        "handoff": sum(m["link_bytes"] for m in meters),
+        "handoff_messages": sum(m["link_messages"] for m in meters),
         "rpc": sum(m["rpc_bytes"] for m in meters),
         "rpc_calls": sum(sum(m["calls"].values()) for m in meters),
         "events": sum(m["event_bytes"] for m in meters),
@@ -44,34 +49,43 @@ def format_report(
     switch = next((f.number for f in source if (f.width, f.height) != first), None)
     decoder, ready = result["decoder"], result["ready"]
     pixel_bytes = decoder["pixel_bytes"]
+    pids = result["pids"]
     lines = [
         f"bufbroker example video: {frames} frames, {first[0]}x{first[1]} -> {last[0]}x{last[1]} at frame {switch}, "
-        f"pool of {len(ready['names'])} {ready['layout']['fourcc']} buffers",
+        f"stream {ready['stream']!r} of {ready['slots']} {ready['layout']['fourcc']} slots",
         f"  source: test pattern with the frame number as a barcode, encoded by PyAV (libx264) in {source_seconds:.1f} s",
+        f"  stages, separate commands that found each other by stream name: decoder pid {pids['decoder']} "
+        f"-> 'decoded' -> analyser pid {pids['analyser']} -> 'analysed' -> encoder pid {pids['encoder']} "
+        "(which also reads 'decoded')",
         f"  decoder offers: {', '.join(ready['offers'])}; udmabuf: {ready['udmabuf']}",
     ]
     for name, attached in result["attached"].items():
         lines.append(f"  {name} accepts segments, memfd (read-only) -> negotiated {attached['map_type']}")
-        lines.extend("      " + line for line in format_trace(attached["trace"]).splitlines())
+        trace = [TraceStep(**step) for step in attached["trace"]]
+        lines.extend("      " + line for line in format_trace(trace).splitlines())
     moves = decoder["moves"]
     if moves:
-        ms = [m["ms"] for m in moves]
         lines.append(
-            f"  resolution change: {len(moves)} slots moved with the new layout as each came free "
-            f"(frames {moves[0]['frame']}-{moves[-1]['frame']}), {min(ms):.1f}-{max(ms):.1f} ms per move, "
-            f"{sum(len(m['non_compliant']) for m in moves)} importers late to unmap"
+            "  resolution change: "
+            + "; ".join(
+                f"stream.move() to {m['size'][0]}x{m['size'][1]} (generation {m['generation']}) before frame "
+                f"{m['frame']}, {m['ms']:.1f} ms"
+                for m in moves
+            )
         )
-        pool = len(ready["names"])
+        pool = ready["slots"]
         lines.append(
             f"      the SDK re-mapped: analyser {result['analyser']['maps'] - pool} times, encoder "
-            f"{result['encoder']['maps'] - pool} times; regions still mapping the pool at the end: "
-            f"{result['analyser']['mapped_regions']} and {result['encoder']['mapped_regions']} (one per slot: old pages let go)"
+            f"{result['encoder']['maps'] - pool} times; regions still mapping the slots at the end: "
+            f"{result['analyser']['mapped_regions']} and {result['encoder']['mapped_regions']} "
+            "(one per slot: old pages let go)"
         )
     output = result["encoder"]["output"]
     in_order = sum(1 for i, s in enumerate(result["analyser"]["stats"]) if s["seq"] == i and s["number"] == i)
     lines.append(
-        f"  checked: analyser read {in_order}/{frames} barcodes in order; encoded file ({_size(result['encoder']['output_bytes'])}) "
-        f"decodes to {sum(1 for i, o in enumerate(output) if o['number'] == i)}/{frames} frames in order"
+        f"  checked: analyser read {in_order}/{frames} barcodes in order; encoded file "
+        f"({_size(result['encoder']['output_bytes'])}) decodes to "
+        f"{sum(1 for i, o in enumerate(output) if o['number'] == i)}/{frames} frames in order"
     )
     crossed = bufbroker_crossings(result)
     bb_fps = frames / result["seconds"]
@@ -87,6 +101,7 @@ def format_report(
         f"  {'pixel bytes decoded and handed over':<38}{_size(pixel_bytes):>14}{(_size(pixel_bytes) if piped else '-'):>16}",
         f"  {'bytes across process boundaries':<38}{_size(bb_bytes):>14}{(_size(pipe_bytes) if piped else '-'):>16}",
         f"  {'  of which pixels':<38}{'0 B':>14}{(_size(2 * pixel_bytes) if piped else '-'):>16}",
+        f"  {'CPU seconds, three stages (+start-up)':<38}{_cpu(result):>14.2f}{(f'{_cpu(piped):.2f}' if piped else '-'):>16}",
     ]
     if piped:
         lines.append(
@@ -94,7 +109,8 @@ def format_report(
             f"{pipe_bytes / max(bb_bytes, 1):.0f}x fewer bytes across processes"
         )
     lines += [
-        f"  bufbroker's crossings: hand-off ids {_size(crossed['handoff'])} in {crossed['handoff_messages']} messages; "
+        f"  bufbroker's crossings: stream link datagrams {_size(crossed['handoff'])} in "
+        f"{crossed['handoff_messages']} messages (frames, releases, hellos, byes; none through the broker); "
         f"gRPC payloads {_size(crossed['rpc'])} in {crossed['rpc_calls']} calls; events {_size(crossed['events'])} "
         f"({crossed['event_count']}); {crossed['fds']} fds passed",
         f"  broker fds: {fds[0]} before, {fds[1]} after; its ledger holds {fds[2]} client fds",

@@ -1,15 +1,24 @@
-"""Run the pipeline as real processes: on bufbroker, and copied through pipes.
+"""Run the pipeline as real processes: on bufbroker streams, and copied through pipes.
 
-``run_bufbroker(socket_dir, ...)`` runs decoder, analyser and encoder
-against a broker that serves ``socket_dir``; ``run_piped(...)`` runs the
-comparison. Both return plain dicts the report and the tests read.
+``run_bufbroker(socket_dir, ...)`` starts decoder, analyser and encoder as
+three separate commands (``python -m examples.video_pipeline.decoder
+SOCKET_DIR ...`` and so on) against a broker that serves ``socket_dir``:
+unrelated processes that share nothing but that dir and find each other
+by stream name; each writes its result as JSON into a file of a temp dir.
+``run_piped(...)`` runs the comparison, three children of this process
+joined by pipes. Both return plain dicts the report and the tests read.
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing
-import secrets
+import os
+import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -72,73 +81,98 @@ class _Children:
             connection.close()
 
 
-def run_bufbroker(socket_dir: Path, source: Path, output: Path) -> dict[str, Any]:
-    """Decode ``source`` through a pool on the broker at ``socket_dir`` into ``output``."""
-    from examples.video_pipeline.analyser import analyser_main
-    from examples.video_pipeline.decoder import decoder_main
-    from examples.video_pipeline.encoder import encoder_main
+# examples/video_pipeline/run.py -> the checkout's root, where `python -m examples...` finds the package
+CHECKOUT = Path(__file__).resolve().parents[2]
+
+
+class _Commands:
+    """The stage commands of one run, each its own process; any still running at the end are killed."""
+
+    def __init__(self, stack: ExitStack, workdir: Path) -> None:
+        self.workdir = workdir
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.env = dict(os.environ)
+        path = self.env.get("PYTHONPATH", "")
+        self.env["PYTHONPATH"] = str(CHECKOUT) + (os.pathsep + path if path else "")
+        stack.callback(self._close)
+
+    def start(self, stage: str, *args: str) -> None:
+        command = [sys.executable, "-m", f"examples.video_pipeline.{stage}", *args]
+        command += ["--result", str(self.workdir / f"{stage}.json")]
+        with open(self.workdir / f"{stage}.log", "wb") as log:
+            self.processes[stage] = subprocess.Popen(
+                command, cwd=CHECKOUT, env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+            )
+
+    def pids(self) -> dict[str, int]:
+        return {stage: process.pid for stage, process in self.processes.items()}
+
+    def results(self, timeout: float | None) -> dict[str, dict[str, Any]]:
+        """Wait for every stage; fail fast (with its output) if one fails, kill the rest."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        running = dict(self.processes)
+        while running:
+            for stage, process in list(running.items()):
+                status = process.poll()
+                if status is None:
+                    continue
+                del running[stage]
+                if status != 0:
+                    raise RuntimeError(f"the {stage} exited with status {status}: {self._log(stage)}")
+            if deadline is not None and time.monotonic() > deadline:
+                raise RuntimeError(f"{', '.join(running)} still running after {timeout} s")
+            time.sleep(0.02)
+        return {stage: json.loads((self.workdir / f"{stage}.json").read_text()) for stage in self.processes}
+
+    def _log(self, stage: str) -> str:
+        return (self.workdir / f"{stage}.log").read_text(errors="replace").strip()[-2000:] or "(no output)"
+
+    def _close(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+
+
+STAGE_ORDER = ("encoder", "analyser", "decoder")
+
+
+def run_bufbroker(
+    socket_dir: Path, source: Path, output: Path, timeout: float | None = None, order: Sequence[str] = STAGE_ORDER
+) -> dict[str, Any]:
+    """Decode ``source`` through the streams of the broker at ``socket_dir`` into ``output``.
+
+    The three stages start in any order: the encoder waits for the streams
+    it subscribes to, the analyser for its consumer, the decoder for both
+    of its consumers (by session name) before its first frame.
+    ``timeout``: seconds for the whole run (None: no limit; each stage
+    gives up after STEP_TIMEOUT seconds without progress anyway).
+    ``order``: the order the stages are started in (any order works).
+    """
+    from examples.video_pipeline.handoff import ANALYSED, ANALYSER, DECODED, ENCODER
 
     with ExitStack() as stack:
-        children = _Children(stack)
-        dec_control, dec_control_child = children.pipe(duplex=True)
-        ana_control, ana_control_child = children.pipe(duplex=True)
-        enc_control, enc_control_child = children.pipe(duplex=True)
-        frames_rx, frames_tx = children.pipe()
-        analysed_rx, analysed_tx = children.pipe()
-        ana_release_rx, ana_release_tx = children.pipe()
-        enc_release_rx, enc_release_tx = children.pipe()
-        run_id = f"video-{secrets.token_hex(4)}"
-        decoder = children.start(
-            "video-decoder",
-            decoder_main,
-            str(socket_dir),
-            run_id,
-            str(source),
-            dec_control_child,
-            frames_tx,
-            {"analyser": ana_release_rx, "encoder": enc_release_rx},
-        )
-        ready = _receive(dec_control, [decoder], "pool from the decoder")
-        analyser = children.start(
-            "video-analyser",
-            analyser_main,
-            str(socket_dir),
-            ready["names"],
-            ana_control_child,
-            frames_rx,
-            analysed_tx,
-            ana_release_tx,
-        )
-        encoder = children.start(
-            "video-encoder",
-            encoder_main,
-            str(socket_dir),
-            ready["names"],
-            str(output),
-            enc_control_child,
-            analysed_rx,
-            enc_release_tx,
-        )
-        everyone = [decoder, analyser, encoder]
-        children.keep_only(dec_control, ana_control, enc_control)
-        attached = {
-            "analyser": _receive(ana_control, everyone, "attach from the analyser"),
-            "encoder": _receive(enc_control, everyone, "attach from the encoder"),
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bufbroker-video-stages-")))
+        commands = _Commands(stack, workdir)
+        directory = str(socket_dir)
+        arguments = {
+            "encoder": (directory, str(output), "--frames", DECODED, "--analysis", ANALYSED),
+            "analyser": (directory, "--input", DECODED, "--output", ANALYSED),
+            "decoder": (directory, str(source), "--stream", DECODED, "--consumers", f"{ANALYSER},{ENCODER}"),
         }
-        dec_control.send("start")
-        decoded = _receive(dec_control, everyone, "the decoder's result")
-        analysed = _receive(ana_control, everyone, "the analyser's result")
-        encoded = _receive(enc_control, everyone, "the encoder's result")
-        encoded.update(_receive(enc_control, everyone, "the encoder's check of its output"))
-        children.join()
-    seconds = encoded["finished"] - decoded["started"]
+        for stage in order:
+            commands.start(stage, *arguments[stage])
+        pids = commands.pids()
+        results = commands.results(timeout)
+    decoded, analysed, encoded = results["decoder"], results["analyser"], results["encoder"]
     return {
-        "ready": ready,
-        "attached": attached,
+        "ready": decoded["ready"],
+        "pids": pids,
+        "attached": {"analyser": analysed["attached"], "encoder": encoded["attached"]},
         "decoder": decoded,
         "analyser": analysed,
         "encoder": encoded,
-        "seconds": seconds,
+        "seconds": encoded["finished"] - decoded["started"],
     }
 
 

@@ -30,6 +30,7 @@ CATEGORIES = {
     "load and soak": "concurrent clients doing mixed operations; broker RSS and fd count sampled",
     "privilege separation": "clients under another uid: attach, write, HTTP introspection",
     "fd exhaustion": "duplicate fds, many registrations, many sessions, a full fd table; a broker with nofile 256",
+    "bounded requests": "offer x accept lists, labels, names and copies past their caps, on gRPC and call channels",
     "stolen tokens": "another process or uid using a session's token over gRPC: every call that acted as the owner",
 }
 
@@ -85,6 +86,16 @@ class Reliability:
             lines.append(
                 f"| {name} | {CATEGORIES[name]} | {row.tests} | {row.cases} | {row.faults} | {row.fds_leaked} | {row.bytes_lost} |"
             )
+        lines += [
+            "",
+            "The hardening classes and the rows that carry their figures: fd exhaustion (duplicate fds,",
+            "sessions, a full table, gRPC connection floods) in *fd exhaustion*, HTTP floods in *slow and",
+            "stuck clients*; event-loop freezes from one request in *bounded requests* and the copies in",
+            "*slow and stuck clients*; read-only under a non-root broker and extents in *privilege",
+            "separation*; fds parked in flight in *fd exhaustion* (in-flight, ETOOMANYREFS); tokens in",
+            "*stolen tokens*; the smaller items (refused nonces, undecodable bodies, Host headers,",
+            "supplementary groups) where their attack fits.",
+        ]
         lines += ["", "## Notes from the run", ""]
         for name, row in self.rows.items():
             for note in row.notes:

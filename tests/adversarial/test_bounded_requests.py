@@ -54,8 +54,13 @@ print(json.dumps({"longest": max(waits), "count": len(waits)}), flush=True)
 """
 
 
-def beside_an_honest_client(broker: BrokerProcess, attack: Callable[[], str], setting: str) -> int:
-    """Run ``attack`` (it returns the refusal's text) again and again beside the honest client."""
+def beside_an_honest_client(
+    broker: BrokerProcess, attack: Callable[[], str], setting: str, reliability=None, what: str = ""
+) -> int:
+    """Run ``attack`` (it returns the refusal's text) again and again beside the honest client.
+
+    With ``reliability``, the figures go to docs/RELIABILITY.md as ``what``.
+    """
     honest = broker.spawn_code(HONEST)
     assert honest.stdout.readline().strip() == "ready"
     attacks = 0
@@ -71,6 +76,14 @@ def beside_an_honest_client(broker: BrokerProcess, attack: Callable[[], str], se
     assert result["longest"] < HONEST_LIMIT, (
         f"an honest attach+map waited {result['longest'] * 1000:.0f} ms during {attacks} attacks ({setting})"
     )
+    if reliability is not None:
+        reliability.record(
+            "bounded requests",
+            cases=attacks,
+            faults=attacks,
+            note=f"{what}: {attacks} refused naming {setting}; honest attach+map longest "
+            f"{result['longest'] * 1000:.1f} ms over {result['count']}",
+        )
     return attacks
 
 
@@ -89,7 +102,7 @@ def rpc_refusal(call: Callable[[], object]) -> str:
     pytest.fail("the attack was accepted")
 
 
-def test_an_800_by_800_explain_is_refused_beside_an_honest_client(broker: BrokerProcess):
+def test_an_800_by_800_explain_is_refused_beside_an_honest_client(broker: BrokerProcess, reliability):
     request = pb.ExplainRequest(
         offers=[mpb.Offer(segments=mpb.SegmentsOffer()) for _ in range(800)],
         accept=[mpb.Match(udmabuf=mpb.UdmabufMatch()) for _ in range(800)],
@@ -102,11 +115,11 @@ def test_an_800_by_800_explain_is_refused_beside_an_honest_client(broker: Broker
             assert refusal.startswith("INVALID_ARGUMENT: 800 accept entries; at most 32"), refusal
             return refusal
 
-        beside_an_honest_client(broker, attack, "max_accept_entries")
+        beside_an_honest_client(broker, attack, "max_accept_entries", reliability, "800 x 800 Explain over gRPC (8 KB)")
     back_to_baseline(broker)
 
 
-def test_an_800_entry_attach_on_a_call_channel_is_refused_beside_an_honest_client(broker: BrokerProcess):
+def test_an_800_entry_attach_on_a_call_channel_is_refused_beside_an_honest_client(broker: BrokerProcess, reliability):
     with broker.connect() as exporter, RawClient(broker.socket_dir) as raw:
         exporter.export(4096, name="target", offers=["segments"] * 30)
         channel = raw.open_call_channel()
@@ -120,13 +133,15 @@ def test_an_800_entry_attach_on_a_call_channel_is_refused_beside_an_honest_clien
             return f"{reply.error.code}: {reply.error.message}"
 
         try:
-            beside_an_honest_client(broker, attack, "max_accept_entries")
+            beside_an_honest_client(
+                broker, attack, "max_accept_entries", reliability, "800-entry Attach on a call channel"
+            )
         finally:
             channel.close()
     back_to_baseline(broker)
 
 
-def test_huge_label_sets_are_refused_beside_an_honest_client(broker: BrokerProcess):
+def test_huge_label_sets_are_refused_beside_an_honest_client(broker: BrokerProcess, reliability):
     many = {f"k{n}": "v" for n in range(10_000)}
     heavy = {f"k{n}": "x" * 16_000 for n in range(60)}
     with broker.connect() as attacker:
@@ -139,12 +154,13 @@ def test_huge_label_sets_are_refused_beside_an_honest_client(broker: BrokerProce
                 return refusal
             return rpc_refusal(lambda: attacker.export(4096, labels=many))
 
-        beside_an_honest_client(broker, attack, "max_label")  # max_labels, max_label_bytes
+        # max_labels, max_label_bytes
+        beside_an_honest_client(broker, attack, "max_label", reliability, "10,000 labels / 60 x 16 KB labels")
         assert attacker.stats().buffers == 0
     back_to_baseline(broker)
 
 
-def test_a_name_with_a_bidi_override_is_refused_saying_which_character(broker: BrokerProcess):
+def test_a_name_with_a_bidi_override_is_refused_saying_which_character(broker: BrokerProcess, reliability):
     with broker.connect() as attacker:
 
         def attack() -> str:
@@ -154,11 +170,13 @@ def test_a_name_with_a_bidi_override_is_refused_saying_which_character(broker: B
             assert "100000 characters; at most 256 (setting max_name_length)" in long, long
             return long
 
-        beside_an_honest_client(broker, attack, "max_name_length")
+        beside_an_honest_client(
+            broker, attack, "max_name_length", reliability, "bidi-override and 100,000-character names"
+        )
     back_to_baseline(broker)
 
 
-def test_a_4_gib_sparse_buffer_attached_by_a_copy_importer_is_refused(broker: BrokerProcess):
+def test_a_4_gib_sparse_buffer_attached_by_a_copy_importer_is_refused(broker: BrokerProcess, reliability):
     fd = os.memfd_create("sparse", os.MFD_ALLOW_SEALING | os.MFD_CLOEXEC)
     try:
         os.ftruncate(fd, 4 * GIB)  # sparse: no page is ever touched
@@ -174,7 +192,9 @@ def test_a_4_gib_sparse_buffer_attached_by_a_copy_importer_is_refused(broker: Br
                 assert f"copy of {4 * GIB} bytes; at most {64 << 20}" in refusal, refusal
                 return refusal
 
-            beside_an_honest_client(broker, attack, "max_copy_bytes")
+            beside_an_honest_client(
+                broker, attack, "max_copy_bytes", reliability, "copy-importer maps of a 4 GiB sparse buffer"
+            )
             assert importer.stats().attachments == 0, "the refused attach+map left its attachment behind"
             assert _rss(broker.pid) < rss_before + (64 << 20), "the broker copied the buffer anyway"
     finally:

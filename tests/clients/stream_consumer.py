@@ -8,13 +8,18 @@ frame checks the numbered pattern twice (on receipt and just before
 release: a slot written while held shows as torn) and prints
 {"event": "frame", "seq", "t"}. ``--delay`` sleeps that long per frame
 (a slow consumer). ``--hold-after K`` stops releasing after K frames:
-it prints {"event": "holding", "seq"} and keeps the frame ``--hold-for``
+it prints {"event": "holding", "seq", "slot"} and keeps the frame ``--hold-for``
 seconds (default: until killed), then touches it and prints
 {"event": "reclaimed", "error"} or {"event": "not-reclaimed"}.
 ``--fence-timeout`` waits for each frame's fence: {"event": "fence-waiting"}
 then {"event": "fence-signalled", "waited"}. It ends after ``--frames``
 frames or at the end of the stream: {"event": "end", "received",
-"torn": [...], "skipped", "reason"}.
+"torn": [...], "skipped", "reason", "seqs", "generations", "shapes"}
+(per frame received: its seq, generation and "WxH:bytes" of its layout).
+
+The pattern is checked across the whole slot as the frame's generation
+has it (``frame.size``); when the frame has a layout, the slot must be
+exactly the bytes that layout needs, and the view must be that size.
 """
 
 from __future__ import annotations
@@ -25,7 +30,13 @@ import json
 import time
 
 import bufbroker
+from bufbroker.planes import plane_shapes
 from tests.clients.stream_pattern import check
+
+
+def layout_bytes(layout: dict) -> int:
+    shapes = plane_shapes(layout["fourcc"], layout["width"], layout["height"])
+    return max(p["offset"] + p["stride"] * (rows - 1) + row for (rows, row), p in zip(shapes, layout["planes"]))
 
 
 def emit(event: str, **fields: object) -> None:
@@ -39,6 +50,8 @@ class Checker:
         self.received = 0
         self.torn: list[str] = []
         self.seqs: list[int] = []
+        self.generations: list[int] = []
+        self.shapes: list[str] = []
 
     def frame(self, frame: bufbroker.ConsumerFrame) -> bool:
         """Handle one frame; False when the consumer should stop."""
@@ -48,7 +61,13 @@ class Checker:
             started = time.monotonic()
             signalled = frame.wait_fence(args.fence_timeout)
             emit("fence-signalled", seq=frame.seq, signalled=signalled, waited=time.monotonic() - started)
-        size = frame.memoryview().nbytes
+        size = frame.size
+        layout = frame.layout
+        if frame.memoryview().nbytes != size:
+            self.torn.append(f"frame {frame.seq}: a view of {frame.memoryview().nbytes} bytes, the slot has {size}")
+        if layout is not None and layout_bytes(layout) != size:
+            self.torn.append(f"frame {frame.seq}: {size} bytes, its layout {layout} needs {layout_bytes(layout)}")
+        shape = f"{layout['width']}x{layout['height']}:{size}" if layout else f"-:{size}"
         problem = check(frame.memoryview(), frame.seq, size)
         if problem:
             self.torn.append(problem)
@@ -56,9 +75,11 @@ class Checker:
             self.torn.append(f"frame {frame.seq}: meta {frame.meta!r}")
         self.received += 1
         self.seqs.append(frame.seq)
+        self.generations.append(frame.generation)
+        self.shapes.append(shape)
         emit("frame", seq=frame.seq, t=time.monotonic())
         if args.hold_after is not None and self.received >= args.hold_after:
-            emit("holding", seq=frame.seq)
+            emit("holding", seq=frame.seq, slot=frame.slot)
             time.sleep(args.hold_for)
             try:
                 frame.memoryview()
@@ -76,7 +97,17 @@ class Checker:
         return not (args.frames and self.received >= args.frames)
 
     def end(self, reason: str) -> None:
-        emit("end", received=self.received, torn=self.torn, skipped=self.sub.skipped, seqs=self.seqs, reason=reason)
+        emit(
+            "end",
+            received=self.received,
+            torn=self.torn,
+            skipped=self.sub.skipped,
+            seqs=self.seqs,
+            generations=self.generations,
+            shapes=self.shapes,
+            stale=self.sub.stale,
+            reason=reason,
+        )
 
 
 def main() -> None:

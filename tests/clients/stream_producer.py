@@ -1,7 +1,7 @@
 """A real stream producer process for tests.
 
     python -m tests.clients.stream_producer DIR NAME [--slots 3] [--size 65536] [--stall-timeout S]
-        [--on-stall reclaim|report] [--drop block|oldest] [--fence-fd FD]
+        [--on-stall reclaim|report] [--drop block|oldest] [--fence-fd FD] [--layout WxH]
 
 Creates the stream, prints {"event": "created", ...}, then obeys one
 command per stdin line, printing one JSON line for each:
@@ -13,7 +13,13 @@ command per stdin line, printing one JSON line for each:
   and {"event": "done", "last_seq"}. With --fence-fd each frame carries that fd as its fence.
 - ``counters``: {"event": "counters", "published", "consumers": per link}
 - ``drain``: waits until every frame was released -> {"event": "drained", "ok"}
+- ``move WxH``: ``stream.move(layout=GREY WxH)`` (between frames: the next publish is of the new
+  generation) -> {"event": "moved", "generation", "size", "last_seq", "took"}
+  Sent right after a ``publish``, it lands mid-stream: consumers are still reading that backlog.
 - ``close``: ends the stream -> {"event": "closed"} and exits.
+
+Each frame fills the whole slot (its size at the stream's generation now) with the numbered pattern.
+With ``--layout WxH`` the slots are GREY frames of that size (``--size`` is not used).
 """
 
 from __future__ import annotations
@@ -24,7 +30,13 @@ import sys
 import time
 
 import bufbroker
+from bufbroker.planes import packed_layout
 from tests.clients.stream_pattern import pattern
+
+
+def grey(size: str) -> dict:
+    width, height = (int(n) for n in size.split("x"))
+    return packed_layout("GREY", width, height)[0]
 
 
 def emit(event: str, **fields: object) -> None:
@@ -43,12 +55,14 @@ def main() -> None:
     parser.add_argument("--max-held", type=int, default=None)
     parser.add_argument("--fence-fd", type=int, default=None)
     parser.add_argument("--acquire-timeout", type=float, default=30.0)
+    parser.add_argument("--layout", default=None)
     args = parser.parse_args()
     with bufbroker.connect(args.socket_dir, name="test-producer") as session:
         stream = session.create_stream(
             args.name,
             slots=args.slots,
-            size=args.size,
+            size=None if args.layout else args.size,
+            layout=grey(args.layout) if args.layout else None,
             stall_timeout=args.stall_timeout,
             on_stall=args.on_stall,
             drop=args.drop,
@@ -75,7 +89,8 @@ def main() -> None:
                         emit("blocked", seq=seq, t=started)
                         frame = stream.acquire(args.acquire_timeout)
                     with frame:
-                        frame.memoryview()[: args.size] = pattern(seq, args.size)
+                        size = stream.size
+                        frame.memoryview()[:size] = pattern(seq, size)
                         frame.publish(meta=f"frame {seq}".encode(), fence=args.fence_fd)
                     now = time.monotonic()
                     emit("published", seq=seq, t=now, waited=now - started)
@@ -84,6 +99,16 @@ def main() -> None:
                 emit("done", last_seq=stream.last_seq)
             elif command == "counters":
                 emit("counters", published=stream.published, consumers=list(stream.counters().values()))
+            elif command == "move":
+                started = time.monotonic()
+                generation = stream.move(layout=grey(rest[0]))
+                emit(
+                    "moved",
+                    generation=generation,
+                    size=stream.size,
+                    last_seq=stream.last_seq,
+                    took=time.monotonic() - started,
+                )
             elif command == "drain":
                 emit("drained", ok=stream.drain(10))
             elif command == "close":

@@ -12,8 +12,10 @@ import ast
 import re
 import subprocess
 import sys
+import time
 
 import bufbroker
+from bufbroker.v1 import broker_pb2 as pb
 from tests.conftest import REPO_ROOT
 
 README = (REPO_ROOT / "README.md").read_text()
@@ -86,6 +88,13 @@ def test_the_stream_examples_run_as_two_unrelated_processes(broker):
     consumer = _python(consumer_code)  # first: it waits for the stream
     producer = None
     try:
+        # The README's producer does not wait for consumers (a live source would not): start it once the
+        # consumer's session is there, so the consumer subscribes before the 300 frames are all gone.
+        with bufbroker.connect(broker.socket_dir) as observer:
+            deadline = time.monotonic() + 30
+            while not any(s.name == "viewer" for s in observer.call("ListSessions", pb.ListSessionsRequest()).sessions):
+                assert time.monotonic() < deadline and consumer.poll() is None, consumer.stderr.read()
+                time.sleep(0.01)
         producer = _python(producer_code)
         _, producer_err = producer.communicate(timeout=60)
         assert producer.returncode == 0, producer_err

@@ -428,3 +428,77 @@ def test_a_stream_made_from_a_layout_has_slots_of_that_size_and_layout(broker):
         sub.close()
         stream.close()
         assert making.buffers(labels={"bufbroker.stream": "layout"}) == []
+
+
+def _check_generations(end: dict, moved_after: int) -> None:
+    """Every frame shows its generation's size and pattern; generations never go backwards."""
+    assert end["torn"] == [], end["torn"][:5]
+    assert end["stale"] == 0
+    assert end["generations"] == sorted(end["generations"]), "a generation went backwards"
+    for seq, generation, shape in zip(end["seqs"], end["generations"], end["shapes"], strict=True):
+        if seq <= moved_after:
+            assert (generation, shape) == (1, "320x240:76800"), (seq, generation, shape)
+        else:
+            assert (generation, shape) == (2, "640x480:307200"), (seq, generation, shape)
+
+
+def test_a_move_mid_stream_shows_each_consumer_the_new_generation_on_the_next_frame_never_a_mixed_one(broker):
+    baseline = broker.settled_fd_count()
+    source = producer(broker, "cam0", "--slots", "4", "--layout", "320x240")
+    queued = consumer(broker, "cam0", "--mode", "queue", "--frames", "120", "--delay", "0.003")
+    latest = consumer(broker, "cam0", "--mode", "latest", "--delay", "0.01")
+    source.send("wait-consumers 2")
+    assert source.expect("consumers")["count"] == 2
+    # The move is asked for while the consumers still read the first 60 frames' backlog.
+    source.send("publish 60")
+    source.send("move 640x480")
+    source.send("publish 60")
+    moved = source.expect("moved", timeout=30)
+    assert (moved["generation"], moved["size"], moved["last_seq"]) == (2, 640 * 480, 60)
+    source.expect("done", timeout=30)
+    end = finish(queued, timeout=30)
+    assert end["seqs"] == list(range(1, 121)), "the queue consumer lost a frame across the move"
+    assert end["skipped"] == 0
+    _check_generations(end, moved_after=60)
+    assert end["generations"][60] == 2  # frame 61, the first after the move
+    source.send("drain")
+    assert source.expect("drained")["ok"]
+    source.send("close")
+    source.expect("closed")
+    end = finish(latest, timeout=30)
+    _check_generations(end, moved_after=60)
+    assert 1 in end["generations"] and 2 in end["generations"]
+    assert "the producer ended the stream" in end["reason"]
+    assert source.process.wait(10) == 0
+    assert broker.wait_for_fds(baseline, timeout=3) == baseline
+
+
+def test_the_producer_reports_each_consumer_s_fps_and_the_exact_slots_it_holds(broker_factory):
+    import httpx
+
+    from tests.http.conftest import free_port
+
+    port = free_port()
+    broker = broker_factory("--http", f"127.0.0.1:{port}")
+    source = producer(broker, "cam0", "--slots", "4", "--stall-timeout", "30")
+    holding = consumer(broker, "cam0", "--mode", "latest", "--hold-after", "1", "--hold-for", "3")
+    flowing = consumer(broker, "cam0", "--mode", "latest")
+    holding_link = holding.seen[0]["link_id"]
+    source.send("wait-consumers 2")
+    source.expect("consumers")
+    source.send("publish 80 0.02")  # 1.6 s at 50 fps
+    held = holding.expect("holding")
+    time.sleep(1.1)  # two report periods while frames flow
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+        shown = http.get("/v1/streams/cam0").json()
+    links = {c["link_id"]: c["counters"] for c in shown["consumers"]}
+    assert links[holding_link]["held_slots"] == [held["slot"]] and links[holding_link]["held_now"] == 1
+    [other] = [c for link_id, c in links.items() if link_id != holding_link]
+    assert other["held_slots"] in ([], [0], [1], [2], [3])
+    assert 10 < other["fps"] < 80, other  # frames delivered per second over the last report period
+    assert links[holding_link]["fps"] < 5  # it holds the one slot it may: nothing more is delivered to it
+    source.expect("done", timeout=10)
+    source.send("close")
+    source.expect("closed")
+    finish(holding)
+    finish(flowing)

@@ -11,9 +11,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     example = commands.add_parser(
         "example",
         help="run an example pipeline end to end and print its report",
-        description="video: a PyAV decoder, an analyser and an encoder in three processes share a pool "
-        "of buffers through a broker in a temp dir; halfway the stream changes resolution and the "
-        "decoder moves its buffers; then the same pipeline runs with frames copied through pipes. "
+        description="video: a PyAV decoder, an analyser and an encoder, three separate commands that find "
+        "each other by stream name through a broker in a temp dir, pass frames zero-copy through bufbroker "
+        "streams ('decoded', 'analysed'); halfway the video changes resolution and the decoder moves its "
+        "stream (stream.move); then the same pipeline runs with frames copied through pipes. "
         "Needs PyAV (pip install -e '.[video]') and a source checkout. See examples/video_pipeline/README.md.",
     )
     example.add_argument("name", choices=["video"], help="which example")

@@ -112,6 +112,25 @@ class Attachment:
             raise TimeoutError(f"attachment {self.id} was not re-mapped within {timeout} s")
         raise FailedPrecondition(f"attachment {self.id} has no mapping: {self._unmappable_because()}")
 
+    def wait_remapped(self, old: Mapping | None, timeout: float | None = None) -> Mapping:
+        """The current mapping once ``old`` (if given) is closed: after a move, the one of the new backing.
+
+        A move drops every mapping here before the broker swaps the backing,
+        and the SDK's new map waits for the swap, so a mapping present once
+        ``old`` is closed shows the moved backing. Raises as ``wait_mapped``.
+        """
+
+        def ready() -> bool:
+            return bool(self._mappings) and (old is None or old.closed)
+
+        with self._lock:
+            settled = self._changed.wait_for(lambda: ready() or self._unmappable_because(), timeout)
+            if ready():
+                return self._mappings[0]
+        if not settled:
+            raise TimeoutError(f"attachment {self.id} was not mapped again within {timeout} s")
+        raise FailedPrecondition(f"attachment {self.id} has no mapping: {self._unmappable_because()}")
+
     def _unmappable_because(self) -> str:
         """Why no mapping will come by itself ("" while one may: mapped, re-mapping, or not yet mapped)."""
         if self.move_error is not None:

@@ -63,6 +63,19 @@ def packed_layout(fourcc: str, width: int, height: int, align: int = 1) -> tuple
     return {"fourcc": fourcc, "width": width, "height": height, "planes": planes}, offset
 
 
+def layout_bytes(layout: Mapping[str, Any]) -> int:
+    """The bytes a frame of ``layout`` takes: the end of its last plane (planes as ``export(layout=...)``)."""
+    shapes = plane_shapes(layout["fourcc"], layout["width"], layout["height"])
+    planes = layout.get("planes") or []
+    if len(planes) != len(shapes):
+        raise ValueError(f"a {layout['fourcc']} layout needs {len(shapes)} planes, this one has {len(planes)}")
+    ends: list[int] = [
+        int(plane.get("offset", 0)) + int(plane.get("stride", 0)) * (rows - 1) + row_bytes
+        for (rows, row_bytes), plane in zip(shapes, planes, strict=True)
+    ]
+    return max(ends)
+
+
 def layout_to_wire(layout: Mapping[str, Any]) -> pb.Layout:
     """A Layout from a dict: fourcc, width, height, modifier, planes=[{offset, stride}]."""
     known = {"fourcc", "width", "height", "modifier", "planes"}

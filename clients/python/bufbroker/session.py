@@ -25,7 +25,7 @@ from bufbroker.attachment import Attachment
 from bufbroker.backing import backing_fds
 from bufbroker.buffers import EXIT_POLICIES, ExportedBuffer
 from bufbroker.events import EventDispatcher
-from bufbroker.planes import layout_to_wire, plane_shapes
+from bufbroker.planes import layout_bytes, layout_to_wire
 from bufbroker.slotpool import ConsumerMode, DropPolicy
 from bufbroker.streamlink import DEFAULT_MAX_META_BYTES, LinkEnd
 from bufbroker.streams import Stream, StreamRegistry, Subscription, mode_value, stall_value
@@ -354,7 +354,7 @@ class Session:
         if size is None:
             if layout is None:
                 raise ValueError("create_stream() needs size= or layout=")
-            size = _layout_bytes(layout)
+            size = layout_bytes(layout)
         buffers: list[ExportedBuffer] = []
         try:
             for slot in range(slots):
@@ -501,16 +501,3 @@ class Session:
     def __repr__(self) -> str:
         transport = getattr(self, "_transport", None)
         return f"<bufbroker.Session {transport.hello.session_id if transport else '?'} at {self.socket_dir}>"
-
-
-def _layout_bytes(layout: Mapping[str, Any]) -> int:
-    """The bytes a frame of ``layout`` takes: the end of its last plane (planes as ``export(layout=...)``)."""
-    shapes = plane_shapes(layout["fourcc"], layout["width"], layout["height"])
-    planes = layout.get("planes") or []
-    if len(planes) != len(shapes):
-        raise ValueError(f"a {layout['fourcc']} layout needs {len(shapes)} planes, this one has {len(planes)}")
-    ends: list[int] = [
-        int(plane.get("offset", 0)) + int(plane.get("stride", 0)) * (rows - 1) + row_bytes
-        for (rows, row_bytes), plane in zip(shapes, planes, strict=True)
-    ]
-    return max(ends)

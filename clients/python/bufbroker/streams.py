@@ -27,6 +27,20 @@ within ``HANDOVER_CHECK`` seconds once nobody waits. ``acquire`` and
 ``Subscription`` and its frames are used from one thread (or one asyncio
 loop): it has no thread of its own, and its counters go to the broker from
 ``receive`` at most twice a second.
+
+Moves (``Stream.move``: a resolution change). The producer stops handing
+out slots, drains (waits until every frame published was released, so no
+consumer reads a slot while it moves), moves each slot buffer through the
+buffers' own move path (the broker's MoveNotify makes every consumer's SDK
+unmap and map again) and only then hands out slots again: every frame
+after carries the new generation (``Frame.generation``, per slot the
+number of times that slot buffer moved, plus one). A consumer keeps, per
+slot, the generation its mapping shows; a frame of a newer one waits
+(bounded) for that slot's new mapping before ``receive`` returns it, so no
+frame is ever read through a mapping of another generation. Releases of
+an older generation reach the producer only for frames it took back, and
+it ignores them. With no move, the per-frame cost is one integer compare
+on each side.
 """
 
 from __future__ import annotations
@@ -41,15 +55,18 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import grpc
 
 from bufbroker import errors, fdwire
 from bufbroker.attachment import Attachment
+from bufbroker.attachment import Mapping as SlotMapping
 from bufbroker.buffers import ExportedBuffer
+from bufbroker.planes import layout_bytes, layout_from_wire
 from bufbroker.slotpool import ConsumerMode, Delivery, DropPolicy, NotHeldError, SlotPool, SlotState
+from bufbroker.specs import Spec
 from bufbroker.streamlink import DEFAULT_MAX_META_BYTES, LinkClosed, LinkEnd, LinkError, Received
 from bufbroker.transport import Transport
 from bufbroker.v1 import broker_pb2 as pb
@@ -65,7 +82,9 @@ STALL_CHECK = 0.05  # seconds between the producer's stall checks
 HANDOVER_CHECK = 0.01  # seconds: how soon the pump reads the links again once no acquire() waits on them
 REPORT_PERIOD = 0.5  # seconds between counter reports to the broker (at most 2/s)
 REPORT_TIMEOUT = 1.0  # a report never holds its thread longer than this
-GENERATION = 1  # slot buffers start at generation 1; stream moves are not implemented yet
+FIRST_GENERATION = 1  # slot buffers start at generation 1; each Stream.move adds one
+MOVE_DRAIN_TIMEOUT = 5.0  # Stream.move's default wait for every slot to come back before moving
+REMAP_TIMEOUT = 5.0  # a consumer's longest wait for a moved slot's new mapping (the broker's move deadline is 2 s)
 _LATENCY_SAMPLES = 4096  # most hand-off latencies kept per report period
 
 
@@ -167,6 +186,16 @@ class ProducerFrame:
         self.seq = 0  # set by publish
         self._spent = False
 
+    @property
+    def generation(self) -> int:
+        """The generation of the slot's backing this frame is written in (1, then one more per move)."""
+        return self._stream._slot_generations[self.slot]
+
+    @property
+    def layout(self) -> dict[str, Any] | None:
+        """The stream's layout (as ``create_stream(layout=...)`` or the last ``move(layout=...)``), or None."""
+        return self._stream.layout
+
     def memoryview(self) -> memoryview:
         """The slot's writable bytes (the whole slot buffer)."""
         self._check("memoryview")
@@ -226,6 +255,8 @@ class _ProducerLink:
         "max_held",
         "mode",
         "name",
+        "reported_at",
+        "reported_delivered",
         "stall_reported",
     )
 
@@ -250,6 +281,8 @@ class _ProducerLink:
         self.gone = ""  # why, once the consumer is gone
         self.last_delivered = 0
         self.stall_reported = False
+        self.reported_at = time.monotonic()  # when its fps was last reported, and its delivered count then
+        self.reported_delivered = 0
 
 
 class Stream:
@@ -288,6 +321,15 @@ class Stream:
         self._next_key = 0
         self._seq = 0
         self._closed = False
+        # Moves: the stream's generation (1 + moves done), each slot's (what its frames carry:
+        # equal to the stream's unless a failed move was rolled back) and the current layout.
+        self._generation = FIRST_GENERATION
+        self._slot_generations: list[int] = [FIRST_GENERATION] * self.slot_count
+        self._moving = False  # while True acquire() hands out no slot
+        first = buffers[0].request if buffers else None
+        self._layout: dict[str, Any] | None = (
+            layout_from_wire(first.layout) if first is not None and first.HasField("layout") else None
+        )
         # Per slot: what its current frame was published with (a backlogged consumer gets it later).
         self._meta: list[bytes] = [b""] * self.slot_count
         self._stamp: list[int] = [0] * self.slot_count
@@ -338,7 +380,7 @@ class Stream:
         try:
             if self._closed:
                 raise errors.FailedPrecondition(f"stream {self.name!r} is closed")
-            slot = self._pool.acquire()
+            slot = None if self._moving else self._pool.acquire()
             if slot is None:
                 lock.release()
                 try:
@@ -389,11 +431,15 @@ class Stream:
                     self._acquirers_reading -= 1
                     if self._closed:
                         raise errors.FailedPrecondition(f"stream {self.name!r} is closed")
-                    slot = self._pool.acquire()
+                    slot = None if self._moving else self._pool.acquire()
                     if slot is not None:
                         return slot, deadline
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
+                        if self._moving:
+                            raise TimeoutError(
+                                f"stream {self.name!r}: no slot within {timeout} s: the stream is moving"
+                            )
                         raise TimeoutError(self._no_slot_message(timeout))
                 for fd, _ in self._acquire_poll.poll(-1 if left is None else left):
                     if fd == self._acquire_wake:
@@ -514,6 +560,117 @@ class Stream:
         with self._lock:
             return self._pool.free_count
 
+    @property
+    def generation(self) -> int:
+        """The stream's generation: 1, then one more per ``move()``; the frames published now carry it."""
+        return self._generation
+
+    @property
+    def layout(self) -> dict[str, Any] | None:
+        """The slots' layout now (``create_stream(layout=...)``, then the last ``move(layout=...)``), or None."""
+        return self._layout
+
+    @property
+    def size(self) -> int:
+        """The bytes of each slot now."""
+        return self.buffers[0].size if self.buffers else 0
+
+    def move(
+        self,
+        size: int | None = None,
+        layout: Mapping[str, Any] | None = None,
+        *,
+        offers: Sequence[Spec] | None = None,
+        timeout: float | None = MOVE_DRAIN_TIMEOUT,
+        reason: str = "",
+    ) -> int:
+        """Re-allocate every slot (a resolution change): ``size`` bytes, or what ``layout`` needs; the new generation.
+
+        ``acquire()`` hands out no slot meanwhile (it waits, up to its own
+        timeout). First every frame published is delivered and released
+        (as ``drain()``; a consumer holding one past the stall timeout has
+        it reclaimed), up to ``timeout`` seconds, else TimeoutError and the
+        stream goes on unmoved. Then each slot buffer moves as
+        ``ExportedBuffer.move`` does (same buffer ids; every consumer's SDK
+        unmaps and maps the new backing), and the stream's generation goes
+        up by one: frames published from now on carry it, with the new
+        layout, and consumers read them only through mappings of it. A slot
+        that fails to move (e.g. FailedPrecondition: pinned by a compat
+        importer) raises that error after the slots already moved were moved
+        back to the old size and layout. Do not hold an acquired frame
+        across ``move()``: it waits for it. ``size`` without ``layout``
+        keeps the layout the slots had; ``offers`` (default: the same)
+        are as ``ExportedBuffer.move`` takes them.
+        """
+        if size is None:
+            if layout is None:
+                raise ValueError("move() needs size= or layout=")
+            size = layout_bytes(layout)
+        with self._lock:
+            if self._closed:
+                raise errors.FailedPrecondition(f"stream {self.name!r} is closed")
+            if self._moving:
+                raise errors.FailedPrecondition(f"stream {self.name!r} is already moving")
+            self._moving = True
+        try:
+            if not self.drain(timeout):
+                with self._lock:
+                    if self._closed:
+                        raise errors.FailedPrecondition(f"stream {self.name!r} is closed")
+                    holders = self._no_slot_message(timeout).partition("(")[2].rstrip(")")
+                raise TimeoutError(
+                    f"stream {self.name!r} not moved: its frames were not all released within {timeout} s ({holders})"
+                )
+            generation = self._generation + 1
+            why = reason or f"stream {self.name!r} moves to generation {generation}"
+            old_size, old_layout = self.size, self._layout
+            self._release_views()
+            moved: list[int] = []
+            try:
+                for slot, buffer in enumerate(self.buffers):
+                    buffer.move(size, layout=layout, offers=offers, reason=why)
+                    moved.append(slot)
+                    self._slot_generations[slot] += 1
+            except BaseException:
+                self._move_back(moved, old_size, old_layout)
+                raise
+            with self._lock:
+                self._generation = generation
+                if layout is not None:
+                    self._layout = dict(layout)
+            return generation
+        finally:
+            with self._lock:
+                self._moving = False
+                self._slot_freed()  # wakes the acquire()s that waited out the move
+
+    def _move_back(self, moved: list[int], size: int, layout: dict[str, Any] | None) -> None:
+        """A move failed part way: move the slots already moved back to the old size and layout (best effort).
+
+        They keep their higher generation (a consumer follows them as any
+        move); the slots that did not move keep theirs.
+        """
+        for slot in moved:
+            try:
+                self.buffers[slot].move(size, layout=layout, reason=f"stream {self.name!r}: a failed move undone")
+                self._slot_generations[slot] += 1
+            except errors.BrokerError as error:
+                log.error(
+                    "bufbroker: stream %r: slot %d could not be moved back after a failed move: %s",
+                    self.name,
+                    slot,
+                    error,
+                )
+
+    def _release_views(self) -> None:
+        """Drop the producer's views of the slots (before a move or at close): the next access maps again."""
+        self._arrays = [None] * self.slot_count
+        for view in self._views:
+            if view is not None:
+                with contextlib.suppress(BufferError):  # an array the caller still holds keeps the old pages
+                    view.release()
+        self._views = [None] * self.slot_count
+
     # --- the hot path ---------------------------------------------------------------------
 
     def _publish(self, slot: int, meta: bytes, fences: tuple[int, ...]) -> int:
@@ -558,7 +715,7 @@ class Stream:
             try:
                 if seq != encoded_seq:  # a publish's deliveries share one frame: encode it once for all links
                     encoded = link.end.encode_frame(
-                        seq, slot, GENERATION, self._meta[slot], len(fences), self._stamp[slot]
+                        seq, slot, self._slot_generations[slot], self._meta[slot], len(fences), self._stamp[slot]
                     )
                     encoded_seq = seq
                 link.end.send_encoded(encoded, fences)
@@ -747,6 +904,11 @@ class Stream:
             if kind == "release":
                 release = got.message.release
                 slot = release.slot
+                if slot < self.slot_count and release.generation < self._slot_generations[slot]:
+                    # A frame of a generation before a move: the move drained every slot first, so only
+                    # a frame taken back (reclaimed) meanwhile can be released so late. Nothing to do.
+                    fdwire.close_fds(got.fds)
+                    return
                 try:
                     deliveries = self._pool.release(link.key, slot, release.seq)
                 except (NotHeldError, IndexError) as error:
@@ -802,7 +964,9 @@ class Stream:
                 reclaim = self._pool.reclaim(hold.consumer, hold.slot)
                 link.stall_reported = True
                 try:
-                    link.end.send_reclaimed(hold.slot, reclaim.seq, GENERATION, int(reclaim.held_for * 1e9))
+                    link.end.send_reclaimed(
+                        hold.slot, reclaim.seq, self._slot_generations[hold.slot], int(reclaim.held_for * 1e9)
+                    )
                 except (LinkError, OSError) as error:
                     self._drop_link(link, f"sending Reclaimed failed: {error}")
                     continue
@@ -837,7 +1001,9 @@ class Stream:
             fps = (published - max(self._report_published, 0)) / period if self._report_published >= 0 else 0.0
             request = pb.ReportStreamStatsRequest(
                 stream_id=self.id,
-                producer=pb.StreamCounters(published=published, last_seq=self._seq, fps=fps, generation=GENERATION),
+                producer=pb.StreamCounters(
+                    published=published, last_seq=self._seq, fps=fps, generation=self._generation
+                ),
             )
             held_since = {slot: self._pool.holders(slot) for slot in range(self.slot_count)}
             broker_link = self._transport.link
@@ -845,8 +1011,11 @@ class Stream:
                 if link.broker_link is not broker_link:
                     continue  # opened by a broker that has since restarted: this one does not know the link
                 c = self._pool.counters(key)
-                holds = [now - since[key] for since in held_since.values() if key in since]
-                longest = max(holds, default=0.0)
+                held_slots = [slot for slot, since in held_since.items() if key in since]
+                longest = max((now - held_since[slot][key] for slot in held_slots), default=0.0)
+                since_report = now - link.reported_at
+                link_fps = (c.delivered - link.reported_delivered) / since_report if since_report > 0 else 0.0
+                link.reported_at, link.reported_delivered = now, c.delivered
                 request.links.add(
                     link_id=link.link_id,
                     stalled=longest > self.stall_timeout,
@@ -861,7 +1030,9 @@ class Stream:
                         longest_hold=longest,
                         lag=self._seq - link.last_delivered,
                         last_seq=link.last_delivered,
-                        generation=GENERATION,
+                        fps=link_fps,
+                        generation=self._generation,
+                        held_slots=held_slots,
                     ),
                 )
             self._report_published = published
@@ -894,12 +1065,7 @@ class Stream:
             self._drop_fences(slot)
             fdwire.close_fds(self._release_fences[slot])
             self._release_fences[slot] = []
-        self._arrays = [None] * self.slot_count
-        for view in self._views:
-            if view is not None:
-                with contextlib.suppress(BufferError):
-                    view.release()
-        self._views = [None] * self.slot_count
+        self._release_views()
         self._on_close(self)
         return True
 
@@ -1043,6 +1209,24 @@ class ConsumerFrame:
         """The slot's attachment (its mapping has the fds and handle, e.g. for a dma-buf)."""
         return self._sub.attachments[self.slot]
 
+    @property
+    def mapping(self) -> SlotMapping:
+        """The slot's mapping this frame is read through: it shows the frame's ``generation``."""
+        mapping = self._sub._mapped[self.slot]
+        if mapping is None:
+            raise errors.FailedPrecondition(f"slot {self.slot} of stream {self._sub.name!r} is not mapped")
+        return mapping
+
+    @property
+    def layout(self) -> dict[str, Any] | None:
+        """The producer's layout at the frame's generation (as ``create_stream``/``move`` set it), or None."""
+        return self.mapping.layout
+
+    @property
+    def size(self) -> int:
+        """The bytes of the slot at the frame's generation."""
+        return self.mapping.size
+
     def wait_fence(self, timeout: float | None = None) -> bool:
         """Wait until every fence of the frame signals (polls readable); False after ``timeout`` seconds."""
         self._check("wait_fence")
@@ -1141,6 +1325,10 @@ class Subscription:
         self._end = end
         self._pending: deque[Received | None] = deque()  # read while looking for Reclaimed; None: the link closed
         self._held: list[ConsumerFrame | None] = [None] * self.slot_count
+        # Per slot: the generation its mapping here shows (0 until its first frame) and that mapping;
+        # the views below are of it. A frame of another generation goes through _follow_move first.
+        self._generations: list[int] = [0] * self.slot_count
+        self._mapped: list[SlotMapping | None] = [None] * self.slot_count
         self._views: list[memoryview | None] = [None] * self.slot_count
         self._arrays: list[tuple[Any, Any, Any] | None] = [None] * self.slot_count
         self._ended: errors.EndOfStream | None = None
@@ -1151,6 +1339,7 @@ class Subscription:
         self.released = 0
         self.reclaimed = 0
         self.skipped = 0  # seqs between frames received: dropped for this consumer (latest mode) or overwritten
+        self.stale = 0  # frames of a generation older than the slot's mapping, released unread (never from this SDK)
         self.last_seq = 0
         self._latencies: list[int] = []
         self._report_at = time.monotonic()
@@ -1211,7 +1400,10 @@ class Subscription:
             if got is None:
                 raise self._end_stream("the producer's end of the link closed (it exited or died)")
             if got.kind == "frame":
-                return self._frame(got)
+                frame = self._frame(got)
+                if frame is not None:
+                    return frame
+                continue
             self._control(got)
             if self._ended is not None:
                 raise self._ended
@@ -1279,13 +1471,14 @@ class Subscription:
             "released": self.released,
             "reclaimed": self.reclaimed,
             "skipped": self.skipped,
+            "stale": self.stale,
             "last_seq": self.last_seq,
             "held": sum(frame is not None for frame in self._held),
         }
 
     # --- the hot path ---------------------------------------------------------------------
 
-    def _frame(self, got: Received) -> ConsumerFrame:
+    def _frame(self, got: Received) -> ConsumerFrame | None:
         message = got.message.frame
         slot = message.slot
         seq = message.seq
@@ -1297,9 +1490,12 @@ class Subscription:
                 else "which this consumer still holds"
             )
             raise self._end_stream(f"the producer sent something invalid: {why}", bye=True)
+        generation = message.generation
+        if generation != self._generations[slot] and not self._follow_move(slot, seq, generation, got.fds):
+            return None
         stamp = message.timestamp_ns
         now = time.monotonic_ns()
-        frame = ConsumerFrame(self, seq, slot, message.generation, stamp, message.meta, got.fds)
+        frame = ConsumerFrame(self, seq, slot, generation, stamp, message.meta, got.fds)
         self._held[slot] = frame
         last = self.last_seq
         if last and seq > last + 1:
@@ -1330,11 +1526,58 @@ class Subscription:
     def _slot_view(self, slot: int) -> memoryview:
         view = self._views[slot]
         if view is None:
-            mapping = self.attachments[slot].mapping
+            mapping = self._mapped[slot]
             if mapping is None:
                 raise errors.FailedPrecondition(f"slot {slot} of stream {self.name!r} is not mapped")
             view = self._views[slot] = mapping.memoryview()
         return view
+
+    def _follow_move(self, slot: int, seq: int, generation: int, fences: list[int]) -> bool:
+        """A frame whose generation is not the one slot ``slot``'s mapping here shows (off the hot path).
+
+        Its first frame: the slot's current mapping is taken as showing it.
+        A newer generation (the producer moved the slot): wait, at most
+        REMAP_TIMEOUT, until the SDK dropped the old mapping (MoveNotify)
+        and mapped the new backing, then read through that. An older one
+        (a producer that did not drain before moving): released unread,
+        False. A slot not mapped again in time: released unread, and a
+        FailedPrecondition saying why.
+        """
+        known = self._generations[slot]
+        if known and generation < known:
+            self._release_unread(slot, seq, generation, fences)
+            self.stale += 1
+            return False
+        old = self._mapped[slot] if known else None
+        try:
+            mapping = self.attachments[slot].wait_remapped(old, REMAP_TIMEOUT)
+        except (TimeoutError, errors.BrokerError) as error:
+            self._release_unread(slot, seq, generation, fences)
+            raise errors.FailedPrecondition(
+                f"stream {self.name!r}: frame {seq} shows generation {generation} of slot {slot}, but this "
+                f"consumer's mapping of the slot (generation {known or 'none yet'}) was not replaced by one of the "
+                f"moved backing: {error}"
+            ) from error
+        if mapping is not self._mapped[slot]:
+            self._views[slot] = None  # views of the old mapping (released with it, or kept alive only by these)
+            self._arrays[slot] = None
+            self._mapped[slot] = mapping
+        self._generations[slot] = generation
+        return True
+
+    def _release_unread(self, slot: int, seq: int, generation: int, fences: list[int]) -> None:
+        fdwire.close_fds(fences)
+        if self._closed or self._ended is not None:
+            return
+        try:
+            self._end.send_release(slot, seq, generation, ())
+        except (LinkError, OSError) as error:
+            self._end_stream(f"the producer's end of the link closed ({error})")
+
+    @property
+    def generations(self) -> list[int]:
+        """Per slot, the generation of the mapping frames are read through here (0 before the slot's first frame)."""
+        return list(self._generations)
 
     def _slot_array(self, slot: int, dtype: Any, shape: Any) -> Any:
         return _cached_array(self._arrays, slot, lambda: self._slot_view(slot), dtype, shape)
@@ -1414,7 +1657,8 @@ class Subscription:
             dropped_busy=self.skipped,
             held_now=sum(frame is not None for frame in self._held),
             last_seq=self.last_seq,
-            generation=GENERATION,
+            generation=max(self._generations) or FIRST_GENERATION,
+            held_slots=[slot for slot, frame in enumerate(self._held) if frame is not None],
         )
         if latencies:
             counters.latency_p50_us = latencies[len(latencies) // 2] / 1e3
@@ -1446,6 +1690,7 @@ class Subscription:
         self._held = [None] * self.slot_count
         self._arrays = [None] * self.slot_count
         self._views = [None] * self.slot_count
+        self._mapped = [None] * self.slot_count
         self._on_close(self)
         return True
 

@@ -32,7 +32,12 @@ SIZE = 4096
 
 
 class ControlPlane:
-    """What the broker does for a stream, for one process: the fd tickets and the RPCs the handles make."""
+    """What the broker does for a stream, for one process: the fd tickets and the RPCs the handles make.
+
+    Moves too, as the broker does them: MoveBuffer tells every attachment
+    of the buffer to unmap (MoveNotify) and swaps the backing, and a Map
+    meanwhile waits for the swap (one lock), then maps the new backing.
+    """
 
     def __init__(self) -> None:
         self.closed = False
@@ -40,6 +45,49 @@ class ControlPlane:
         self.tickets: dict[int, list[int]] = {}
         self.next_ticket = 1
         self.link = self  # Stream reads transport.link.take_fds
+        self.sent: dict[str, list[int]] = {}  # the broker's copies of fds sent with a nonce
+        self.backing: dict[int, tuple[int, int, int, pb.Layout | None]] = {}  # buffer id: fd, size, generation, layout
+        self.attachments: dict[int, Attachment] = {}
+        self.moving = threading.Lock()
+        self.next_mapping = 100
+
+    def add_buffer(self, buffer_id: int, fd: int, size: int) -> None:
+        self.backing[buffer_id] = (os.dup(fd), size, 1, None)
+
+    def map_response(self, attachment_id: int, buffer_id: int) -> tuple[pb.MapResponse, list[int]]:
+        fd, size, generation, layout = self.backing[buffer_id]
+        self.next_mapping += 1
+        response = pb.MapResponse(
+            mapping_id=self.next_mapping,
+            handle=mt.Handle(memfd=mt.MemfdHandle(size=size)),
+            fd_count=1,
+            size=size,
+            generation=generation,
+        )
+        if layout is not None:
+            response.layout.CopyFrom(layout)
+        return response, [os.dup(fd)]
+
+    def _move(self, request: pb.MoveBufferRequest) -> pb.MoveBufferResponse:
+        (fd,) = self.sent.pop(request.nonce)
+        with self.moving:
+            for attachment in list(self.attachments.values()):
+                if attachment.buffer_id == request.buffer_id:
+                    attachment._on_move_notify("moved")  # unmaps here; maps again on its thread, after the swap
+            old, _, generation, layout = self.backing[request.buffer_id]
+            os.close(old)
+            layout = request.layout if request.HasField("layout") else layout
+            self.backing[request.buffer_id] = (fd, request.size, generation + 1, layout)
+        return pb.MoveBufferResponse(
+            buffer=pb.BufferInfo(id=request.buffer_id, size=request.size, generation=generation + 1)
+        )
+
+    def close(self) -> None:
+        for fd, *_ in self.backing.values():
+            os.close(fd)
+        for fds in self.sent.values():
+            for fd in fds:
+                os.close(fd)
 
     def wait_connected(self, timeout: float | None = None) -> bool:
         return False  # no broker: reports are skipped
@@ -51,14 +99,23 @@ class ControlPlane:
 
     def call(self, method: str, request: object) -> object:
         self.calls.append((method, request))
+        if method == "MoveBuffer":
+            assert isinstance(request, pb.MoveBufferRequest)
+            return self._move(request)
         return None
 
     def fast_call(self, method: str, request: object) -> tuple[object, list[int]]:
         self.calls.append((method, request))
+        if method == "Map":
+            assert isinstance(request, pb.MapRequest)
+            with self.moving:
+                return self.map_response(request.attachment_id, self.attachments[request.attachment_id].buffer_id)
         return None, []
 
-    def send_fds(self, fds: object) -> str:
-        return "nonce"
+    def send_fds(self, fds: list[int]) -> str:
+        nonce = f"nonce{len(self.calls)}-{len(self.sent)}"
+        self.sent[nonce] = [os.dup(fd) for fd in fds]
+        return nonce
 
     def ticket(self, fds: list[int]) -> int:
         ticket = self.next_ticket
@@ -77,6 +134,8 @@ class Pipeline:
             ExportedBuffer(self.control, pb.BufferInfo(id=100 + k, size=SIZE), [os.dup(fd)], pb.RegisterBufferRequest())
             for k, fd in enumerate(self.memfds)
         ]
+        for k, fd in enumerate(self.memfds):
+            self.control.add_buffer(100 + k, fd, SIZE)
         info = pb.StreamInfo(id=7, name="cam0", stall_timeout=stall_timeout, on_stall=on_stall, max_held=slots - 1)
         self.stream = Stream(self.control, info, buffers, drop)
         self.subscriptions: list[Subscription] = []
@@ -87,20 +146,19 @@ class Pipeline:
         link_id = self.next_link
         self.next_link += 1
         slots = []
+        fds = []
         for k in range(len(self.memfds)):
-            mapping = pb.MapResponse(
-                mapping_id=k + 1, handle=mt.Handle(memfd=mt.MemfdHandle(size=SIZE)), fd_count=1, size=SIZE, generation=1
-            )
+            mapping, mapped_fds = self.control.map_response(1000 * link_id + k, 100 + k)
+            fds.append(mapped_fds)
             slots.append(
                 pb.AttachResponse(
                     attachment_id=1000 * link_id + k, buffer_id=100 + k, map_type="memfd", mapping=mapping
                 )
             )
         response = pb.SubscribeResponse(stream=self.stream.info, link_id=link_id, max_held=max_held, slots=slots)
-        attachments = [
-            Attachment(self.control, attached, None, [os.dup(self.memfds[k])])
-            for k, attached in enumerate(response.slots)
-        ]
+        attachments = [Attachment(self.control, attached, None, fds[k]) for k, attached in enumerate(response.slots)]
+        for attachment in attachments:
+            self.control.attachments[attachment.id] = attachment
         sub = Subscription(self.control, response, attachments, LinkEnd(consumer_end), mode)
         mode_value = link_pb.CONSUMER_MODE_LATEST if mode == "latest" else link_pb.CONSUMER_MODE_QUEUE
         opened = pb.StreamLinkOpened(
@@ -130,6 +188,7 @@ class Pipeline:
         self.stream.close()
         for fd in self.memfds:
             os.close(fd)
+        self.control.close()
 
 
 def write_pattern(view: memoryview, seq: int) -> None:
@@ -595,3 +654,130 @@ def test_print_per_frame_cost_acquire_publish_receive_release(pipeline, capsys):
         print(
             f"\n{count} frames through a 4-slot stream, one consumer thread: {elapsed / count * 1e6:.1f} µs per frame"
         )
+
+
+# --- moves -----------------------------------------------------------------------------------
+
+
+def write_sized(view: memoryview, seq: int, size: int) -> None:
+    view[:8] = struct.pack("<Q", seq)
+    view[8:size] = bytes([seq & 0xFF]) * (size - 8)
+
+
+def check_sized(frame: ConsumerFrame) -> None:
+    size = frame.size
+    array = frame.numpy()
+    assert array.nbytes == size == frame.memoryview().nbytes
+    assert struct.unpack("<Q", array[:8].tobytes())[0] == frame.seq, "a frame read through another generation"
+    assert array[8:].tobytes() == bytes([frame.seq & 0xFF]) * (size - 8), f"torn frame {frame.seq}"
+
+
+def test_a_move_waits_for_every_frame_then_frames_show_the_new_generation_size_and_layout(pipeline):
+    from bufbroker.planes import packed_layout
+
+    p = pipeline(slots=3)
+    queue_sub = p.subscribe("queue", max_held=1)
+    latest_sub = p.subscribe("latest", max_held=1)
+    for _ in (1, 2):
+        p.publish()
+        for sub in (queue_sub, latest_sub):
+            with sub.receive(1) as frame:
+                check_sized(frame)  # numpy arrays of the old mappings stay cached
+                assert (frame.generation, frame.layout, frame.size) == (1, None, SIZE)
+        wait_until(lambda: p.stream.free_slots() == 3)  # the latest consumer is not busy for the next frame
+    p.publish()
+    held = queue_sub.receive(1)  # held across the start of the move: the move waits for it
+    latest_sub.receive(1).release()
+    layout, size = packed_layout("GREY", 128, 96)
+    moved: list[int] = []
+    mover = threading.Thread(target=lambda: moved.append(p.stream.move(layout=layout)))
+    mover.start()
+    time.sleep(0.1)
+    assert not moved, "the stream moved while a consumer still held a frame"
+    acquired: list[tuple[int, float]] = []
+
+    def acquire_during_the_move():
+        with p.stream.acquire(5) as frame:
+            acquired.append((frame.generation, time.monotonic()))
+
+    waiter = threading.Thread(target=acquire_during_the_move)
+    waiter.start()
+    time.sleep(0.05)
+    assert not acquired, "acquire() handed out a slot during the move"
+    check_sized(held)
+    held.release()
+    mover.join(5)
+    waiter.join(5)
+    assert moved == [2] and p.stream.generation == 2 and p.stream.layout == layout and p.stream.size == size
+    assert [b.size for b in p.stream.buffers] == [size] * 3
+    assert acquired and acquired[0][0] == 2
+    for seq in range(4, 10):
+        with p.stream.acquire(1) as frame:
+            assert frame.generation == 2 and frame.layout == layout
+            write_sized(frame.memoryview(), seq, size)
+            frame.publish()
+        for sub in (queue_sub, latest_sub):
+            with sub.receive(2) as got:
+                assert got.seq == seq
+                assert (got.generation, got.layout, got.size) == (2, layout, size)
+                assert got.mapping.generation == 2
+                check_sized(got)
+        wait_until(lambda: p.stream.free_slots() == 3)
+    assert queue_sub.generations == [2, 2, 2] and latest_sub.generations == [2, 2, 2]
+    assert queue_sub.skipped == 0 and queue_sub.stale == 0
+
+
+def test_a_release_of_an_older_generation_is_ignored_by_the_producer(pipeline):
+    p = pipeline(slots=2)
+    sub = p.subscribe("queue", max_held=1)
+    p.publish()
+    sub.receive(1).release()
+    assert p.stream.move(size=2 * SIZE) == 2
+    # Frame 1 (slot 0, generation 1) released again, as a late release of a reclaimed frame crosses a move.
+    sub._end.send_release(slot=0, seq=1, generation=1)
+    with p.stream.acquire(1) as frame:
+        write_sized(frame.memoryview(), 2, 2 * SIZE)
+        frame.publish()
+    with sub.receive(1) as got:
+        assert (got.seq, got.generation) == (2, 2)
+        check_sized(got)
+    wait_until(lambda: p.stream.free_slots() == 2)
+    assert p.stream.consumers()
+    # The same release at the current generation is a release of a frame never sent: a protocol error.
+    sub._end.send_release(slot=0, seq=1, generation=2)
+    with pytest.raises(errors.EndOfStream, match="bad release"):
+        sub.receive(1)
+    assert not p.stream.consumers()
+
+
+def test_a_move_times_out_while_a_frame_stays_held_and_the_stream_goes_on_unmoved(pipeline):
+    p = pipeline(slots=2, on_stall=pb.STALL_POLICY_REPORT)
+    sub = p.subscribe()
+    p.publish()
+    frame = sub.receive(1)
+    with pytest.raises(TimeoutError, match=r"not moved: its frames were not all released within 0.1 s"):
+        p.stream.move(size=2 * SIZE, timeout=0.1)
+    assert p.stream.generation == 1 and p.stream.size == SIZE
+    frame.release()
+    p.publish()
+    with sub.receive(1) as got:
+        assert got.generation == 1
+        check_sized(got)
+
+
+def test_a_frame_of_a_generation_the_consumer_cannot_map_is_released_unread_with_a_clear_error(pipeline, monkeypatch):
+    from bufbroker import streams
+
+    monkeypatch.setattr(streams, "REMAP_TIMEOUT", 0.1)
+    p = pipeline(slots=2)
+    sub = p.subscribe()
+    for _ in (1, 2):
+        p.publish()
+        sub.receive(1).release()  # both slots mapped at generation 1 here
+        wait_until(lambda: p.stream.free_slots() == 2)
+    p.stream._slot_generations[:] = [2, 2]  # a generation whose mapping never comes (no MoveNotify)
+    p.publish()
+    with pytest.raises(errors.FailedPrecondition, match=r"frame 3 shows generation 2 of slot \d") as error:
+        sub.receive(1)
+    assert "not replaced by one of the moved backing" in str(error.value)
+    wait_until(lambda: p.stream.free_slots() == 2)  # released unread: the producer got its slot back

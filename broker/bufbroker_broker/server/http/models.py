@@ -268,6 +268,9 @@ class StreamCounters(Model):
     latency_p50_us: float = Field(description="hand-off latency (publish to a readable frame), microseconds")
     latency_p99_us: float
     generation: int
+    held_slots: list[int] = Field(
+        default_factory=list, description="links: the slots the consumer holds now (indexes into slot_buffer_ids)"
+    )
 
 
 class StreamConsumer(Model):
@@ -441,6 +444,7 @@ def stream_counters_model(counters: pb.StreamCounters) -> StreamCounters:
         latency_p50_us=counters.latency_p50_us,
         latency_p99_us=counters.latency_p99_us,
         generation=counters.generation,
+        held_slots=list(counters.held_slots),
     )
 
 
