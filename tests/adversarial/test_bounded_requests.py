@@ -22,36 +22,13 @@ import pytest
 import bufbroker
 from bufbroker.v1 import broker_pb2 as pb
 from bufbroker.v1 import mapping_types_pb2 as mpb
+from tests.adversarial.honest import HONEST_IMPORTER
 from tests.conftest import BrokerProcess
 from tests.raw_client import RawClient, call_on
 
 HONEST_LIMIT = 0.250  # seconds, for one attach+map
 ATTACK_SECONDS = 1.5
 GIB = 1 << 30
-
-# Attaches and maps in a loop until stdin closes; prints its longest attach+map and how many it did.
-HONEST = """
-import json, sys, threading, time
-import bufbroker
-stop = threading.Event()
-threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
-with bufbroker.connect(sys.argv[1]) as exporter, bufbroker.connect(sys.argv[1]) as importer:
-    buffer = exporter.export(1 << 20, name="honest", offers=["segments", "memfd"])
-    attachment = importer.attach("honest", accept=["segments"], map=True)  # warm: call channel open
-    attachment.mapping.close()
-    attachment.detach()
-    print("ready", flush=True)
-    waits = []
-    while not stop.is_set():
-        started = time.perf_counter()
-        attachment = importer.attach("honest", accept=["segments"], map=True)
-        waits.append(time.perf_counter() - started)
-        attachment.mapping.close()
-        attachment.detach()
-        time.sleep(0.005)
-    buffer.unregister()
-print(json.dumps({"longest": max(waits), "count": len(waits)}), flush=True)
-"""
 
 
 def beside_an_honest_client(
@@ -61,7 +38,7 @@ def beside_an_honest_client(
 
     With ``reliability``, the figures go to docs/RELIABILITY.md as ``what``.
     """
-    honest = broker.spawn_code(HONEST)
+    honest = broker.spawn_code(HONEST_IMPORTER)
     assert honest.stdout.readline().strip() == "ready"
     attacks = 0
     deadline = time.monotonic() + ATTACK_SECONDS

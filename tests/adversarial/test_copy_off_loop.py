@@ -17,6 +17,7 @@ import os
 import time
 
 import bufbroker
+from tests.adversarial.honest import HONEST_IMPORTER
 from tests.adversarial.test_bounded_requests import HONEST_LIMIT
 from tests.conftest import BrokerProcess
 
@@ -27,36 +28,9 @@ QUARTER = MAX_COPY_BYTES // 4
 EXTENTS = [(3 * QUARTER, QUARTER), (0, QUARTER), (2 * QUARTER, QUARTER), (QUARTER, QUARTER)]
 ATTACK_SECONDS = 3.0
 COPIERS = ("calls", "grpc") * 3  # one session (process) each
-THREADS = 4  # per copier session: each has at most one map in flight, within MAX_COPIES_PER_SESSION
+THREADS = 4  # per copier session: each has at most one map in flight, within max_copies_per_session
 MAX_LOG_BYTES = 1 << 20
 RSS_SLACK = 32 << 20  # less than one copy: the broker kept no copy in its memory
-
-
-# Attaches and maps its own buffer in a loop until stdin closes; prints its waits' longest, p99, median and count.
-HONEST = """
-import json, sys, threading, time
-import bufbroker
-stop = threading.Event()
-threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
-with bufbroker.connect(sys.argv[1]) as exporter, bufbroker.connect(sys.argv[1]) as importer:
-    buffer = exporter.export(1 << 20, name="honest", offers=["segments", "memfd"])
-    attachment = importer.attach("honest", accept=["segments"], map=True)  # warm: call channel open
-    attachment.mapping.close()
-    attachment.detach()
-    print("ready", flush=True)
-    waits = []
-    while not stop.is_set():
-        started = time.perf_counter()
-        attachment = importer.attach("honest", accept=["segments"], map=True)
-        waits.append(time.perf_counter() - started)
-        attachment.mapping.close()
-        attachment.detach()
-        time.sleep(0.005)
-    buffer.unregister()
-waits.sort()
-print(json.dumps({"longest": waits[-1], "p99": waits[len(waits) * 99 // 100], "median": waits[len(waits) // 2],
-                  "count": len(waits)}), flush=True)
-"""
 
 
 def head(n: int) -> bytes:
@@ -169,7 +143,7 @@ def test_copy_maps_run_off_the_event_loop_beside_an_honest_client(broker: Broker
     with broker.connect() as exporter:
         fd = _copy_buffer(exporter, "big")
         rss_before = _rss(broker.pid)
-        honest = broker.spawn_code(HONEST)
+        honest = broker.spawn_code(HONEST_IMPORTER)
         assert honest.stdout.readline().strip() == "ready"
         copiers = [
             broker.spawn_code(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 CLI = [sys.executable, "-m", "bufbroker_broker", "stream"]
 
@@ -46,8 +47,10 @@ def test_watch_check_fails_on_a_frame_without_the_pattern(broker):
     watch = _watch(broker, "--mode", "queue", "--check", "--frames", "3", "--wait", "20")
     with broker.connect() as session:
         stream = session.create_stream("cam0", slots=2, size=64)
+        deadline = time.monotonic() + 20
         while not stream.consumers():
-            pass
+            assert time.monotonic() < deadline and watch.poll() is None, "watch did not subscribe"
+            time.sleep(0.005)
         for _ in range(3):
             with stream.acquire(timeout=5) as frame:
                 frame.memoryview()[:] = b"\xee" * 64  # no seq, no pattern

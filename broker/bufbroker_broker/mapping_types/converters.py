@@ -34,7 +34,7 @@ from bufbroker_broker.mapping_types.udmabuf import UDMABUF, Extents, UdmabufPara
 
 COPY_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
 # The most one map may copy (setting max_copy_bytes). The copy runs in a worker thread, a few at
-# once (operations.MAX_COPIES), not on the event loop; the cap bounds each copy's time and memory.
+# once (setting copy_workers), not on the event loop; the cap bounds each copy's time and memory.
 DEFAULT_MAX_COPY_BYTES = 64 << 20
 
 

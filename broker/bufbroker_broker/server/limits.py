@@ -28,6 +28,10 @@ DEFAULT_MAX_EXTENTS = 1024
 DEFAULT_MAX_LABELS = 64
 DEFAULT_MAX_LABEL_BYTES = 16384
 DEFAULT_MAX_NAME_LENGTH = 256
+# Copies (segments->memfd-copy maps) run in worker threads, this many at once; one session may
+# have this many waiting or running (server/operations.py).
+DEFAULT_COPY_WORKERS = 2
+DEFAULT_MAX_COPIES_PER_SESSION = 4
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,8 @@ class RequestLimits:
     max_labels: int = DEFAULT_MAX_LABELS
     max_label_bytes: int = DEFAULT_MAX_LABEL_BYTES
     max_name_length: int = DEFAULT_MAX_NAME_LENGTH
+    copy_workers: int = DEFAULT_COPY_WORKERS
+    max_copies_per_session: int = DEFAULT_MAX_COPIES_PER_SESSION
 
     @classmethod
     def of(cls, settings: object) -> RequestLimits:

@@ -11,7 +11,7 @@ Everything runs on the broker's event loop but a copy. Only a move, a map
 during a move and an attach told to wait for its buffer wait, and they wait on
 events (the last unmap, the swap, the registration), never by polling. A map
 through a converter that copies (segments->memfd-copy) is O(size), so it never
-runs on the loop: the map copies in a worker thread (at most MAX_COPIES at
+runs on the loop: the map copies in a worker thread (at most copy_workers at
 once), awaited, and the registry records it back on the loop.
 """
 
@@ -64,10 +64,6 @@ EXPLAIN_MAX_SIZE = MAX_SIZE
 MAX_ATTACH_WAIT = 300.0
 # Changes after which a move may have nobody left to wait for.
 _MOVE_WAKERS = frozenset({"unmapped", "detached", "session-ended", "revoked", "unregistered"})
-# Copies (maps through a converter that copies) running at once, each in a worker thread.
-MAX_COPIES = 2
-# Copies one session may have waiting or running; one more is refused at once.
-MAX_COPIES_PER_SESSION = 4
 
 
 class CopyPending(Exception):
@@ -155,8 +151,8 @@ class Operations:
         # offers checks these again against the new fds (normalised offers would
         # keep the old sizes). Pruned as buffers go, see _remember_offers.
         self._wire_offers: dict[int, list[mpb.Offer]] = {}
-        # Copies running in worker threads (MAX_COPIES), and per session id those waiting or running.
-        self._copy_slots = asyncio.Semaphore(MAX_COPIES)
+        # Copies running in worker threads (setting copy_workers), and per session id those waiting or running.
+        self._copy_slots = asyncio.Semaphore(self.limits.copy_workers)
         self._copies: dict[int, int] = {}
 
     # --- buffers -------------------------------------------------------------------
@@ -445,11 +441,12 @@ class Operations:
         self.registry.check_map(attachment)  # refused before any work
         session_id = attachment.session.id
         waiting = self._copies.get(session_id, 0)
-        if waiting >= MAX_COPIES_PER_SESSION:
+        limit = self.limits.max_copies_per_session
+        if waiting >= limit:
             raise ResourceExhausted(
                 f"{converter.name}: this session has {waiting} copies waiting or running, at most "
-                f"{MAX_COPIES_PER_SESSION}; wait for their replies before mapping again, or accept "
-                "segments to share without a copy"
+                f"{limit} (setting max_copies_per_session); wait for their replies before mapping again, "
+                "or accept segments to share without a copy"
             )
         self._copies[session_id] = waiting + 1  # until the copy's finish() is over
         copy = self._map_copy(attachment)
@@ -468,7 +465,7 @@ class Operations:
             return await pending.finish()
 
     async def _map_copy(self, attachment: Attachment) -> tuple[Mapping, MapResult]:
-        """Copy in a worker thread (at most MAX_COPIES at once), then map on the loop.
+        """Copy in a worker thread (at most copy_workers at once), then map on the loop.
 
         The worker reads duplicates of the buffer's fds (a revoke or a move
         may close the buffer's own meanwhile) and touches no broker state.

@@ -86,6 +86,16 @@ class BrokerSettings(BaseSettings):
         gt=0,
         description="largest buffer the segments->memfd-copy converter copies at one map (bytes)",
     )
+    copy_workers: int = Field(
+        limits.DEFAULT_COPY_WORKERS,
+        gt=0,
+        description="segments->memfd-copy maps copied at once, each in a worker thread",
+    )
+    max_copies_per_session: int = Field(
+        limits.DEFAULT_MAX_COPIES_PER_SESSION,
+        gt=0,
+        description="segments->memfd-copy maps one session may have waiting or running; one more is refused",
+    )
     # HTTP that a local user cannot exhaust (server/http/guards.py).
     http_max_connections: int = Field(
         64, gt=0, description="open HTTP connections; over it the one waiting longest for its request is closed"

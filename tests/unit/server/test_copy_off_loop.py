@@ -21,7 +21,9 @@ from bufbroker_broker.core.backing import Backing
 from bufbroker_broker.core.errors import FailedPrecondition, NotFound, ResourceExhausted
 from bufbroker_broker.core.mapping_type import MapResult
 from bufbroker_broker.core.registry import Attachment, Session
-from bufbroker_broker.server.operations import MAX_COPIES, MAX_COPIES_PER_SESSION, CopyPending
+from bufbroker_broker.server.limits import DEFAULT_COPY_WORKERS as MAX_COPIES
+from bufbroker_broker.server.limits import DEFAULT_MAX_COPIES_PER_SESSION as MAX_COPIES_PER_SESSION
+from bufbroker_broker.server.operations import CopyPending
 from tests.unit.server.world import World, accept
 
 READ = mpb.ACCESS_READ
@@ -233,7 +235,9 @@ def test_at_most_max_copies_run_at_once_and_a_session_queues_a_few(world: World)
                 tasks.append(asyncio.create_task(world.ops.map(importer, attachment)))
         await asyncio.sleep(0.05)
         assert sum(h.running for h in helds) == MAX_COPIES  # the others wait for a slot
-        with pytest.raises(ResourceExhausted, match=f"at most {MAX_COPIES_PER_SESSION}"):
+        with pytest.raises(
+            ResourceExhausted, match=f"at most {MAX_COPIES_PER_SESSION} \\(setting max_copies_per_session\\)"
+        ):
             world.ops.map_now(per_session[0][-1][0])
         for held in helds:
             held.go.set()
