@@ -363,9 +363,30 @@ def test_reports_show_in_list_streams_http_and_metrics_and_a_stall_is_one_event(
             "ReportStreamStats",
             pb.ReportStreamStatsRequest(
                 stream_id=stream.id,
-                links=[pb.LinkReport(link_id=link_id, counters=_counters(latency_p50_us=80, latency_p99_us=300))],
+                links=[
+                    pb.LinkReport(
+                        link_id=link_id,
+                        # 3 frames <= 100 us, 1 <= 500 us (buckets 10, 25, 50, 100, 250, 500, ... us; not cumulative)
+                        counters=_counters(
+                            latency_p50_us=80,
+                            latency_p99_us=300,
+                            latency_buckets=[0, 0, 1, 2, 0, 1],
+                            latency_sum_us=590,
+                        ),
+                    )
+                ],
             ),
         )
+        with pytest.raises(grpc.RpcError) as refused:
+            consumer.call(
+                "ReportStreamStats",
+                pb.ReportStreamStatsRequest(
+                    stream_id=stream.id,
+                    links=[pb.LinkReport(link_id=link_id, counters=_counters(latency_buckets=[1] * 15))],
+                ),
+            )
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "15 latency buckets; the histogram has 14" in refused.value.details()
 
         [info] = listed(consumer, "cam0")
         assert info.producer_name == "camera" and info.producer.published == 41 and 0 <= info.report_age < 5
@@ -390,6 +411,11 @@ def test_reports_show_in_list_streams_http_and_metrics_and_a_stall_is_one_event(
         assert f'bufbroker_stream_held_slots{{link="{link_id}",stream="cam0"}} 2.0' in metrics
         assert f'bufbroker_stream_stalled{{link="{link_id}",stream="cam0"}} 1.0' in metrics
         assert "bufbroker_stream_stalls_total 1.0" in metrics
+        assert 'bufbroker_stream_handoff_latency_seconds_bucket{le="5e-05",stream="cam0"} 1.0' in metrics
+        assert 'bufbroker_stream_handoff_latency_seconds_bucket{le="0.0001",stream="cam0"} 3.0' in metrics
+        assert 'bufbroker_stream_handoff_latency_seconds_bucket{le="+Inf",stream="cam0"} 4.0' in metrics
+        assert 'bufbroker_stream_handoff_latency_seconds_count{stream="cam0"} 4.0' in metrics
+        assert 'bufbroker_stream_handoff_latency_seconds_sum{stream="cam0"} 0.00059' in metrics
 
         time.sleep(0.3)
         report(stalled=False, held=0)

@@ -336,6 +336,9 @@ def test_the_broker_shows_the_stream_its_named_sessions_and_the_counters_they_re
     assert info.report_age >= 0
     assert [(c.name, c.mode) for c in info.consumers] == [("test-consumer", link_pb.CONSUMER_MODE_QUEUE)]
     assert info.consumers[0].counters.delivered == 20, info.consumers[0]
+    # The consumer's last period as a latency histogram (frames it received then; bufbroker_stream_handoff_latency_seconds).
+    counted = info.consumers[0].counters.latency_buckets
+    assert len(counted) == 14 and 1 <= sum(counted) <= 20, info.consumers[0]
     source.send("publish 10")
     assert finish(sink)["seqs"] == list(range(1, 31))
     source.send("close")

@@ -173,3 +173,40 @@ def test_consumer_wait_fence_blocks_until_the_producer_signals_its_vgem_fence(vg
     end = expect(consumer, "end")
     assert end["first_bytes_seq"] == published["seq"]
     assert producer.wait(30) == 0 and consumer.wait(30) == 0
+
+
+def test_a_dma_buf_slot_sends_its_implicit_fences_on_publish_and_release(vgem_card, broker):
+    producer = spawn("implicit-producer", broker.socket_dir, "vgem-implicit")
+    broker.clients.append(producer)
+    expect(producer, "created")
+    consumer = spawn("implicit-consumer", broker.socket_dir, "vgem-implicit", "--blocked-check", "0.3")
+    broker.clients.append(consumer)
+    expect(consumer, "subscribed")
+    command(producer, "wait-consumers 1")
+    assert expect(producer, "consumers")["count"] == 1
+
+    # Publish with the producer's "GPU" write pending and no fence= : the SDK sent the buffer's own.
+    command(producer, "publish")
+    published = expect(producer, "published")
+    received = expect(consumer, "received")
+    assert (received["seq"], received["fences"], received["dmabuf"]) == (published["seq"], 1, True), received
+    assert expect(consumer, "blocked-check")["blocked"], "wait_fence returned with the write fence pending"
+    command(producer, "signal")
+    expect(producer, "signalled")
+    assert expect(consumer, "fence")["signalled"] is True
+
+    # Release with the consumer's "GPU" read pending and no fence= : the producer's acquire waits for it.
+    assert expect(consumer, "released")["first_bytes_seq"] == published["seq"]
+    command(producer, "acquire 0.5")
+    blocked = expect(producer, "acquire")
+    assert blocked["got"] is False and "release fences did not signal" in blocked["error"], blocked
+    command(consumer, "signal")
+    expect(consumer, "signalled")
+    command(producer, "acquire 5")
+    acquired = expect(producer, "acquire")
+    assert acquired["got"] is True and acquired["waited"] < 1.0, acquired
+
+    command(producer, "close")
+    expect(producer, "closed")
+    expect(consumer, "end")
+    assert producer.wait(30) == 0 and consumer.wait(30) == 0

@@ -53,6 +53,7 @@ DRM_IOCTL_GEM_CLOSE = _ioc(_WRITE, 0x09, _GEM_CLOSE.size)  # 0x40086409
 # struct drm_prime_handle {__u32 handle; __u32 flags; __s32 fd}
 _PRIME = struct.Struct("=IIi")
 DRM_IOCTL_PRIME_HANDLE_TO_FD = _ioc(_READ | _WRITE, 0x2D, _PRIME.size)  # 0xc00c642d
+DRM_IOCTL_PRIME_FD_TO_HANDLE = _ioc(_READ | _WRITE, 0x2E, _PRIME.size)  # 0xc00c642e
 DRM_CLOEXEC = os.O_CLOEXEC
 DRM_RDWR = os.O_RDWR
 # struct drm_mode_create_dumb {__u32 height, width, bpp, flags, handle, pitch; __u64 size}
@@ -134,6 +135,13 @@ class Vgem:
         buffer = DumbBuffer(handle=handle, fd=_PRIME.unpack(prime)[2], size=real_size, pitch=pitch)
         self._buffers.append(buffer)
         return buffer
+
+    def import_dmabuf(self, fd: int) -> int:
+        """The GEM handle of a vgem dma-buf another process exported (PRIME import), e.g. to attach_fence() on it."""
+        request = bytearray(_PRIME.pack(0, 0, fd))
+        fcntl.ioctl(self.fd, DRM_IOCTL_PRIME_FD_TO_HANDLE, request, True)
+        handle: int = _PRIME.unpack(request)[0]
+        return handle
 
     def attach_fence(self, handle: int, write: bool = True) -> int:
         """Attach a new unsignalled fence to the buffer; return its id for signal().

@@ -34,6 +34,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from bufbroker.streamlink import HANDOFF_LATENCY_BOUNDS_US
 from bufbroker.v1 import broker_pb2 as pb
 from bufbroker.v1 import mapping_types_pb2 as mpb
 from bufbroker.v1 import stream_pb2 as spb
@@ -49,6 +50,7 @@ from bufbroker_broker.core.errors import (
 from bufbroker_broker.core.mapping_type import MapResult
 from bufbroker_broker.core.registry import ACTIVE, Attachment, Buffer, Change, Mapping, Session
 from bufbroker_broker.server.fdchannel.server import FdChannelServer
+from bufbroker_broker.server.observe.latency import LatencyHistogram
 from bufbroker_broker.server.operations import MAX_ATTACH_WAIT, Operations
 from bufbroker_broker.server.wire.messages import attach_response, map_response
 
@@ -61,6 +63,8 @@ MAX_SUBSCRIBE_WAIT = MAX_ATTACH_WAIT
 REPORTS_PER_SECOND = 4.0
 # The longest stall timeout a stream may ask for, in seconds.
 MAX_STALL_TIMEOUT = 3600.0
+# The consumers' hand-off latency histogram bounds, in seconds (metrics).
+HANDOFF_LATENCY_BOUNDS = tuple(bound / 1e6 for bound in HANDOFF_LATENCY_BOUNDS_US)
 _MODES = (spb.CONSUMER_MODE_QUEUE, spb.CONSUMER_MODE_LATEST)
 _POLICIES = (pb.STALL_POLICY_RECLAIM, pb.STALL_POLICY_REPORT)
 
@@ -117,6 +121,8 @@ class Stream:
     producer_counters: pb.StreamCounters | None = None
     reported_at: float = -1.0
     deleted: bool = False
+    # Every consumer's reported hand-off latencies, added up (seconds).
+    handoff_latency: LatencyHistogram = field(default_factory=lambda: LatencyHistogram(HANDOFF_LATENCY_BOUNDS))
 
 
 @dataclass(frozen=True)
@@ -554,6 +560,13 @@ class Streams:
                     f"link {report.link_id} is not this session's link to stream {stream.name!r}: "
                     "a consumer reports its own link only"
                 )
+            buckets = report.counters.latency_buckets
+            if len(buckets) > len(HANDOFF_LATENCY_BOUNDS) + 1:
+                raise InvalidArgument(
+                    f"{len(buckets)} latency buckets; the histogram has {len(HANDOFF_LATENCY_BOUNDS) + 1} "
+                    "(HANDOFF_LATENCY_BOUNDS_US in broker.proto's StreamCounters, then +Inf)"
+                )
+            stream.handoff_latency.add_counts(buckets, report.counters.latency_sum_us / 1e6)
             link.consumer_view = _copy(report.counters)
             link.reported_at = now
 
@@ -656,6 +669,8 @@ def link_counters(link: Link) -> pb.StreamCounters:
     if link.consumer_view is not None:
         merged.latency_p50_us = link.consumer_view.latency_p50_us
         merged.latency_p99_us = link.consumer_view.latency_p99_us
+        merged.latency_buckets[:] = link.consumer_view.latency_buckets
+        merged.latency_sum_us = link.consumer_view.latency_sum_us
     return merged
 
 

@@ -334,6 +334,7 @@ class Session:
         on_stall: str = "reclaim",
         drop: DropPolicy = "block",
         max_held: int | None = None,
+        fds: Sequence[int] | None = None,
     ) -> Stream:
         """Produce a stream named ``name``: ``slots`` buffers of ``size`` bytes (or as ``layout`` needs).
 
@@ -345,21 +346,37 @@ class Session:
         ``"report"`` only reports it. ``drop``: with ``"block"``
         ``acquire()`` waits for a free slot, with ``"oldest"`` it overwrites
         the oldest frame no consumer holds. ``max_held`` caps the slots one
-        consumer may hold (None: slots - 1). ``close()`` the stream (or the
-        session) to end it.
+        consumer may hold (None: slots - 1). ``fds``: your own backing, one
+        per slot (a memfd or a dma-buf each, e.g. ``dmabuf.heap_alloc()``
+        or a GPU's export; the SDK sends duplicates and you keep yours),
+        instead of memfds the SDK makes; a dma-buf slot's frames carry its
+        implicit fences (bufbroker.implicit_fences). ``close()`` the stream
+        (or the session) to end it.
         """
         stall = stall_value(on_stall)
         if drop not in ("block", "oldest"):
             raise ValueError(f"drop must be 'block' or 'oldest', not {drop!r}")
-        if size is None:
-            if layout is None:
-                raise ValueError("create_stream() needs size= or layout=")
+        if fds is not None and len(fds) != slots:
+            raise ValueError(f"create_stream() got {len(fds)} fds for {slots} slots: give one backing per slot")
+        if size is None and layout is not None:
             size = layout_bytes(layout)
+        if size is None and fds is None:
+            raise ValueError("create_stream() needs size=, layout= or fds=")
         buffers: list[ExportedBuffer] = []
         try:
             for slot in range(slots):
                 slot_labels = {**(labels or {}), "bufbroker.stream": name, "bufbroker.slot": str(slot)}
-                buffers.append(self.export(size, offers=offers, layout=layout, labels=slot_labels, allow=allow))
+                backing = None if fds is None else fds[slot]
+                buffers.append(
+                    self.export(
+                        size if backing is None else None,
+                        fd=backing,
+                        offers=offers,
+                        layout=layout,
+                        labels=slot_labels,
+                        allow=allow,
+                    )
+                )
             request = pb.CreateStreamRequest(
                 name=name,
                 slot_buffer_ids=[buffer.id for buffer in buffers],

@@ -32,6 +32,10 @@ from bufbroker.v1 import stream_pb2 as pb
 DEFAULT_MAX_META_BYTES = 4096
 # Fences on one Frame or Release; more is not a fence, it is a mistake.
 MAX_FENCES = 16
+# Upper bounds (microseconds) of the hand-off latency histogram a consumer
+# reports (StreamCounters.latency_buckets, broker.proto); one more bucket
+# counts what is above the last.
+HANDOFF_LATENCY_BOUNDS_US = (10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000)
 # Everything in a LinkMessage but a Frame's meta or a Bye's detail fits in
 # this (tags, varints, the oneof wrapper); Bye.detail is cut to fit too.
 _ENVELOPE_BYTES = 128

@@ -46,6 +46,7 @@ on each side.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import os
@@ -60,14 +61,22 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import grpc
 
-from bufbroker import errors, fdwire
+from bufbroker import dmabuf, errors, fdwire
 from bufbroker.attachment import Attachment
 from bufbroker.attachment import Mapping as SlotMapping
 from bufbroker.buffers import ExportedBuffer
+from bufbroker.implicit_fences import ImplicitFences
 from bufbroker.planes import layout_bytes, layout_from_wire
 from bufbroker.slotpool import ConsumerMode, Delivery, DropPolicy, NotHeldError, SlotPool, SlotState
 from bufbroker.specs import Spec
-from bufbroker.streamlink import DEFAULT_MAX_META_BYTES, LinkClosed, LinkEnd, LinkError, Received
+from bufbroker.streamlink import (
+    DEFAULT_MAX_META_BYTES,
+    HANDOFF_LATENCY_BOUNDS_US,
+    LinkClosed,
+    LinkEnd,
+    LinkError,
+    Received,
+)
 from bufbroker.transport import Transport
 from bufbroker.v1 import broker_pb2 as pb
 from bufbroker.v1 import stream_pb2 as link_pb
@@ -212,10 +221,22 @@ class ProducerFrame:
         ``meta`` (at most 4096 bytes) travels with the frame. ``fence`` is a
         pollable fd (or several), readable once the frame's contents are
         ready (e.g. an eventfd the caller writes, or a sync_file); the
-        consumers get duplicates and the caller keeps its own.
+        consumers get duplicates and the caller keeps its own. Without one,
+        a dma-buf slot sends its implicit fence (a sync_file of the writes
+        still pending on the buffer, if any: see bufbroker.implicit_fences).
         """
         self._check("publish")
-        self.seq = self._stream._publish(self.slot, meta, _fence_tuple(fence))
+        stream = self._stream
+        fences = _fence_tuple(fence)
+        implicit = None
+        if not fences and stream._dmabuf_slots[self.slot]:
+            implicit = stream._implicit.pending(stream.buffers[self.slot].fd, write=False)
+            fences = () if implicit is None else (implicit,)
+        try:
+            self.seq = stream._publish(self.slot, meta, fences)
+        finally:
+            if implicit is not None:
+                os.close(implicit)  # _publish sent (or kept) its own duplicates
         self._spent = True
         return self.seq
 
@@ -337,6 +358,8 @@ class Stream:
         self._release_fences: list[list[int]] = [[] for _ in range(self.slot_count)]
         self._views: list[memoryview | None] = [None] * self.slot_count
         self._arrays: list[tuple[Any, Any, Any] | None] = [None] * self.slot_count
+        self._implicit = ImplicitFences(self.name)
+        self._dmabuf_slots = [dmabuf.is_dmabuf(buffer.fd) for buffer in buffers]  # again after each move
         # Who reads the links. Every link fd is in ``_links_poll``. While a thread waits in
         # acquire() it reads them itself (a release wakes it directly); otherwise the pump does,
         # so the two do not wake (and contend for the GIL) for the same release. While the pump
@@ -581,6 +604,7 @@ class Stream:
         layout: Mapping[str, Any] | None = None,
         *,
         offers: Sequence[Spec] | None = None,
+        fds: Sequence[int] | None = None,
         timeout: float | None = MOVE_DRAIN_TIMEOUT,
         reason: str = "",
     ) -> int:
@@ -600,12 +624,16 @@ class Stream:
         back to the old size and layout. Do not hold an acquired frame
         across ``move()``: it waits for it. ``size`` without ``layout``
         keeps the layout the slots had; ``offers`` (default: the same)
-        are as ``ExportedBuffer.move`` takes them.
+        are as ``ExportedBuffer.move`` takes them. ``fds``: one new backing
+        per slot (a memfd or dma-buf each, as ``create_stream(fds=...)``;
+        you keep yours), else the SDK makes memfds.
         """
-        if size is None:
-            if layout is None:
-                raise ValueError("move() needs size= or layout=")
+        if fds is not None and len(fds) != self.slot_count:
+            raise ValueError(f"move() got {len(fds)} fds for the {self.slot_count} slots of stream {self.name!r}")
+        if size is None and layout is not None:
             size = layout_bytes(layout)
+        if size is None and fds is None:
+            raise ValueError("move() needs size=, layout= or fds=")
         with self._lock:
             if self._closed:
                 raise errors.FailedPrecondition(f"stream {self.name!r} is closed")
@@ -628,12 +656,15 @@ class Stream:
             moved: list[int] = []
             try:
                 for slot, buffer in enumerate(self.buffers):
-                    buffer.move(size, layout=layout, offers=offers, reason=why)
+                    backing: int | list[int] = [fds[slot]] if fds is not None else size or 0
+                    buffer.move(backing, layout=layout, offers=offers, reason=why, size=size)
                     moved.append(slot)
                     self._slot_generations[slot] += 1
             except BaseException:
                 self._move_back(moved, old_size, old_layout)
                 raise
+            finally:
+                self._dmabuf_slots = [dmabuf.is_dmabuf(buffer.fd) for buffer in self.buffers]
             with self._lock:
                 self._generation = generation
                 if layout is not None:
@@ -919,6 +950,8 @@ class Stream:
                     if self._pool.slot_state(slot) is SlotState.ACQUIRED:  # a late release of a reclaimed hold
                         fdwire.close_fds(got.fds)
                     else:
+                        if self._dmabuf_slots[slot]:
+                            self._implicit.add_to_buffer(self.buffers[slot].fd, got.fds)
                         self._release_fences[slot].extend(got.fds)
                 link.stall_reported = False
                 if deliveries:
@@ -1251,7 +1284,16 @@ class ConsumerFrame:
             self._sub._forget(self)
             raise self._reclaimed_error()
         self._state = _RELEASED
-        sub._release(self, () if fence is None else _fence_tuple(fence))
+        if fence is not None:
+            sub._release(self, _fence_tuple(fence))
+            return
+        dmabuf_fd = sub._dmabuf_fd(self.slot)
+        implicit = None if dmabuf_fd < 0 else sub._implicit.pending(dmabuf_fd, write=True)
+        try:
+            sub._release(self, () if implicit is None else (implicit,))
+        finally:
+            if implicit is not None:
+                os.close(implicit)
 
     def _check(self, verb: str) -> None:
         state = self._state
@@ -1329,6 +1371,9 @@ class Subscription:
         # the views below are of it. A frame of another generation goes through _follow_move first.
         self._generations: list[int] = [0] * self.slot_count
         self._mapped: list[SlotMapping | None] = [None] * self.slot_count
+        self._implicit = ImplicitFences(self.name)
+        # Per slot: the dma-buf fd of its mapping (-1: not a dma-buf), None until asked; reset at a remap.
+        self._dmabuf_fds: list[int | None] = [None] * self.slot_count
         self._views: list[memoryview | None] = [None] * self.slot_count
         self._arrays: list[tuple[Any, Any, Any] | None] = [None] * self.slot_count
         self._ended: errors.EndOfStream | None = None
@@ -1562,6 +1607,7 @@ class Subscription:
             self._views[slot] = None  # views of the old mapping (released with it, or kept alive only by these)
             self._arrays[slot] = None
             self._mapped[slot] = mapping
+            self._dmabuf_fds[slot] = None
         self._generations[slot] = generation
         return True
 
@@ -1573,6 +1619,15 @@ class Subscription:
             self._end.send_release(slot, seq, generation, ())
         except (LinkError, OSError) as error:
             self._end_stream(f"the producer's end of the link closed ({error})")
+
+    def _dmabuf_fd(self, slot: int) -> int:
+        """The dma-buf fd of slot ``slot``'s mapping here, or -1 when it is not a dma-buf (memfd, segments)."""
+        fd = self._dmabuf_fds[slot]
+        if fd is None:
+            mapping = self._mapped[slot]
+            fd = mapping.fds[0] if mapping is not None and mapping.fds and dmabuf.is_dmabuf(mapping.fds[0]) else -1
+            self._dmabuf_fds[slot] = fd
+        return fd
 
     @property
     def generations(self) -> list[int]:
@@ -1663,6 +1718,8 @@ class Subscription:
         if latencies:
             counters.latency_p50_us = latencies[len(latencies) // 2] / 1e3
             counters.latency_p99_us = latencies[min(len(latencies) - 1, len(latencies) * 99 // 100)] / 1e3
+            counters.latency_buckets.extend(latency_histogram(latencies))
+            counters.latency_sum_us = sum(latencies) / 1e3
         if self._transport.link is not self._subscribed_at:
             return  # the broker restarted: it knows neither this stream id nor this link
         request = pb.ReportStreamStatsRequest(stream_id=self.stream_id)
@@ -1707,6 +1764,17 @@ class Subscription:
 def _set_done(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+def latency_histogram(sorted_ns: Sequence[int]) -> list[int]:
+    """Counts (not cumulative) of ``sorted_ns`` latencies per HANDOFF_LATENCY_BOUNDS_US bucket, then above the last."""
+    counts, start = [], 0
+    for bound_us in HANDOFF_LATENCY_BOUNDS_US:
+        end = bisect.bisect_right(sorted_ns, bound_us * 1000, lo=start)
+        counts.append(end - start)
+        start = end
+    counts.append(len(sorted_ns) - start)
+    return counts
 
 
 def mode_value(mode: str) -> link_pb.ConsumerMode:

@@ -18,11 +18,11 @@ import time
 
 import pytest
 
-from bufbroker import errors
+from bufbroker import errors, streams
 from bufbroker.attachment import Attachment
 from bufbroker.backing import make_memfd
 from bufbroker.buffers import ExportedBuffer
-from bufbroker.streamlink import LinkEnd
+from bufbroker.streamlink import HANDOFF_LATENCY_BOUNDS_US, LinkEnd
 from bufbroker.streams import ConsumerFrame, Stream, Subscription
 from bufbroker.v1 import broker_pb2 as pb
 from bufbroker.v1 import mapping_types_pb2 as mt
@@ -781,3 +781,14 @@ def test_a_frame_of_a_generation_the_consumer_cannot_map_is_released_unread_with
         sub.receive(1)
     assert "not replaced by one of the moved backing" in str(error.value)
     wait_until(lambda: p.stream.free_slots() == 2)  # released unread: the producer got its slot back
+
+
+def test_latency_histogram_counts_each_latency_once_in_the_first_bucket_that_bounds_it():
+    # Bounds 10, 25, 50, 100, ... 100000 us; one more bucket above the last.
+    latencies_ns = sorted([0, 10_000, 10_001, 99_000, 100_000, 100_000_001, 5_000_000_000])
+    counts = streams.latency_histogram(latencies_ns)
+    assert len(counts) == len(HANDOFF_LATENCY_BOUNDS_US) + 1 == 14
+    assert counts[0] == 2  # <= 10 us (10 us itself included, as Prometheus's le)
+    assert counts[1] == 1 and counts[3] == 2  # 10.001 us; 99 us and 100 us
+    assert counts[-1] == 2 and sum(counts) == len(latencies_ns)
+    assert streams.latency_histogram([]) == [0] * 14

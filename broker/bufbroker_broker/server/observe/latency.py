@@ -37,6 +37,15 @@ class LatencyHistogram:
         self.sum += seconds
         self.count += 1
 
+    def add_counts(self, counts: Sequence[int], total: float) -> None:
+        """Add per-bucket counts (not cumulative; one per bound, then +Inf) observed elsewhere, and their sum."""
+        if len(counts) > len(self.counts):
+            raise ValueError(f"{len(counts)} bucket counts for a histogram of {len(self.counts)} buckets")
+        for index, count in enumerate(counts):
+            self.counts[index] += count
+        self.count += sum(counts)
+        self.sum += total
+
     def cumulative(self) -> list[tuple[str, int]]:
         """(upper bound, observations <= it) pairs ending with +Inf, as Prometheus wants."""
         pairs, running = [], 0

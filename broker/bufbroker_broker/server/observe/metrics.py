@@ -291,7 +291,14 @@ class BrokerCollector(Collector):
         stalled = GaugeMetricFamily(
             "bufbroker_stream_stalled", "1 while a consumer holds a slot past the stall timeout.", labels=per_link
         )
+        handoff = HistogramMetricFamily(
+            "bufbroker_stream_handoff_latency_seconds",
+            "Frame hand-off latency (publish to a readable frame at the consumer), as consumers reported it.",
+            labels=["stream"],
+        )
         for stream in live:
+            histogram = stream.handoff_latency
+            handoff.add_metric([stream.name], histogram.cumulative(), sum_value=histogram.sum)
             consumers.add_metric([stream.name], len(stream.links))
             totals = stream.producer_counters
             published.add_metric([stream.name], totals.published if totals is not None else 0)
@@ -308,7 +315,7 @@ class BrokerCollector(Collector):
                 stalled.add_metric(key, 1 if link.stalled else 0)
         # A family without a stream to show has no sample: left out, as promtool reads a bare counter
         # family as a sample with no help text.
-        families = (consumers, published, delivered, dropped, released, reclaimed, held, lag, stalled)
+        families = (consumers, published, delivered, dropped, released, reclaimed, held, lag, stalled, handoff)
         yield from (family for family in families if family.samples)
 
 

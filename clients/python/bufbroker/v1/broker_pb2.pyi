@@ -685,7 +685,7 @@ class StreamInfo(_message.Message):
     def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., producer_session_id: _Optional[int] = ..., producer_pid: _Optional[int] = ..., producer_name: _Optional[str] = ..., slot_buffer_ids: _Optional[_Iterable[int]] = ..., stall_timeout: _Optional[float] = ..., on_stall: _Optional[_Union[StallPolicy, str]] = ..., max_held: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., consumers: _Optional[_Iterable[_Union[StreamConsumerInfo, _Mapping]]] = ..., producer: _Optional[_Union[StreamCounters, _Mapping]] = ..., report_age: _Optional[float] = ..., max_meta_bytes: _Optional[int] = ...) -> None: ...
 
 class StreamCounters(_message.Message):
-    __slots__ = ("published", "delivered", "dropped_busy", "dropped_overwritten", "released", "reclaimed", "held_now", "longest_hold", "lag", "last_seq", "fps", "latency_p50_us", "latency_p99_us", "generation", "held_slots")
+    __slots__ = ("published", "delivered", "dropped_busy", "dropped_overwritten", "released", "reclaimed", "held_now", "longest_hold", "lag", "last_seq", "fps", "latency_p50_us", "latency_p99_us", "generation", "held_slots", "latency_buckets", "latency_sum_us")
     PUBLISHED_FIELD_NUMBER: _ClassVar[int]
     DELIVERED_FIELD_NUMBER: _ClassVar[int]
     DROPPED_BUSY_FIELD_NUMBER: _ClassVar[int]
@@ -701,6 +701,8 @@ class StreamCounters(_message.Message):
     LATENCY_P99_US_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     HELD_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_SUM_US_FIELD_NUMBER: _ClassVar[int]
     published: int
     delivered: int
     dropped_busy: int
@@ -716,7 +718,9 @@ class StreamCounters(_message.Message):
     latency_p99_us: float
     generation: int
     held_slots: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, published: _Optional[int] = ..., delivered: _Optional[int] = ..., dropped_busy: _Optional[int] = ..., dropped_overwritten: _Optional[int] = ..., released: _Optional[int] = ..., reclaimed: _Optional[int] = ..., held_now: _Optional[int] = ..., longest_hold: _Optional[float] = ..., lag: _Optional[int] = ..., last_seq: _Optional[int] = ..., fps: _Optional[float] = ..., latency_p50_us: _Optional[float] = ..., latency_p99_us: _Optional[float] = ..., generation: _Optional[int] = ..., held_slots: _Optional[_Iterable[int]] = ...) -> None: ...
+    latency_buckets: _containers.RepeatedScalarFieldContainer[int]
+    latency_sum_us: float
+    def __init__(self, published: _Optional[int] = ..., delivered: _Optional[int] = ..., dropped_busy: _Optional[int] = ..., dropped_overwritten: _Optional[int] = ..., released: _Optional[int] = ..., reclaimed: _Optional[int] = ..., held_now: _Optional[int] = ..., longest_hold: _Optional[float] = ..., lag: _Optional[int] = ..., last_seq: _Optional[int] = ..., fps: _Optional[float] = ..., latency_p50_us: _Optional[float] = ..., latency_p99_us: _Optional[float] = ..., generation: _Optional[int] = ..., held_slots: _Optional[_Iterable[int]] = ..., latency_buckets: _Optional[_Iterable[int]] = ..., latency_sum_us: _Optional[float] = ...) -> None: ...
 
 class StreamConsumerInfo(_message.Message):
     __slots__ = ("link_id", "session_id", "pid", "name", "mode", "max_held", "stalled", "counters")
