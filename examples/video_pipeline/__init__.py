@@ -6,7 +6,10 @@ each frame in place through their own mappings; the analyser publishes
 what it read on the stream ``analysed``, which the encoder pairs with each
 frame. The stages are unrelated processes (``python -m
 examples.video_pipeline.decoder SOCKET_DIR ...``) that share only the
-broker's socket dir and find each other by stream name; only frame
+broker's socket dir and find each other by stream name; the decoder's
+slots carry the (format, modifier) pair of what PyAV decodes to, and the
+consumers accept the pairs they read (the broker negotiates, see the
+README); only frame
 messages travel between them, on the links the broker set up. Halfway the
 video changes resolution and the decoder moves its stream to the new
 layout (``stream.move``). ``bufbroker example video`` runs it, then the

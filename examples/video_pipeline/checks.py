@@ -30,6 +30,15 @@ def bufbroker_problems(result: dict[str, Any], source: Sequence[SourceFrame]) ->
         problems.append(f"the barcode read by the analyser disagrees with the frame order: (seq, number) {wrong[:5]}")
     if [tuple(s["size"]) for s in stats] != sizes:
         problems.append("the analyser saw frame sizes that differ from the source's")
+    negotiated = decoder["negotiated"]
+    if any(s["format"] != negotiated for s in stats):
+        seen = sorted({s["format"] for s in stats})
+        problems.append(f"the analyser saw frames in {seen}, the decoder wrote {negotiated}")
+    for name in ("analyser", "encoder"):
+        # Per slot, the pair of its attach: slots a renegotiation had already moved show the new one.
+        formats = result["attached"][name]["formats"]
+        if None in formats:
+            problems.append(f"the {name}'s slots were negotiated {formats}: a slot without a (format, modifier) pair")
     drift = [
         (s["seq"], round(s["mean_luma"] - f.mean_luma, 2))
         for s, f in zip(stats, source)

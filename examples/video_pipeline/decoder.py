@@ -1,24 +1,31 @@
-"""Decoder stage: decode the source into the stream ``decoded``.
+"""Decoder stage: decode the source into the stream ``decoded``, in the format PyAV decodes to.
 
     python -m examples.video_pipeline.decoder SOCKET_DIR SOURCE [--stream decoded]
-        [--consumers video-analyser,video-encoder] [--result FILE]
+        [--consumers video-analyser,video-encoder] [--convert-to NV12] [--result FILE]
 
-Creates a stream of POOL slot buffers laid out as I420 with per-plane
-offsets and strides, waits until the ``--consumers`` (session names)
-subscribed (a frame goes only to the consumers subscribed when it is
-published; others, e.g. ``bufbroker stream watch``, may join too), then
-decodes each frame straight into a slot it acquired and publishes it. A
-slot comes back only when every consumer released it. When the video
-changes resolution the decoder moves the stream to the new layout
-(``stream.move``): the slots get new backings with the new layout, and the
-frames published after it carry the new generation. At the end it drains
-the stream (every frame released) and closes it: the consumers get
+Decodes the first frame to learn its pixel format (PyAV's ``yuv420p`` for
+this source, DRM ``YUV420``), then creates a stream of POOL slot buffers
+with the layout bufbroker.formats derives for that format and size: every
+slot offer carries the pair ``YUV420:LINEAR``, and the stream says the
+decoder could also produce the ``--convert-to`` formats (it converts with
+PyAV's ``reformat``), so a consumer that accepts only one of those makes
+the stream renegotiate (move its slots to it) instead of being refused.
+It waits until the ``--consumers`` (session names) subscribed (a frame
+goes only to the consumers subscribed when it is published; others, e.g.
+``bufbroker stream watch``, may join too), then decodes each frame
+straight into a slot it acquired, in the format the slot is in now, and
+publishes it. A slot comes back only when every consumer released it.
+When the video changes resolution the decoder moves the stream to the new
+layout (``stream.move``) of the same format: the slots get new backings,
+and the frames published after it carry the new generation. At the end it
+drains the stream (every frame released) and closes it: the consumers get
 end-of-stream.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import mmap
 import sys
 import time
@@ -27,17 +34,40 @@ from pathlib import Path
 from typing import Any
 
 POOL = 4
-FOURCC = "I420"
 ALIGN = 64  # luma rows start on 64-byte boundaries, as decoders like
 WANTED_OFFERS = ["udmabuf", "segments", "memfd"]
+# Formats the decoder can write besides the one it decodes to (PyAV's reformat converts): 8-bit 4:2:0,
+# which the analyser and the encoder both read. A stream may renegotiate to one of them.
+CONVERT_TO = ("NV12",)
 
 
-def slot_layout(width: int, height: int) -> tuple[dict, int]:
-    """A slot's layout for a frame size, and the buffer size: whole pages, as udmabuf needs."""
-    from bufbroker.planes import packed_layout
+def slot_layout(fourcc: str, width: int, height: int) -> tuple[dict, int]:
+    """A slot's layout for a format and frame size, and the buffer size: whole pages, as udmabuf needs.
 
-    layout, nbytes = packed_layout(FOURCC, width, height, align=ALIGN)
-    return layout, -(-nbytes // mmap.PAGESIZE) * mmap.PAGESIZE
+    The layout is derived, not typed: rows aligned to ALIGN, and the chroma
+    planes' strides taken from the luma stride (``chroma_from_luma``), so
+    the planes form the one array PyAV wraps without a copy (the encoder
+    hands the slot to libx264 as it is; ``bufbroker.av_frames.copy_reason``
+    says when it cannot).
+    """
+    from bufbroker.formats import derive_layout
+
+    layout = derive_layout(fourcc, width, height, align=ALIGN, chroma_from_luma=True)
+    return layout.to_dict(), -(-layout.size // mmap.PAGESIZE) * mmap.PAGESIZE
+
+
+def producible(native: str, convert_to: Sequence[str]) -> list[str]:
+    """The pairs this decoder can produce, in its order: what PyAV decodes to first, then conversions."""
+    from bufbroker.formats import pair_text, parse_format
+
+    pairs = [pair_text(native, 0)]
+    for name in convert_to:
+        fmt = parse_format(name)
+        if fmt.av is None or any(plane.dtype != "uint8" for plane in fmt.planes):
+            raise ValueError(f"the decoder cannot convert to {fmt.name}: it writes 8-bit formats PyAV has")
+        if pair_text(fmt, 0) not in pairs:
+            pairs.append(pair_text(fmt, 0))
+    return pairs
 
 
 def choose_offers(session: Any) -> tuple[list[str], str]:
@@ -66,21 +96,41 @@ def choose_offers(session: Any) -> tuple[list[str], str]:
     return list(WANTED_OFFERS), f"offered first (the broker registers it; {where})"
 
 
-def copy_into(planes: list, frame: Any) -> int:
-    """Copy a decoded yuv420p frame into the slot's plane views; return the pixel bytes."""
+def current_format(stream: Any) -> str:
+    """The format the stream's slots are in now: a renegotiation may have moved them to another."""
+    layout = stream.layout
+    if layout is None:
+        raise RuntimeError(f"stream {stream.name!r} has no layout: it was created without one")
+    return str(layout["fourcc"])
+
+
+def copy_into(planes: list, frame: Any, fourcc: str) -> int:
+    """Copy a decoded frame into the slot's plane views (``slot.planes()``) as ``fourcc``; return the pixel bytes.
+
+    The frame is converted first when the slot is in another format than
+    PyAV decoded to (after a renegotiation). Each view has its format's
+    shape (NV12's UV plane is (h/2, w/2, 2)): the source rows are shaped
+    to it, never the other way, so a view is always written in place.
+    """
+    from bufbroker.formats import parse_format
     from examples.video_pipeline.h264 import plane_rows
 
+    pix_fmt = parse_format(fourcc).av
+    if frame.format.name != pix_fmt:
+        frame = frame.reformat(format=pix_fmt)
     copied = 0
-    for target, plane in zip(planes, frame.planes):
-        rows, row_bytes = target.shape
-        target[:, :] = plane_rows(plane)[:rows, :row_bytes]
+    for target, plane in zip(planes, frame.planes, strict=True):
+        rows, row_bytes = target.shape[0], target[0].nbytes
+        target[...] = plane_rows(plane)[:rows, :row_bytes].reshape(target.shape)
         copied += rows * row_bytes
     return copied
 
 
-def decode(socket_dir: str, source: str, name: str, consumers: Sequence[str]) -> dict[str, Any]:
+def decode(
+    socket_dir: str, source: str, name: str, consumers: Sequence[str], convert_to: Sequence[str]
+) -> dict[str, Any]:
     import bufbroker
-    from bufbroker.planes import plane_arrays
+    from bufbroker.formats import from_av
     from examples.video_pipeline.h264 import open_stream
     from examples.video_pipeline.handoff import DECODED_META, DECODER, STEP_TIMEOUT, wait_for_consumers
     from examples.video_pipeline.meter import ControlPlaneMeter
@@ -90,8 +140,15 @@ def decode(socket_dir: str, source: str, name: str, consumers: Sequence[str]) ->
         offers, udmabuf_note = choose_offers(session)
         container, video = open_stream(Path(source))
         with container:
-            size = (video.codec_context.width, video.codec_context.height)
-            layout, nbytes = slot_layout(*size)
+            decoded = container.decode(video)
+            first = next(decoded, None)
+            if first is None:
+                raise ValueError(f"{source}: no video frame to decode")
+            # The format is what PyAV decodes to, looked up in the format table (yuv420p -> YUV420).
+            native = from_av(first.format.name).name
+            produce = producible(native, convert_to)
+            size = (first.width, first.height)
+            layout, nbytes = slot_layout(native, *size)
             # on_stall="report": a consumer slower than the stall timeout (a loaded machine) is
             # reported, not robbed of its slot: this pipeline must carry every frame.
             stream = session.create_stream(
@@ -100,6 +157,9 @@ def decode(socket_dir: str, source: str, name: str, consumers: Sequence[str]) ->
                 size=nbytes,
                 layout=layout,
                 offers=offers,
+                formats=produce,
+                renegotiate=len(produce) > 1,
+                align=ALIGN,
                 labels={"example": "video"},
                 on_stall="report",
             )
@@ -109,18 +169,28 @@ def decode(socket_dir: str, source: str, name: str, consumers: Sequence[str]) ->
                 "slots": POOL,
                 "offers": offers,
                 "udmabuf": udmabuf_note,
+                "decodes_to": first.format.name,
+                "format": f"{native}:LINEAR",
+                "can_produce": produce,
                 "layout": layout,
             }
+            print(
+                f"video decoder: PyAV decodes to {first.format.name}: stream {name!r} offers {native}:LINEAR "
+                f"(can produce {', '.join(produce)})",
+                file=sys.stderr,
+                flush=True,
+            )
             wait_for_consumers(session, stream, consumers)
             meter.fds += len(stream.consumers())  # the producer's end of each link
+            # The consumers' accept lists may have moved the slots to another format (renegotiation).
+            negotiated = current_format(stream)
             started = time.monotonic()
             moves, pixel_bytes, index = [], 0, -1
-            for index, frame in enumerate(container.decode(video)):
-                if frame.format.name != "yuv420p":
-                    frame = frame.reformat(format="yuv420p")
+            for index, frame in enumerate(itertools.chain([first], decoded)):
                 if size != (frame.width, frame.height):
                     size = (frame.width, frame.height)
-                    layout, nbytes = slot_layout(*size)
+                    current = current_format(stream)
+                    layout, nbytes = slot_layout(current, *size)
                     moved_at = time.monotonic()
                     generation = stream.move(
                         size=nbytes,
@@ -134,22 +204,26 @@ def decode(socket_dir: str, source: str, name: str, consumers: Sequence[str]) ->
                             "ms": (time.monotonic() - moved_at) * 1000,
                             "size": size,
                             "generation": generation,
+                            "format": current,
                         }
                     )
                     meter.fds += POOL
                 with stream.acquire(timeout=STEP_TIMEOUT) as slot:
-                    planes = plane_arrays(slot.memoryview(), layout)
-                    pixel_bytes += copy_into(planes, frame)
+                    planes = slot.planes()  # in the slots' format now, which may not be what PyAV decoded to
+                    pixel_bytes += copy_into(planes, frame, current_format(stream))
                     del planes  # nothing of ours may point into the slot once it is published
                     slot.publish(meta=DECODED_META.pack(index))
             frames = index + 1
             drained = stream.drain(STEP_TIMEOUT)
             published = stream.published
+            generation = stream.generation
             stream.close()
     return {
         "ready": ready,
+        "negotiated": negotiated,
         "frames": frames,
         "published": published,
+        "generation": generation,
         "drained": drained,
         "started": started,
         "pixel_bytes": pixel_bytes,
@@ -176,10 +250,23 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAMES",
         help=f"publish once the sessions of these names subscribed (default {ANALYSER},{ENCODER})",
     )
+    parser.add_argument(
+        "--convert-to",
+        default=",".join(CONVERT_TO),
+        metavar="FORMATS",
+        help="formats the decoder offers to convert to when a consumer needs one (renegotiation; "
+        f"default {','.join(CONVERT_TO)}; empty: only the format PyAV decodes to)",
+    )
     parser.add_argument("--result", default=None, metavar="FILE", help="write the result JSON here (default stdout)")
     args = parser.parse_args(argv)
     try:
-        result = decode(args.socket_dir, args.source, args.stream, [n for n in args.consumers.split(",") if n])
+        result = decode(
+            args.socket_dir,
+            args.source,
+            args.stream,
+            [n for n in args.consumers.split(",") if n],
+            [f for f in args.convert_to.split(",") if f.strip()],
+        )
     except Exception as error:
         return fail("decoder", error)
     write_result(result, args.result)

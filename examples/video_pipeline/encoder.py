@@ -1,57 +1,36 @@
 """Encoder stage: encode the decoded frames once the analyser has seen them, check their order.
 
     python -m examples.video_pipeline.encoder SOCKET_DIR OUTPUT [--frames decoded]
-        [--analysis analysed] [--result FILE]
+        [--analysis analysed] [--formats YUV420,NV12] [--result FILE]
 
 Subscribes to ``analysed`` and to ``decoded`` (waiting for each to be
-created). For every decoded frame it takes the analyser's frame for it
-(so, as in a chain decoder -> analyser -> encoder, a frame is encoded
-only after it was analysed), checks the two agree and the order, reads
-the picture through its own read-only mapping and gives it to libx264
-without a copy of its own when the layout is the one FFmpeg uses for a
-frame in one allocation (the decoder's is); FFmpeg copies the picture into
-the encoder's frame before ``encode()`` returns, so both frames are
-released right after. At the end of the streams it decodes its own output
-to check that every frame arrived once, in order.
+created), accepting on ``decoded`` the formats it encodes (``--formats``,
+default YUV420 and NV12: libx264 takes them as they are, and PyAV wraps
+them without a copy), and says which pair the broker negotiated. For
+every decoded frame it takes the analyser's frame for it (so, as in a
+chain decoder -> analyser -> encoder, a frame is encoded only after it was
+analysed), checks the two agree and the order, and gives the picture to
+libx264 through ``frame.to_av()``: a PyAV frame over its own read-only
+mapping, without a copy when the layout is one array PyAV can wrap (the
+decoder's is, for heights that are a multiple of 4), else a copy
+(``bufbroker.av_frames.copy_reason`` says why; counted in the result).
+FFmpeg copies the picture into the encoder's frame before ``encode()``
+returns, so both frames are released right after. At the end of the
+streams it decodes its own output to check that every frame arrived once,
+in order.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import asdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-
-def wrap_frame(view: memoryview, layout: dict) -> Any:
-    """An av.VideoFrame over the slot's memory if FFmpeg can use the layout as is, else a copy."""
-    import av
-    import numpy
-
-    from bufbroker.planes import plane_arrays
-    from examples.video_pipeline.h264 import plane_rows
-
-    width, height = layout["width"], layout["height"]
-    y, u, v = layout["planes"]
-    stride = y["stride"]
-    ffmpeg_layout = (
-        # PyAV (18.1) derives the height as rows // 6 * 4, which loses two
-        # rows unless the height is a multiple of 4.
-        height % 4 == 0
-        and y["offset"] == 0
-        and u == {"offset": stride * height, "stride": stride // 2}
-        and v == {"offset": stride * height + stride // 2 * (height // 2), "stride": stride // 2}
-    )
-    if ffmpeg_layout:
-        # One (height * 3/2) x stride array spanning all three planes.
-        array = numpy.ndarray((height * 3 // 2, stride), numpy.uint8, view, 0, (stride, 1))
-        return av.VideoFrame.from_numpy_buffer(array, format="yuv420p", width=width)
-    frame = av.VideoFrame(width, height, "yuv420p")
-    for target, source in zip(frame.planes, plane_arrays(view, layout)):
-        rows, row_bytes = source.shape
-        plane_rows(target)[:rows, :row_bytes] = source
-    return frame
+# Formats libx264 encodes as they are (H264Writer opens it with the frame's pix_fmt), by DRM name.
+ENCODES = ("YUV420", "NV12", "NV21", "NV16", "YUV422", "YUV444")
+FORMATS = ("YUV420", "NV12")  # the ones it accepts unless told otherwise: PyAV wraps both without a copy
 
 
 def verify_output(path: Path) -> list[dict]:
@@ -65,30 +44,37 @@ def verify_output(path: Path) -> list[dict]:
     ]
 
 
-def encode(socket_dir: str, output: str, frames_name: str, analysis_name: str) -> dict[str, Any]:
+def encode(socket_dir: str, output: str, frames_name: str, analysis_name: str, pairs: Sequence[str]) -> dict[str, Any]:
     import time
 
     import av  # noqa: F401  (loaded before the clock starts)
 
     import bufbroker
+    from bufbroker.av_frames import copy_reason
     from examples.video_pipeline.h264 import H264Writer
     from examples.video_pipeline.handoff import ANALYSED_META, DECODED_META, ENCODER, STARTUP_TIMEOUT, STEP_TIMEOUT
     from examples.video_pipeline.meter import ControlPlaneMeter
-    from examples.video_pipeline.reader import ACCEPT, MapCounter, frame_view, inodes, mapped_regions
+    from examples.video_pipeline.reader import (
+        ACCEPT,
+        MapCounter,
+        accept,
+        frame_layout,
+        inodes,
+        mapped_regions,
+        negotiated,
+    )
 
     writer = H264Writer(Path(output))
     problems: list[str] = []
     with bufbroker.connect(socket_dir, name=ENCODER) as session:
         meter = ControlPlaneMeter(session)
         analysis = session.subscribe(analysis_name, accept=ACCEPT, mode="queue", wait=STARTUP_TIMEOUT)
-        pictures = session.subscribe(frames_name, accept=ACCEPT, mode="queue", wait=STARTUP_TIMEOUT)
+        pictures = session.subscribe(frames_name, accept=accept(pairs), mode="queue", wait=STARTUP_TIMEOUT)
         meter.fds += 2
-        attached = {
-            "map_type": pictures.attachments[0].map_type,
-            "trace": [asdict(s) for s in pictures.attachments[0].trace],
-        }
+        attached = negotiated(pictures, pairs, "encoder")
         maps = MapCounter(meter)
         expected = 0
+        wrapped, copied = 0, dict[str, int]()  # frames handed to libx264 as they are; copies, by reason
         try:
             while True:
                 try:
@@ -105,10 +91,14 @@ def encode(socket_dir: str, output: str, frames_name: str, analysis_name: str) -
                         )
                     expected = index + 1
                     maps.note(frame)
-                    view, layout = frame_view(frame)
-                    picture = wrap_frame(view, layout)
+                    reason = copy_reason(frame_layout(frame), frame.size)
+                    if reason is None:
+                        wrapped += 1
+                    else:
+                        copied[reason] = copied.get(reason, 0) + 1
+                    picture = frame.to_av()
                     writer.write(picture)
-                    del picture, view  # FFmpeg holds its own copy now; nothing may pin the slot
+                    del picture  # FFmpeg holds its own copy now; nothing may pin the slot
         finally:
             writer.close()
         finished = time.monotonic()
@@ -125,6 +115,8 @@ def encode(socket_dir: str, output: str, frames_name: str, analysis_name: str) -
     return {
         "attached": attached,
         "frames": writer.frames,
+        "wrapped": wrapped,
+        "copied": copied,
         "finished": finished,
         "problems": problems,
         "skipped": skipped,
@@ -149,10 +141,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("output", help="raw H.264 file to write")
     parser.add_argument("--frames", default=DECODED, help=f"the stream of pictures (default {DECODED})")
     parser.add_argument("--analysis", default=ANALYSED, help=f"the analyser's stream (default {ANALYSED})")
+    parser.add_argument(
+        "--formats",
+        default=",".join(FORMATS),
+        metavar="PAIRS",
+        help=f"the (format, modifier) pairs to accept on the pictures' stream, in this order (default "
+        f"{','.join(FORMATS)}; it encodes {', '.join(ENCODES)})",
+    )
     parser.add_argument("--result", default=None, metavar="FILE", help="write the result JSON here (default stdout)")
     args = parser.parse_args(argv)
     try:
-        result = encode(args.socket_dir, args.output, args.frames, args.analysis)
+        from examples.video_pipeline.reader import parse_pairs
+
+        pairs = parse_pairs(args.formats, ENCODES, "encoder")
+        result = encode(args.socket_dir, args.output, args.frames, args.analysis, pairs)
     except Exception as error:
         return fail("encoder", error)
     write_result(result, args.result)

@@ -45,10 +45,9 @@ def _warm_up(socket_dir: Path) -> None:
 
 
 def run_example(frames: int, first: tuple[int, int], second: tuple[int, int], compare: bool = True) -> int:
-    from bufbroker.planes import packed_layout
     from bufbroker_broker.cli.launch import start_broker, stop_broker
     from examples.video_pipeline import checks, report
-    from examples.video_pipeline.decoder import ALIGN, FOURCC
+    from examples.video_pipeline.piped import pipe_frame_layout
     from examples.video_pipeline.run import run_bufbroker, run_piped
     from examples.video_pipeline.source import write_source
 
@@ -78,7 +77,7 @@ def run_example(frames: int, first: tuple[int, int], second: tuple[int, int], co
             problems.append(f"the broker holds {after - baseline} more fds than before the run ({held} in its ledger)")
         piped = None
         if compare:
-            largest = max(packed_layout(FOURCC, *size, align=ALIGN)[1] for size in (first, second))
+            largest = max(pipe_frame_layout(*size)[1] for size in (first, second))
             piped = run_piped(workdir / "source.h264", workdir / "piped.h264", largest)
             problems += checks.piped_problems(piped, source)
         print(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fractions
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 FRAME_RATE = 30
 # ultrafast + zerolatency: no B-frames and no lookahead, so every frame
@@ -21,34 +22,37 @@ ENCODER_OPTIONS = {"preset": "ultrafast", "tune": "zerolatency"}
 
 
 class H264Writer:
-    """Encode yuv420p frames of any size into one raw H.264 file.
+    """Encode frames of any size into one raw H.264 file, in their own pixel format.
 
-    ``write(frame)`` takes an ``av.VideoFrame``; the encoder is reopened when
-    its size changes. ``close()`` flushes and closes the file.
+    ``write(frame)`` takes an ``av.VideoFrame`` of a format libx264 takes
+    (yuv420p, nv12, ...); the encoder is opened with the frame's pix_fmt, so
+    FFmpeg converts nothing, and reopened when the size or the format
+    changes. ``close()`` flushes and closes the file.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.file = open(path, "wb")
-        self.codec = None
+        self.codec: Any = None  # an av VideoCodecContext while open
         self.size = (0, 0)
+        self.pix_fmt = ""
         self.frames = 0
         self.bytes = 0
 
-    def _open_codec(self, width: int, height: int) -> None:
+    def _open_codec(self, width: int, height: int, pix_fmt: str) -> None:
         import av
 
         self._flush()
         codec = av.CodecContext.create("libx264", "w")
-        codec.width, codec.height, codec.pix_fmt = width, height, "yuv420p"
+        codec.width, codec.height, codec.pix_fmt = width, height, pix_fmt
         codec.time_base = fractions.Fraction(1, FRAME_RATE)
-        codec.framerate = FRAME_RATE
+        codec.framerate = fractions.Fraction(FRAME_RATE)
         codec.options = dict(ENCODER_OPTIONS)
-        self.codec, self.size = codec, (width, height)
+        self.codec, self.size, self.pix_fmt = codec, (width, height), pix_fmt
 
     def write(self, frame) -> None:
-        if (frame.width, frame.height) != self.size:
-            self._open_codec(frame.width, frame.height)
+        if (frame.width, frame.height) != self.size or frame.format.name != self.pix_fmt:
+            self._open_codec(frame.width, frame.height, frame.format.name)
         frame.pts = self.frames
         self.frames += 1
         self._write_packets(self.codec.encode(frame))
@@ -78,7 +82,7 @@ def open_stream(path: Path):
 
 
 def read_frames(path: Path) -> Iterator:
-    """Every decoded frame of a raw H.264 file, in order (``av.VideoFrame``, yuv420p)."""
+    """Every decoded frame of a raw H.264 file, in order (``av.VideoFrame``; yuv420p for 4:2:0)."""
     container, stream = open_stream(path)
     with container:
         yield from container.decode(stream)

@@ -81,9 +81,22 @@ def wait_for_consumers(session: Any, stream: Any, names: Sequence[str], timeout:
 
 
 def fail(stage: str, error: BaseException) -> int:
-    """Say why the stage failed (with the traceback, on stderr); its exit status."""
+    """Say why the stage failed, on stderr; its exit status.
+
+    A negotiation that found nothing in common is the user's to fix (the
+    stages' accept lists disagree): its message and the broker's trace say
+    which pairs were offered and accepted, so no traceback. Anything else
+    comes with its traceback.
+    """
     import traceback
 
-    traceback.print_exception(error, file=sys.stderr)
+    from bufbroker import NoCommonMappingType, format_trace
+
+    if not isinstance(error, NoCommonMappingType):
+        traceback.print_exception(error, file=sys.stderr)
     print(f"video {stage}: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+    trace = getattr(error, "trace", None)
+    if trace:
+        print(f"video {stage}: the broker's trace:", file=sys.stderr)
+        print("\n".join("    " + line for line in format_trace(trace).splitlines()), file=sys.stderr, flush=True)
     return 1

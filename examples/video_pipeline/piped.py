@@ -4,7 +4,8 @@ Decoder -> analyser -> encoder as before, but each frame's pixels are
 written into a pipe and read out of it at every hop (the way a pipeline
 of ``ffmpeg ... -f rawvideo - | ...`` processes moves frames). The work
 per frame is otherwise the same: the same decode, the same statistics,
-the same encoder.
+the same encoder. Nothing is negotiated here: like ``-pix_fmt yuv420p`` on
+both ends of an ffmpeg pipe, the format is fixed by convention (FORMAT).
 """
 
 from __future__ import annotations
@@ -14,9 +15,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from examples.video_pipeline.decoder import ALIGN, FOURCC
-
+FORMAT = "YUV420"  # what PyAV decodes this source to; both ends of each pipe assume it
 HEADER = struct.Struct("<iII")  # seq (-1: end), width, height; the frame's bytes follow
+
+
+def pipe_frame_layout(width: int, height: int) -> tuple[dict, int]:
+    """The layout of a frame in a pipe message, and its bytes: the decoder's slot layout, not page-rounded."""
+    from bufbroker.formats import derive_layout
+    from examples.video_pipeline.decoder import ALIGN
+
+    layout = derive_layout(FORMAT, width, height, align=ALIGN, chroma_from_luma=True)
+    return layout.to_dict(), layout.size
 
 
 class PipeCounter:
@@ -32,7 +41,7 @@ class PipeCounter:
 
 
 def piped_decoder_main(source: str, control: Any, to_analyser: Any) -> None:
-    from bufbroker.planes import packed_layout, plane_arrays
+    from bufbroker.formats import plane_views
     from examples.video_pipeline.decoder import copy_into
     from examples.video_pipeline.h264 import open_stream
 
@@ -42,14 +51,12 @@ def piped_decoder_main(source: str, control: Any, to_analyser: Any) -> None:
     started, seq, frame_buffer, size = time.monotonic(), 0, bytearray(), (0, 0)
     with container:
         for seq, frame in enumerate(container.decode(stream)):
-            if frame.format.name != "yuv420p":
-                frame = frame.reformat(format="yuv420p")
             if (frame.width, frame.height) != size:
                 size = (frame.width, frame.height)
-                layout, nbytes = packed_layout(FOURCC, *size, align=ALIGN)
+                layout, nbytes = pipe_frame_layout(*size)
                 frame_buffer = bytearray(nbytes)
-                planes = plane_arrays(frame_buffer, layout)
-            copy_into(planes, frame)
+                planes = plane_views(frame_buffer, layout)
+            copy_into(planes, frame, FORMAT)
             out.send(HEADER.pack(seq, *size))
             out.send(frame_buffer)
     out.send(HEADER.pack(-1, 0, 0))
@@ -59,7 +66,7 @@ def piped_decoder_main(source: str, control: Any, to_analyser: Any) -> None:
 
 
 def piped_analyser_main(control: Any, from_decoder: Any, to_encoder: Any, max_frame_bytes: int) -> None:
-    from bufbroker.planes import packed_layout, plane_arrays
+    from bufbroker.formats import plane_views
     from examples.video_pipeline import pattern
 
     out = PipeCounter(to_encoder)
@@ -74,8 +81,8 @@ def piped_analyser_main(control: Any, from_decoder: Any, to_encoder: Any, max_fr
             break
         length = from_decoder.recv_bytes_into(buffer)
         view = memoryview(buffer)[:length]
-        layout, _ = packed_layout(FOURCC, width, height, align=ALIGN)
-        luma = plane_arrays(view, layout)[0]
+        layout, _ = pipe_frame_layout(width, height)
+        luma = plane_views(view, layout)[0]
         numbers.append(pattern.read_number(luma, width, height))
         pattern.mean_luma(luma, width)  # the same work as the bufbroker analyser
         del luma
@@ -88,8 +95,7 @@ def piped_analyser_main(control: Any, from_decoder: Any, to_encoder: Any, max_fr
 def piped_encoder_main(output: str, control: Any, from_analyser: Any, max_frame_bytes: int) -> None:
     import av  # noqa: F401  (loaded before the clock starts, as in the bufbroker run)
 
-    from bufbroker.planes import packed_layout
-    from examples.video_pipeline.encoder import wrap_frame
+    from bufbroker.av_frames import to_av
     from examples.video_pipeline.h264 import H264Writer
 
     writer = H264Writer(Path(output))
@@ -102,7 +108,7 @@ def piped_encoder_main(output: str, control: Any, from_analyser: Any, max_frame_
                 break
             length = from_analyser.recv_bytes_into(buffer)
             view = memoryview(buffer)[:length]
-            frame = wrap_frame(view, packed_layout(FOURCC, width, height, align=ALIGN)[0])
+            frame = to_av(view, pipe_frame_layout(width, height)[0])
             writer.write(frame)
             del frame
             view.release()

@@ -48,6 +48,7 @@ def format_report(
     first, last = (source[0].width, source[0].height), (source[-1].width, source[-1].height)
     switch = next((f.number for f in source if (f.width, f.height) != first), None)
     decoder, ready = result["decoder"], result["ready"]
+    native = ready["format"].partition(":")[0]
     pixel_bytes = decoder["pixel_bytes"]
     pids = result["pids"]
     lines = [
@@ -58,9 +59,15 @@ def format_report(
         f"-> 'decoded' -> analyser pid {pids['analyser']} -> 'analysed' -> encoder pid {pids['encoder']} "
         "(which also reads 'decoded')",
         f"  decoder offers: {', '.join(ready['offers'])}; udmabuf: {ready['udmabuf']}",
+        f"  decoder's format: PyAV decodes to {ready['decodes_to']}, so every slot offer carries "
+        f"{ready['format']}; it can also produce {', '.join(ready['can_produce'][1:]) or 'nothing else'}"
+        + (f"; the consumers renegotiated it to {decoder['negotiated']}" if decoder["negotiated"] != native else ""),
     ]
     for name, attached in result["attached"].items():
-        lines.append(f"  {name} accepts segments, memfd (read-only) -> negotiated {attached['map_type']}")
+        lines.append(
+            f"  {name} accepts segments, memfd with {', '.join(attached['accepts'])} (read-only) -> negotiated "
+            f"{attached['map_type']}, {attached['format']}"
+        )
         trace = [TraceStep(**step) for step in attached["trace"]]
         lines.extend("      " + line for line in format_trace(trace).splitlines())
     moves = decoder["moves"]
@@ -86,6 +93,12 @@ def format_report(
         f"  checked: analyser read {in_order}/{frames} barcodes in order; encoded file "
         f"({_size(result['encoder']['output_bytes'])}) decodes to "
         f"{sum(1 for i, o in enumerate(output) if o['number'] == i)}/{frames} frames in order"
+    )
+    encoder = result["encoder"]
+    copies = "; ".join(f"{count} copied: {reason}" for reason, count in encoder["copied"].items())
+    lines.append(
+        f"  encoder: {encoder['wrapped']}/{frames} frames handed to libx264 as PyAV frames over the slot (no copy)"
+        + (f"; {copies}" if copies else "")
     )
     crossed = bufbroker_crossings(result)
     bb_fps = frames / result["seconds"]

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -125,7 +125,9 @@ class _Commands:
         return {stage: json.loads((self.workdir / f"{stage}.json").read_text()) for stage in self.processes}
 
     def _log(self, stage: str) -> str:
-        return (self.workdir / f"{stage}.log").read_text(errors="replace").strip()[-2000:] or "(no output)"
+        return (self.workdir / f"{stage}.log").read_text(errors="replace").strip()[
+            -4000:
+        ] or "(no output)"  # a refused subscribe: message and trace
 
     def _close(self) -> None:
         for process in self.processes.values():
@@ -138,7 +140,12 @@ STAGE_ORDER = ("encoder", "analyser", "decoder")
 
 
 def run_bufbroker(
-    socket_dir: Path, source: Path, output: Path, timeout: float | None = None, order: Sequence[str] = STAGE_ORDER
+    socket_dir: Path,
+    source: Path,
+    output: Path,
+    timeout: float | None = None,
+    order: Sequence[str] = STAGE_ORDER,
+    extra: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """Decode ``source`` through the streams of the broker at ``socket_dir`` into ``output``.
 
@@ -148,6 +155,7 @@ def run_bufbroker(
     ``timeout``: seconds for the whole run (None: no limit; each stage
     gives up after STEP_TIMEOUT seconds without progress anyway).
     ``order``: the order the stages are started in (any order works).
+    ``extra``: more arguments per stage, e.g. ``{"encoder": ["--formats", "NV12"]}``.
     """
     from examples.video_pipeline.handoff import ANALYSED, ANALYSER, DECODED, ENCODER
 
@@ -161,7 +169,7 @@ def run_bufbroker(
             "decoder": (directory, str(source), "--stream", DECODED, "--consumers", f"{ANALYSER},{ENCODER}"),
         }
         for stage in order:
-            commands.start(stage, *arguments[stage])
+            commands.start(stage, *arguments[stage], *(extra or {}).get(stage, ()))
         pids = commands.pids()
         results = commands.results(timeout)
     decoded, analysed, encoded = results["decoder"], results["analyser"], results["encoder"]

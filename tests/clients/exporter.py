@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--allow-write", action="store_true", help="let importers attach read_write")
     parser.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="a label (repeatable)")
     args = parser.parse_args()
-    offers = [o for o in args.offers.split(",") if o]
+    offers = [bufbroker.specs.spec_from_text(o) for o in args.offers.split(",") if o]  # TYPE[:ACCESS][/PAIRS]
     with bufbroker.connect(args.socket_dir) as session:
         buffer = session.export(
             args.size,

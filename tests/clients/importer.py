@@ -49,7 +49,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.as_uid is not None:
         drop_privileges(args.as_uid)
-    accept = [a for a in args.accept.split(",") if a]
+    accept = [bufbroker.specs.spec_from_text(a) for a in args.accept.split(",") if a]  # TYPE[:ACCESS][/PAIRS]
     target = int(args.buffer) if args.buffer.isdigit() else args.buffer
     with bufbroker.connect(args.socket_dir) as session:
         try:
@@ -84,6 +84,7 @@ def main() -> None:
                     writable_refused.append(True)
             result = {
                 "map_type": attachment.map_type,
+                "format": attachment.format,
                 "pinned": attachment.pinned,
                 "trace": [dataclasses.asdict(s) for s in attachment.trace],
                 "head": data[:64].decode(errors="replace"),

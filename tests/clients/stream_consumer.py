@@ -16,6 +16,11 @@ then {"event": "fence-signalled", "waited"}. It ends after ``--frames``
 frames or at the end of the stream: {"event": "end", "received",
 "torn": [...], "skipped", "reason", "seqs", "generations", "shapes"}
 (per frame received: its seq, generation and "WxH:bytes" of its layout).
+``--accept memfd/NV12+XRGB8888`` subscribes with those (format, modifier) pairs
+(bufbroker.specs.spec_from_text); ``--planes`` checks each frame plane by plane
+with tests/clients/format_pattern.py instead, and "formats" in the end line
+lists each frame's format. A refused subscribe prints {"event": "refused",
+"error", "message", "trace"} and exits.
 
 The pattern is checked across the whole slot as the frame's generation
 has it (``frame.size``); when the frame has a layout, the slot must be
@@ -26,11 +31,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import time
 
 import bufbroker
 from bufbroker.planes import plane_shapes
+from tests.clients import format_pattern
 from tests.clients.stream_pattern import check
 
 
@@ -52,6 +59,7 @@ class Checker:
         self.seqs: list[int] = []
         self.generations: list[int] = []
         self.shapes: list[str] = []
+        self.formats: list[str] = []
 
     def frame(self, frame: bufbroker.ConsumerFrame) -> bool:
         """Handle one frame; False when the consumer should stop."""
@@ -68,7 +76,12 @@ class Checker:
         if layout is not None and layout_bytes(layout) != size:
             self.torn.append(f"frame {frame.seq}: {size} bytes, its layout {layout} needs {layout_bytes(layout)}")
         shape = f"{layout['width']}x{layout['height']}:{size}" if layout else f"-:{size}"
-        problem = check(frame.memoryview(), frame.seq, size)
+        self.formats.append(layout["fourcc"] if layout else "")
+        problem = (
+            format_pattern.check(frame.planes(), frame.seq)
+            if args.planes
+            else check(frame.memoryview(), frame.seq, size)
+        )
         if problem:
             self.torn.append(problem)
         if frame.meta != f"frame {frame.seq}".encode():
@@ -90,7 +103,11 @@ class Checker:
             return False
         if args.delay:
             time.sleep(args.delay)
-        problem = check(frame.memoryview(), frame.seq, size)
+        problem = (
+            format_pattern.check(frame.planes(), frame.seq)
+            if args.planes
+            else check(frame.memoryview(), frame.seq, size)
+        )
         if problem:
             self.torn.append(f"{problem} (before release)")
         frame.release()
@@ -105,6 +122,7 @@ class Checker:
             seqs=self.seqs,
             generations=self.generations,
             shapes=self.shapes,
+            formats=self.formats,
             stale=self.sub.stale,
             reason=reason,
         )
@@ -123,9 +141,17 @@ def main() -> None:
     parser.add_argument("--fence-timeout", type=float, default=None)
     parser.add_argument("--async", dest="use_async", action="store_true")
     parser.add_argument("--wait", type=float, default=10.0)
+    parser.add_argument("--accept", default="memfd")
+    parser.add_argument("--planes", action="store_true")
     args = parser.parse_args()
+    accept = [bufbroker.specs.spec_from_text(entry) for entry in args.accept.split(",")]
     with bufbroker.connect(args.socket_dir, name="test-consumer") as session:
-        sub = session.subscribe(args.name, accept=["memfd"], mode=args.mode, max_held=args.max_held, wait=args.wait)
+        try:
+            sub = session.subscribe(args.name, accept=accept, mode=args.mode, max_held=args.max_held, wait=args.wait)
+        except bufbroker.BrokerError as error:
+            trace = [dataclasses.asdict(step) for step in error.trace]
+            emit("refused", error=type(error).__name__, message=error.message, trace=trace)
+            return
         emit("subscribed", link_id=sub.link_id, slots=sub.slot_count, max_held=sub.max_held)
         checker = Checker(args, sub)
         reason = "frames"

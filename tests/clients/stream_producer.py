@@ -20,6 +20,10 @@ command per stdin line, printing one JSON line for each:
 
 Each frame fills the whole slot (its size at the stream's generation now) with the numbered pattern.
 With ``--layout WxH`` the slots are GREY frames of that size (``--size`` is not used).
+With ``--format FMT`` too they are frames of that format (bufbroker.formats.derive_layout), written
+plane by plane with tests/clients/format_pattern.py in the format each frame shows (after a
+renegotiation, the new one); ``--formats A,B`` lists what the producer can produce and
+``--renegotiate`` lets a consumer move the stream to one of them.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ import sys
 import time
 
 import bufbroker
+from bufbroker import formats
 from bufbroker.planes import packed_layout
+from tests.clients import format_pattern
 from tests.clients.stream_pattern import pattern
 
 
@@ -56,17 +62,26 @@ def main() -> None:
     parser.add_argument("--fence-fd", type=int, default=None)
     parser.add_argument("--acquire-timeout", type=float, default=30.0)
     parser.add_argument("--layout", default=None)
+    parser.add_argument("--format", default=None)
+    parser.add_argument("--formats", default=None)
+    parser.add_argument("--renegotiate", action="store_true")
     args = parser.parse_args()
+    layout = grey(args.layout) if args.layout else None
+    if args.format:
+        width, height = (int(n) for n in args.layout.split("x"))
+        layout = formats.derive_layout(args.format, width, height).to_dict()
     with bufbroker.connect(args.socket_dir, name="test-producer") as session:
         stream = session.create_stream(
             args.name,
             slots=args.slots,
             size=None if args.layout else args.size,
-            layout=grey(args.layout) if args.layout else None,
+            layout=layout,
             stall_timeout=args.stall_timeout,
             on_stall=args.on_stall,
             drop=args.drop,
             max_held=args.max_held,
+            formats=args.formats.split(",") if args.formats else None,
+            renegotiate=args.renegotiate,
         )
         emit("created", id=stream.id, slots=stream.slot_count, stall_timeout=stream.stall_timeout)
         for line in sys.stdin:
@@ -89,11 +104,15 @@ def main() -> None:
                         emit("blocked", seq=seq, t=started)
                         frame = stream.acquire(args.acquire_timeout)
                     with frame:
-                        size = stream.size
-                        frame.memoryview()[:size] = pattern(seq, size)
+                        if args.format:
+                            format_pattern.fill(frame.planes(), seq)  # in the format this frame shows
+                        else:
+                            size = stream.size
+                            frame.memoryview()[:size] = pattern(seq, size)
                         frame.publish(meta=f"frame {seq}".encode(), fence=args.fence_fd)
                     now = time.monotonic()
-                    emit("published", seq=seq, t=now, waited=now - started)
+                    shown = frame.layout["fourcc"] if frame.layout else None
+                    emit("published", seq=seq, t=now, waited=now - started, format=shown)
                     if interval:
                         time.sleep(interval)
                 emit("done", last_seq=stream.last_seq)

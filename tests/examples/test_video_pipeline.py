@@ -51,6 +51,22 @@ def test_pipeline_carries_every_frame_once_in_order_across_a_resolution_change(b
     # The resolution change: one stream.move() to the new layout, before the first frame of the new size.
     moves = result["decoder"]["moves"]
     assert [(m["frame"], tuple(m["size"]), m["generation"]) for m in moves] == [(FRAMES // 2, SECOND, 2)]
+    # The format was negotiated, not assumed: PyAV decodes to yuv420p, so the decoder's slots offer
+    # YUV420:LINEAR (and it says it can convert to NV12); both consumers accept YUV420 and NV12 and got
+    # the decoder's first choice on every slot, and said so.
+    assert result["ready"]["decodes_to"] == "yuv420p"
+    assert result["ready"]["format"] == "YUV420:LINEAR" and result["decoder"]["negotiated"] == "YUV420"
+    assert result["ready"]["can_produce"] == ["YUV420:LINEAR", "NV12:LINEAR"]
+    assert result["ready"]["layout"]["fourcc"] == "YUV420"
+    for consumer in ("analyser", "encoder"):
+        attached = result["attached"][consumer]
+        assert attached["accepts"] == ["YUV420:LINEAR", "NV12:LINEAR"]
+        assert attached["format"] == "YUV420:LINEAR" and attached["formats"] == ["YUV420:LINEAR"] * POOL
+        assert attached["trace"][-1]["verdict"] == "matched" and attached["trace"][-1]["format"] == "YUV420:LINEAR"
+    assert [s["format"] for s in stats] == ["YUV420"] * FRAMES
+    # Zero copy where PyAV can wrap the slot: 180 rows wrap, 270 (not a multiple of 4) is copied.
+    assert result["encoder"]["wrapped"] == FRAMES // 2
+    assert list(result["encoder"]["copied"].values()) == [FRAMES // 2]
     for consumer in ("analyser", "encoder"):
         assert result["attached"][consumer]["map_type"] == "segments"
         assert result[consumer]["maps"] == 2 * POOL  # the first map and one re-map per slot
@@ -74,6 +90,61 @@ def test_pipeline_carries_every_frame_once_in_order_across_a_resolution_change(b
 
     assert broker.wait_for_fds(broker.baseline_fds) == broker.baseline_fds
     assert broker.stats().fds_held == 0
+
+
+def test_an_encoder_that_takes_only_nv12_renegotiates_the_decoders_stream_and_every_check_passes(broker, tmp_path):
+    # The decoder decodes to YUV420 but can convert to NV12; an encoder accepting only NV12 makes the
+    # stream move its slots to NV12 when it subscribes. The analyser (YUV420 or NV12) follows.
+    source = write_source(tmp_path / "source.h264", 8, FIRST, SECOND)
+    result = run_bufbroker(
+        broker.socket_dir,
+        tmp_path / "source.h264",
+        tmp_path / "out.h264",
+        timeout=120,
+        extra={"encoder": ["--formats", "NV12"]},
+    )
+    assert bufbroker_problems(result, source) == []
+    assert result["ready"]["format"] == "YUV420:LINEAR" and result["decoder"]["negotiated"] == "NV12"
+    encoder = result["attached"]["encoder"]
+    assert encoder["accepts"] == ["NV12:LINEAR"] and encoder["formats"] == ["NV12:LINEAR"] * POOL
+    assert [s["format"] for s in result["analyser"]["stats"]] == ["NV12"] * 8
+    assert [m["format"] for m in result["decoder"]["moves"]] == ["NV12"]  # the resolution change kept it
+    assert result["encoder"]["wrapped"] == 4  # NV12 wraps too (180 rows); 270 rows copy
+    assert broker.wait_for_fds(broker.baseline_fds) == broker.baseline_fds
+
+
+def test_a_stage_accepting_a_format_the_decoder_cannot_produce_fails_at_subscribe_naming_both_lists(broker, tmp_path):
+    # libx264 takes 4:4:4, but this decoder produces YUV420 (or NV12 by converting): no pair in common,
+    # and no renegotiation can help, so the encoder's subscribe fails, with the trace's reason.
+    write_source(tmp_path / "source.h264", 4, FIRST, SECOND)
+    with pytest.raises(RuntimeError) as failed:
+        run_bufbroker(
+            broker.socket_dir,
+            tmp_path / "source.h264",
+            tmp_path / "out.h264",
+            timeout=60,
+            extra={"encoder": ["--formats", "YUV444"]},
+        )
+    message = str(failed.value)
+    assert message.startswith("the encoder exited with status 1: "), message
+    assert "video encoder: NoCommonMappingType: " in message
+    assert "the exporter offers [YUV420:LINEAR], the importer accepts [YUV444:LINEAR]" in message
+    assert "[YUV420:LINEAR, NV12:LINEAR]" in message  # what the decoder could produce
+    # The stage prints the broker's trace: the slot offer's pair was refused for each mapping type.
+    assert "video encoder: the broker's trace:" in message
+    assert "offer 1 segments   x match 0 segments   -> soft-mismatch  (formats: the exporter offers" in message
+    assert broker.wait_for_fds(broker.baseline_fds) == broker.baseline_fds
+    assert broker.stats().fds_held == 0
+
+
+def test_a_stage_refuses_a_format_it_cannot_read_before_it_connects(tmp_path):
+    from examples.video_pipeline.reader import parse_pairs
+
+    assert parse_pairs("YUV420, NV12:LINEAR", ("YUV420", "NV12")) == ["YUV420:LINEAR", "NV12:LINEAR"]
+    with pytest.raises(ValueError, match="the analyser cannot read XRGB8888: it reads YUV420, NV12"):
+        parse_pairs("XRGB8888", ("YUV420", "NV12"), "analyser")
+    with pytest.raises(ValueError, match="NV12:I915_Y_TILED is not LINEAR"):
+        parse_pairs("NV12:I915_Y_TILED", ("NV12",), "encoder")
 
 
 def test_stages_find_each_other_by_name_whatever_order_they_start_in(broker, tmp_path):
@@ -148,7 +219,11 @@ def test_example_video_command_prints_the_report_and_exits_0(tmp_path):
     assert "48 frames, 320x180 -> 480x270 at frame 24" in report
     assert "separate commands that found each other by stream name" in report
     assert "stream.move() to 480x270 (generation 2) before frame 24" in report
-    assert "analyser accepts segments, memfd (read-only) -> negotiated segments" in report
-    assert "encoder accepts segments, memfd (read-only) -> negotiated segments" in report
+    assert "PyAV decodes to yuv420p, so every slot offer carries YUV420:LINEAR" in report
+    for stage in ("analyser", "encoder"):
+        assert (
+            f"{stage} accepts segments, memfd with YUV420:LINEAR, NV12:LINEAR (read-only) -> negotiated "
+            "segments, YUV420:LINEAR"
+        ) in report
     assert "frames per second, end to end" in report and "bufbroker vs pipes:" in report
     assert "every check passed" in report

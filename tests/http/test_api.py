@@ -37,7 +37,12 @@ def test_buffer_detail_has_offers_layout_labels_and_each_attachments_type_and_tr
             name="frames",
             offers=["segments", "memfd"],
             labels={"camera": "front", "stage": "raw"},
-            layout={"fourcc": "NV12", "width": 64, "height": 32, "planes": [{"offset": 0, "stride": 64}]},
+            layout={
+                "fourcc": "NV12",
+                "width": 64,
+                "height": 32,
+                "planes": [{"offset": 0, "stride": 64}, {"offset": 2048, "stride": 64}],
+            },
         )
         holder = broker.spawn("holder", "frames", "--accept", "memfd,segments")
         assert _line(holder) == {"ready": True}
@@ -50,7 +55,7 @@ def test_buffer_detail_has_offers_layout_labels_and_each_attachments_type_and_tr
             "width": 64,
             "height": 32,
             "modifier": 0,
-            "planes": [{"offset": 0, "stride": 64}],
+            "planes": [{"offset": 0, "stride": 64}, {"offset": 2048, "stride": 64}],
         }
         first, second = detail["attachments"]
         assert first["importer_pid"] == holder.pid and first["map_type"] == "segments"

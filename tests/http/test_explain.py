@@ -54,6 +54,7 @@ def test_explain_predicts_what_a_real_attach_then_chooses(http_broker: HttpBroke
             "verdict": step["verdict"],
             "reason": step["reason"],
             "converter": step["converter"],
+            "format": step["format"],
         }
     exporter.stdin.close()
     assert exporter.wait(10) == 0
@@ -69,8 +70,8 @@ def test_explain_against_an_offers_list_needs_no_buffer(http_broker: HttpBroker)
     assert cells[0][0]["verdict"] == "soft-mismatch" and "read only" in cells[0][0]["reason"]
     assert cells[0][1]["verdict"] == "type-differs"
     assert cells[1] == [
-        {"verdict": "type-differs", "reason": "", "converter": ""},
-        {"verdict": "matched", "reason": "", "converter": ""},
+        {"verdict": "type-differs", "reason": "", "converter": "", "format": ""},
+        {"verdict": "matched", "reason": "", "converter": "", "format": ""},
     ]
     assert result["matrix"]["chosen"] == {"offer_index": 1, "match_index": 1}
 

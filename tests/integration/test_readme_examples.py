@@ -8,7 +8,6 @@ where the README writes ``...`` (so the test decides when its session ends).
 
 from __future__ import annotations
 
-import ast
 import re
 import subprocess
 import sys
@@ -71,15 +70,40 @@ def test_the_first_exporter_and_importer_examples_run_and_the_importer_stops_on_
                 process.communicate()
 
 
-def test_the_layout_example_gives_the_layout_it_shows():
-    code = _block("### Layout")
-    call = next(line for line in code.splitlines() if "packed_layout(" in line).split("#")[0].strip()
-    shown = "".join(line.lstrip("# ").strip() for line in code.splitlines() if line.startswith("#"))
-    expected = ast.literal_eval(shown.split("==", 1)[1].strip())
-    namespace: dict[str, object] = {}
-    exec("from bufbroker import planes\n" + call, namespace)
-    assert namespace["layout"] == expected
-    assert namespace["nbytes"] >= expected["planes"][-1]["offset"]
+def _printed_comments(code: str) -> list[str]:
+    """What each ``print(...)  # OUTPUT`` line of a README block says it prints."""
+    return [line.split("#", 1)[1].strip() for line in code.splitlines() if line.strip().startswith("print(")]
+
+
+def test_the_layout_example_prints_what_it_shows(broker):
+    code = _block("### Layout and formats").replace('"/tmp/bb"', repr(str(broker.socket_dir)))
+    process = _python(code)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert out.splitlines() == _printed_comments(code)
+
+
+def test_the_pair_negotiation_example_and_its_explain_output_are_what_they_show(broker):
+    code = _block("**Formats are negotiated as (format, modifier) pairs**")
+    setup = "import bufbroker\nfrom bufbroker import formats\nlayout = formats.derive_layout('NV12', 1920, 1080)\n"
+    shown = README[README.index("$ bufbroker explain cam") :].split("```", 1)[0].splitlines()
+    command, expected = shown[0].removeprefix("$ ").split(), shown[1:]
+    with bufbroker.connect(broker.socket_dir) as exporter, bufbroker.connect(broker.socket_dir) as importer:
+        namespace: dict[str, object] = {"exporter": exporter, "importer": importer}
+        exec(setup + code, namespace)
+        assert namespace["attachment"].format == code.split("attachment.format  # ")[1].split()[0].strip('"')
+        explained = subprocess.run(
+            [sys.executable, "-m", "bufbroker_broker", *command[1:], "--socket-dir", str(broker.socket_dir)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO_ROOT,
+        )
+    lines = explained.stdout.splitlines()
+    # The buffer id in the first line is this broker's.
+    assert [re.sub(r"buffer \d+", "buffer N", line) for line in lines] == [
+        re.sub(r"buffer \d+", "buffer N", line) for line in expected
+    ]
 
 
 def test_the_stream_examples_run_as_two_unrelated_processes(broker):

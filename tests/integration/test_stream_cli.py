@@ -73,3 +73,17 @@ def test_test_source_refuses_a_bad_size():
     run = subprocess.run([*CLI, "test-source", "cam0", "--size", "big"], capture_output=True, text=True, timeout=30)
     assert run.returncode == 2
     assert "give WxH in pixels" in run.stderr
+
+
+def test_watch_without_a_broker_says_so_in_one_line_not_a_traceback(tmp_path):
+    run = subprocess.run(
+        [*CLI, "watch", "cam0", "--socket-dir", str(tmp_path / "nobody")], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.startswith("bufbroker stream watch: ") and "Traceback" not in run.stderr, run.stderr
+
+
+def test_watch_names_a_bad_format_pair_in_its_accept_list(broker):
+    watch = _watch(broker, "--accept", "memfd/NV13")
+    _, err = watch.communicate(timeout=30)
+    assert watch.returncode == 1 and "unknown pixel format 'NV13'" in err and "Traceback" not in err, err

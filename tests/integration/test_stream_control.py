@@ -21,6 +21,7 @@ import grpc
 import httpx
 import pytest
 
+import bufbroker
 from bufbroker import fdwire, protocol, specs
 from bufbroker.v1 import broker_pb2 as pb
 from bufbroker.v1 import stream_pb2 as spb
@@ -480,3 +481,16 @@ def test_a_producer_report_without_a_link_it_reported_before_forgets_it(peers):
     report(link_id)
     report()
     assert list(listed(producer)[0].consumers) == []
+
+
+def test_list_streams_is_paged_and_ls_reads_every_page(peers, broker):
+    from bufbroker_broker.cli.ls import list_streams
+
+    producer = peers()
+    made = [create(producer, f"cam{k}", [producer.export(f"slot{k}")]).id for k in range(5)]
+    first = producer.call("ListStreams", pb.ListStreamsRequest(page_size=2))
+    assert [s.id for s in first.streams] == made[:2] and first.next_after_id == made[1]
+    rest = producer.call("ListStreams", pb.ListStreamsRequest(after_id=first.next_after_id, page_size=10))
+    assert [s.id for s in rest.streams] == made[2:] and rest.next_after_id == 0
+    with bufbroker.connect(broker.socket_dir) as session:
+        assert [s.name for s in list_streams(session)] == [f"cam{k}" for k in range(5)]

@@ -27,8 +27,9 @@ JSON (--json): one object on stdout, whatever the exit status:
   error_code the broker's status for exit 2 (e.g. "NOT_FOUND",
              "INVALID_ARGUMENT"); null otherwise
   trace      [{offer_index, offer_type, match_index, match_type, verdict,
-               reason, converter}] every examined pair, in order
-  matrix     {offers, matches, cells: [[{verdict, reason, converter}]],
+               reason, converter, format}] every examined pair, in order
+               (format: the (format, modifier) pair a matched step chose)
+  matrix     {offers, matches, cells: [[{verdict, reason, converter, format}]],
               chosen: {offer_index, match_index} | null}
 Verdicts: type-differs, soft-mismatch, matched, error (not-examined in cells).
 With exit 2 the human message also goes to stderr.
@@ -54,7 +55,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
         default="",
         metavar="TYPES",
         help="comma-separated mapping types in the importer's order, e.g. udmabuf,memfd "
-        "(default: none, a compat importer, which gets memfd)",
+        "(default: none, a compat importer, which gets memfd); a type may list the (format, modifier) "
+        "pairs it takes after a slash, joined by +: memfd/NV12+XRGB8888, dmabuf/NV12:I915_Y_TILED",
     )
     explain.add_argument(
         "--access", choices=["read", "read_write"], default="read", help="what the importer asks for (default read)"
@@ -68,11 +70,13 @@ def accept_by_name(names: list[str], access: str) -> list[Any]:
     from bufbroker.v1 import mapping_types_pb2 as mpb
 
     matches = []
-    for name in names:
+    for entry in names:
+        name, _, listed = entry.partition("/")
+        pairs = [pair.strip() for pair in listed.split("+") if pair.strip()]
         if name in specs.TYPE_NAMES:
-            matches.extend(specs.accept_to_wire([name], access))
+            matches.extend(specs.accept_to_wire([specs.spec_by_name(name, pairs)], access))
         else:
-            match = mpb.Match()
+            match = mpb.Match(formats=specs.format_pairs_to_wire(pairs))
             match.plugin.type_name = name
             matches.append(match)
     return matches
@@ -85,7 +89,11 @@ def run(args: argparse.Namespace) -> int:
     from bufbroker_broker.server.observe.introspection import trace_matrix
 
     accept = [name.strip() for name in args.accept.split(",") if name.strip()]
-    request = pb.ExplainRequest(accept=accept_by_name(accept, args.access), access=specs.access_value(args.access))
+    try:
+        wire_accept = accept_by_name(accept, args.access)
+    except ValueError as error:
+        return _could_not_ask(args, accept, f"--accept: {error}", "INVALID_ARGUMENT")
+    request = pb.ExplainRequest(accept=wire_accept, access=specs.access_value(args.access))
     if args.buffer.isdigit():
         if not 0 < int(args.buffer) < 2**63:
             return _could_not_ask(args, accept, f"buffer id {args.buffer} is out of range", "INVALID_ARGUMENT")
@@ -108,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
         (b for b in listed if (b.name == args.buffer if request.buffer_name else b.id == request.buffer_id)), None
     )
     offers = list(found.offer_types) if found else []
-    matrix = trace_matrix(offers, accept or ["memfd"], answer.trace)
+    rows = [_offer_label(offer) for offer in found.offers] if found and found.offers else offers
+    matrix = trace_matrix(rows, accept or ["memfd"], answer.trace)
     if args.json:
         print(
             json.dumps(
@@ -168,10 +177,22 @@ def _result(
                 "verdict": s.verdict,
                 "reason": s.reason,
                 "converter": s.converter,
+                "format": s.format,
             }
             for s in trace
         ],
     }
+
+
+def _offer_label(offer: Any) -> str:
+    """An offer as its type, then its (format, modifier) pairs after a slash, as --accept writes them."""
+    from bufbroker import formats
+
+    name = offer.WhichOneof("kind") or "unknown"
+    if name == "plugin":
+        name = offer.plugin.type_name
+    pairs = "+".join(formats.pair_text(pair.format, pair.modifier) for pair in offer.formats)
+    return f"{name}/{pairs}" if pairs else name
 
 
 def _matrix_json(matrix: Any) -> dict[str, Any]:
@@ -179,7 +200,9 @@ def _matrix_json(matrix: Any) -> dict[str, Any]:
     return {
         "offers": list(matrix.offers),
         "matches": list(matrix.matches),
-        "cells": [[{"verdict": v, "reason": r, "converter": c} for v, r, c in row] for row in matrix.cells],
+        "cells": [
+            [{"verdict": v, "reason": r, "converter": c, "format": f} for v, r, c, f in row] for row in matrix.cells
+        ],
         "chosen": {"offer_index": matrix.chosen[0], "match_index": matrix.chosen[1]} if matrix.chosen else None,
     }
 
@@ -190,8 +213,11 @@ def format_trace_matrix(matrix: Any) -> str:
     rows = [f"offer {i}: {name}" for i, name in enumerate(matrix.offers)]
     cells = [
         [
-            ("* " if matrix.chosen == (i, j) else "") + verdict + (f" via {converter}" if converter else "")
-            for j, (verdict, _, converter) in enumerate(row)
+            ("* " if matrix.chosen == (i, j) else "")
+            + verdict
+            + (f" via {converter}" if converter else "")
+            + (f" {chosen}" if chosen else "")
+            for j, (verdict, _, converter, chosen) in enumerate(row)
         ]
         for i, row in enumerate(matrix.cells)
     ]
@@ -203,7 +229,7 @@ def format_trace_matrix(matrix: Any) -> str:
     reasons = [
         f"  offer {i} x match {j}: {verdict}: {reason}"
         for i, row in enumerate(matrix.cells)
-        for j, (verdict, reason, _) in enumerate(row)
+        for j, (verdict, reason, _, _) in enumerate(row)
         if reason
     ]
     if reasons:

@@ -122,10 +122,17 @@ def who(pid: int, name: str) -> str:
 
 
 def list_streams(session: Any, name: str = "") -> list[Any]:
-    """Every visible stream (or the one named ``name``), as StreamInfo."""
+    """Every visible stream (or the one named ``name``), as StreamInfo, page after page."""
     from bufbroker.v1 import broker_pb2 as pb
 
-    return list(session.call("ListStreams", pb.ListStreamsRequest(name=name)).streams)
+    streams: list[Any] = []
+    after = 0
+    while True:
+        page = session.call("ListStreams", pb.ListStreamsRequest(name=name, after_id=after))
+        streams.extend(page.streams)
+        if not page.next_after_id:
+            return streams
+        after = page.next_after_id
 
 
 def report_time(stream: Any, at: float) -> float | None:

@@ -44,7 +44,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     watch.add_argument("name", metavar="NAME", help="the stream's name")
     add_socket_dir(watch)
     watch.add_argument("--mode", choices=("queue", "latest"), default="latest", help="delivery mode (default latest)")
-    watch.add_argument("--accept", default="memfd,segments", help="mapping types to accept, in order")
+    watch.add_argument(
+        "--accept",
+        default="memfd,segments",
+        help="mapping types to accept, in order; each may list (format, modifier) pairs after a slash, joined "
+        "by + (memfd/NV12+XRGB8888)",
+    )
     watch.add_argument("--wait", type=float, default=30.0, metavar="SECONDS", help="wait this long for the stream")
     watch.add_argument("--interval", type=float, default=1.0, metavar="SECONDS", help="seconds between reports")
     watch.add_argument("--frames", type=int, default=0, metavar="N", help="stop after N frames (0: no limit)")
@@ -86,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
     from bufbroker_broker.server.settings import default_socket_dir
 
     socket_dir = args.socket_dir or Path(os.environ.get("BUFBROKER_SOCKET_DIR") or default_socket_dir())
+    import bufbroker
+
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         if args.action == "watch":
@@ -93,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
         return _test_source(args, socket_dir)
     except KeyboardInterrupt:
         return 0
+    except (bufbroker.BrokerError, ValueError) as error:  # no broker, a refused uid, a bad spec: said, not a traceback
+        print(f"bufbroker stream {args.action}: {error}", file=sys.stderr)
+        return 1
 
 
 def frame_size(text: str) -> tuple[int, int]:
@@ -120,7 +130,7 @@ def _test_source(args: argparse.Namespace, socket_dir: Path) -> int:
         print(f"bufbroker stream test-source: {error}", file=sys.stderr)
         return 2
     size = width * height * 3
-    offers = [name for name in args.offers.split(",") if name]
+    offers = [bufbroker.specs.spec_from_text(name) for name in args.offers.split(",") if name]
     period = 1.0 / args.fps if args.fps > 0 else 0.0
     with bufbroker.connect(socket_dir, name=f"test-source {args.name}") as session:
         stream = session.create_stream(args.name, slots=args.slots, size=size, offers=offers, drop=args.drop)
@@ -162,7 +172,7 @@ def _test_source(args: argparse.Namespace, socket_dir: Path) -> int:
 def _watch(args: argparse.Namespace, socket_dir: Path) -> int:
     import bufbroker
 
-    accept = [name for name in args.accept.split(",") if name]
+    accept = [bufbroker.specs.spec_from_text(name) for name in args.accept.split(",") if name]
     report = _Report(args.name)
     bad = 0
     deadline = time.monotonic() + args.duration if args.duration else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from bufbroker_broker.core import format_pairs
 from bufbroker_broker.core.errors import BrokerError, NoCommonMappingType
 from bufbroker_broker.core.mapping_type import AnyConverter, AnyMappingType, MatchContext, Matched, SoftMismatch
 from bufbroker_broker.core.principals import describe_peer, principal_allowed
@@ -36,12 +37,14 @@ class Spec:
     """One offer or one accept-list entry: its type and its type's message.
 
     ``restricted_to`` (offers only) lists the principals the offer is
-    visible to; empty means everyone.
+    visible to; empty means everyone. ``formats``: the (format, modifier)
+    pairs it offers (exporter order) or accepts; empty means any.
     """
 
     type: AnyMappingType
     message: object  # the type's offer or match message
     restricted_to: tuple[str, ...] = ()
+    formats: tuple[format_pairs.Pair, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ class Negotiation:
     map_params: object  # what the type's (or converter's) finish returned; its map reads it
     trace: tuple[TraceStep, ...]
     converter: AnyConverter | None = None  # set when a converter produced the match
+    format: format_pairs.Pair | None = None  # the pair chosen, when both sides listed pairs
 
 
 def negotiate(
@@ -75,7 +79,10 @@ def negotiate(
     the same offer. A pair of different types is skipped (``type-differs``),
     a soft mismatch continues (``soft-mismatch``, with the type's reason);
     a restricted offer is a soft mismatch (reason ``restricted``) for an
-    importer that is not one of its principals.
+    importer that is not one of its principals. When the offer and the
+    match both list (format, modifier) pairs, they match only if the lists
+    intersect (else a soft mismatch whose reason names both lists); the
+    first offered pair the importer lists is chosen (``Negotiation.format``).
 
     Only when every direct pair failed are converters tried: for each offer
     in exporter order, zero-copy converters before copying ones, and for
@@ -129,10 +136,10 @@ def _try_pair(
     """
     via = converter.name if converter is not None else ""
 
-    def step(verdict: str, reason: str = "") -> TraceStep:
+    def step(verdict: str, reason: str = "", chosen: str = "") -> TraceStep:
         if via and reason:
             reason = f"{via}: {reason}"
-        return TraceStep(offer_index, offer.type.name, match_index, match.type.name, verdict, reason, via)
+        return TraceStep(offer_index, offer.type.name, match_index, match.type.name, verdict, reason, via, chosen)
 
     if offer.restricted_to and not principal_allowed(
         offer.restricted_to, ctx.importer_uid, ctx.importer_gid, ctx.exporter_uid, ctx.importer_groups
@@ -140,6 +147,13 @@ def _try_pair(
         who = describe_peer(ctx.importer_uid, ctx.importer_gid)
         trace.append(step(SOFT_MISMATCH, f"restricted: this offer is not for {who}"))
         return None
+    pair = None
+    if offer.formats and match.formats:
+        pair = format_pairs.choose(offer.formats, match.formats)
+        if pair is None:
+            trace.append(step(SOFT_MISMATCH, format_pairs.mismatch_reason(offer.formats, match.formats)))
+            return None
+    chosen = format_pairs.text(pair) if pair is not None else ""
     judge: AnyConverter | AnyMappingType = converter if converter is not None else offer.type
     try:
         result = judge.match(offer.message, match.message, ctx)
@@ -156,12 +170,12 @@ def _try_pair(
             f"{result!r}; it must return Matched or SoftMismatch or raise a BrokerError"
         )
     if converter is None:
-        trace.append(step(MATCHED))
+        trace.append(step(MATCHED, chosen=chosen))
     else:
         how = "a copy at each map" if converter.copies else "zero-copy"
-        trace.append(step(MATCHED, f"converted from the exporter's {offer.type.name} offer ({how})"))
+        trace.append(step(MATCHED, f"converted from the exporter's {offer.type.name} offer ({how})", chosen))
     params = judge.finish(offer.message, match.message, ctx)
-    return Negotiation(match.type, offer_index, match_index, params, tuple(trace), converter)
+    return Negotiation(match.type, offer_index, match_index, params, tuple(trace), converter, pair)
 
 
 def _no_match_message(offers: Sequence[Spec], accept: Sequence[Spec], trace: list[TraceStep]) -> str:
@@ -170,8 +184,12 @@ def _no_match_message(offers: Sequence[Spec], accept: Sequence[Spec], trace: lis
     # A converter's reason already starts with its name.
     soft = [s.reason if s.converter else f"{s.offer_type}: {s.reason}" for s in trace if s.verdict == SOFT_MISMATCH]
     why = f"; pairs refused: {'; '.join(soft)}" if soft else ""
+    if any(s.reason.startswith("formats:") for s in trace if s.verdict == SOFT_MISMATCH):
+        advice = "Accept one of the offered (format, modifier) pairs, or one of the offered types"
+    else:
+        advice = "Accept one of the offered types"
     return (
         f"no common mapping type: the exporter offers [{offered}], "
-        f"the importer accepts [{accepted}]{why}. Accept one of the offered types "
+        f"the importer accepts [{accepted}]{why}. {advice} "
         "(an empty accept list gets the compat type memfd)"
     )

@@ -26,6 +26,7 @@ from bufbroker_broker.core.errors import (
     ResourceExhausted,
 )
 from bufbroker_broker.core.fd_ledger import FdLedger
+from bufbroker_broker.core.format_pairs import Pair
 from bufbroker_broker.core.host_facts import HostFacts
 from bufbroker_broker.core.mapping_type import AnyConverter, AnyMappingType, MapResult, MatchContext
 from bufbroker_broker.core.negotiate import Negotiation, Spec, negotiate
@@ -159,6 +160,7 @@ class Attachment:
     pinned: bool
     match: Spec  # the accept entry that matched: a move negotiates it again
     converter: AnyConverter | None = None  # set when a converter produced map_type; it maps
+    format: Pair | None = None  # the (format, modifier) pair negotiated, when both sides listed pairs
     mappings: dict[int, Mapping] = field(default_factory=dict)
     non_compliant: bool = False
     invalid: str = ""  # why the attachment can no longer map, if it cannot
@@ -560,7 +562,7 @@ class Registry:
                     self.match_context(attachment.session, buffer),
                     (converter,) if converter is not None else (),
                 )
-                attachment.map_params, attachment.invalid = again.map_params, ""
+                attachment.map_params, attachment.invalid, attachment.format = again.map_params, "", again.format
             except BrokerError as error:
                 attachment.invalid = (
                     f"after the move the buffer no longer offers it {attachment.map_type.name} ({error.message})"
@@ -652,6 +654,7 @@ class Registry:
             pinned,
             match=accept[negotiation.match_index],
             converter=negotiation.converter,
+            format=negotiation.format,
         )
         self.attachments[attachment.id] = attachment
         buffer.attachments[attachment.id] = attachment

@@ -15,7 +15,8 @@ class TraceStep:
 
     ``converter`` names the converter tried for the pair (empty for a
     direct pair); its reason then starts with the converter's name too, so
-    a reader that ignores the field still sees it.
+    a reader that ignores the field still sees it. ``format`` is the
+    (format, modifier) pair a matched step chose.
     """
 
     offer_index: int
@@ -25,3 +26,4 @@ class TraceStep:
     verdict: str
     reason: str = ""
     converter: str = ""
+    format: str = ""  # the (format, modifier) pair chosen, as FORMAT:MODIFIER, when both sides listed pairs

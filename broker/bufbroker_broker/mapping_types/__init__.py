@@ -21,6 +21,7 @@ from typing import cast
 from google.protobuf.message import Message
 
 from bufbroker.v1 import mapping_types_pb2 as pb
+from bufbroker_broker.core import format_pairs
 from bufbroker_broker.core.errors import InvalidArgument
 from bufbroker_broker.core.host_facts import HostFacts
 from bufbroker_broker.core.mapping_type import AnyConverter, AnyMappingType, check_mapping_type
@@ -162,7 +163,8 @@ def offers_from_wire(offers: Sequence[pb.Offer], fd_sizes: tuple[int, ...], size
     for index, wire in enumerate(offers):
         mapping_type, message = _type_and_message(wire, "offer", "offer_message", index)
         restricted = parse_principals(wire.restricted_to, f"offer {index} restricted_to")
-        specs.append(Spec(mapping_type, mapping_type.check_offer(message, fd_sizes, size), restricted))
+        pairs = format_pairs.pairs_from_wire(wire.formats, f"offer {index}")
+        specs.append(Spec(mapping_type, mapping_type.check_offer(message, fd_sizes, size), restricted, pairs))
     return specs
 
 
@@ -178,7 +180,8 @@ def accept_from_wire(accept: Sequence[pb.Match], access: int) -> tuple[list[Spec
     specs = []
     for index, wire in enumerate(accept):
         mapping_type, message = _type_and_message(wire, "match", "match_message", index)
-        specs.append(Spec(mapping_type, mapping_type.check_match(message)))
+        pairs = format_pairs.pairs_from_wire(wire.formats, f"match {index}")
+        specs.append(Spec(mapping_type, mapping_type.check_match(message), formats=pairs))
     return specs, False
 
 
@@ -206,4 +209,6 @@ def offer_to_wire(spec: Spec) -> pb.Offer:
     offer = pb.Offer()
     _wrap(offer, spec.type, spec.message)
     offer.restricted_to.extend(spec.restricted_to)
+    for name, modifier in spec.formats:
+        offer.formats.add(format=name, modifier=modifier)
     return offer

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from bufbroker.v1 import broker_pb2 as pb
 from bufbroker.v1 import mapping_types_pb2 as mpb
 from bufbroker_broker import mapping_types
+from bufbroker_broker.core import format_pairs
 from bufbroker_broker.core.backing import BufferFd
 from bufbroker_broker.core.errors import (
     BrokerError,
@@ -251,6 +252,7 @@ class Operations:
             check_distinct_files(fds)
             infos = [inspect_fd(fd, i, kind) for i, fd in enumerate(fds)]
             check_size(size, infos[0].size)
+            format_pairs.check_layout(layout, size, len(fds))
             offers = mapping_types.offers_from_wire(wire_offers, tuple(i.size for i in infos), size)
             buffer = self.registry.buffer_register(
                 session,
@@ -319,6 +321,7 @@ class Operations:
             check_distinct_files(fds)
             infos = [inspect_fd(fd, i, mapping_types.offers_fd_kind(offers_wire)) for i, fd in enumerate(fds)]
             check_size(size, infos[0].size)
+            format_pairs.check_layout(layout, size, len(fds))
             offers = mapping_types.offers_from_wire(offers_wire, tuple(i.size for i in infos), size)
             self.registry.check_shared_files(session, infos, buffer.allow, moving=buffer)  # refused before any notice
             waiting = self.registry.move_notify(buffer, reason or "moved by its exporter")

@@ -32,22 +32,27 @@ import socket
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, NoReturn
 
 from bufbroker.streamlink import HANDOFF_LATENCY_BOUNDS_US
 from bufbroker.v1 import broker_pb2 as pb
 from bufbroker.v1 import mapping_types_pb2 as mpb
 from bufbroker.v1 import stream_pb2 as spb
+from bufbroker_broker import mapping_types
+from bufbroker_broker.core import format_pairs
 from bufbroker_broker.core.errors import (
     BrokerError,
     FailedPrecondition,
     InvalidArgument,
+    NoCommonMappingType,
     NotFound,
     PermissionDenied,
     ResourceExhausted,
     Unavailable,
 )
+from bufbroker_broker.core.format_pairs import Pair
 from bufbroker_broker.core.mapping_type import MapResult
+from bufbroker_broker.core.negotiate import Spec
 from bufbroker_broker.core.registry import ACTIVE, Attachment, Buffer, Change, Mapping, Session
 from bufbroker_broker.server.fdchannel.server import FdChannelServer
 from bufbroker_broker.server.observe.latency import LatencyHistogram
@@ -63,6 +68,10 @@ MAX_SUBSCRIBE_WAIT = MAX_ATTACH_WAIT
 REPORTS_PER_SECOND = 4.0
 # The longest stall timeout a stream may ask for, in seconds.
 MAX_STALL_TIMEOUT = 3600.0
+# A Subscribe that made the producer move to another format waits this long
+# for the slots to offer it (the SDK drains up to 5 s, then moves).
+RENEGOTIATE_TIMEOUT = 10.0
+RENEGOTIATE_CHECK = 0.01  # seconds between its looks at the slots' offers
 # The consumers' hand-off latency histogram bounds, in seconds (metrics).
 HANDOFF_LATENCY_BOUNDS = tuple(bound / 1e6 for bound in HANDOFF_LATENCY_BOUNDS_US)
 _MODES = (spb.CONSUMER_MODE_QUEUE, spb.CONSUMER_MODE_LATEST)
@@ -99,6 +108,7 @@ class Link:
     producer_view: pb.StreamCounters | None = None
     consumer_view: pb.StreamCounters | None = None
     reported_at: float = -1.0
+    accept: tuple[Spec, ...] = ()  # the consumer's accept list: a renegotiation must keep a pair it takes
     producer_saw: bool = False  # the producer listed it in a report: a later report without it means gone
     stalled: bool = False
     stalls: int = 0
@@ -121,6 +131,9 @@ class Stream:
     producer_counters: pb.StreamCounters | None = None
     reported_at: float = -1.0
     deleted: bool = False
+    formats: tuple[Pair, ...] = ()  # what the producer can produce, in its order
+    renegotiate: bool = False
+    renegotiating: Pair | None = None  # the pair the producer was asked to move to, until its slots offer it
     # Every consumer's reported hand-off latencies, added up (seconds).
     handoff_latency: LatencyHistogram = field(default_factory=lambda: LatencyHistogram(HANDOFF_LATENCY_BOUNDS))
 
@@ -137,6 +150,16 @@ class StreamLinkOpenedEvent:
     mode: spb.ConsumerMode
     max_held: int
     fd_ticket: int
+
+
+@dataclass(frozen=True)
+class StreamRenegotiateEvent:
+    """To the producer: move every slot to ``format`` (a consumer subscribing needs it)."""
+
+    stream_id: int
+    format: Pair
+    consumer_pid: int
+    reason: str
 
 
 @dataclass(eq=False)
@@ -220,12 +243,21 @@ class Streams:
         on_stall: pb.StallPolicy = pb.STALL_POLICY_UNSPECIFIED,
         max_held: int = 0,
         labels: dict[str, str] | None = None,
+        formats: tuple[Pair, ...] = (),
+        renegotiate: bool = False,
     ) -> Stream:
         """Name ``producer``'s buffers a stream, one per slot, and wake the Subscribes waiting for it.
 
         Every id must be an active buffer ``producer`` registered and no
         other stream's slot; the name must be free among live streams.
+        ``formats`` are the pairs the producer can produce; with
+        ``renegotiate`` a consumer needing another of them has the slots
+        moved to it (see :meth:`subscribe`).
         """
+        if renegotiate and not formats:
+            raise InvalidArgument(
+                "renegotiate needs formats: list the (format, modifier) pairs the producer can produce"
+            )
         labels = labels or {}
         request_limits = self.operations.limits
         if not name:
@@ -273,6 +305,8 @@ class Streams:
             max_held,
             dict(labels),
             self.clock(),
+            formats=formats,
+            renegotiate=renegotiate,
         )
         self.streams[stream.id] = stream
         self.by_name[name] = stream
@@ -425,11 +459,19 @@ class Streams:
                 f"the producer of stream {stream.name!r} (pid {producer.pid}) has no event stream open, so it "
                 "cannot be told of a new consumer; retry once it has reconnected"
             )
-        link = Link(next(self._link_ids), stream, consumer, mode, granted, [], self.clock())
+        accept, _ = mapping_types.accept_from_wire(wire_accept, mpb.ACCESS_READ)
+        link = Link(next(self._link_ids), stream, consumer, mode, granted, [], self.clock(), accept=tuple(accept))
         with ExitStack() as unwind:
             stream.links[link.id] = link  # counted against max_stream_consumers while it is being made
             unwind.callback(stream.links.pop, link.id, None)
-            slots = await self._attach_slots(consumer, stream, wire_accept, unwind)
+            attempt = unwind.enter_context(ExitStack())  # undoes the slots of a refused first try
+            try:
+                slots = await self._attach_slots(consumer, stream, wire_accept, attempt)
+            except NoCommonMappingType as refused:
+                attempt.close()
+                target = self._renegotiation_target(stream, link, refused)
+                await self._renegotiate(stream, target, consumer)
+                slots = await self._attach_slots(consumer, stream, wire_accept, attempt)
             for slot in slots:
                 slot.handed = True
                 slot.ticket = await self.channels.deliver(consumer, slot.result.fds, slot.result.temporary)
@@ -467,6 +509,61 @@ class Streams:
             slots.append(slot)
             unwind.callback(self._undo_slot, slot)
         return slots
+
+    def _renegotiation_target(self, stream: Stream, joining: Link, refused: NoCommonMappingType) -> Pair:
+        """The pair to move ``stream`` to so ``joining`` can read it, or ``refused`` re-raised saying why not.
+
+        The first pair of the producer's ``formats`` (its order) that the
+        joining consumer accepts and every current consumer accepts too (an
+        accept entry listing no pairs accepts any).
+        """
+
+        def refuse(why: str) -> NoReturn:
+            refused.message = f"{refused.message}; {why}"
+            refused.args = (refused.message,)
+            raise refused
+
+        if not stream.renegotiate:
+            refuse(f"stream {stream.name!r} was created without renegotiate, so its format stays")
+        wanted = {pair for spec in joining.accept for pair in spec.formats}
+        if not wanted or any(not spec.formats for spec in joining.accept):
+            refuse("the accept list takes any format, so another format would not help")
+        others = [link for link in stream.links.values() if link is not joining]
+        for pair in stream.formats:
+            if pair in wanted and all(_accepts(link, pair) for link in others):
+                return pair
+        refuse(
+            f"stream {stream.name!r} cannot renegotiate: of the formats its producer can produce "
+            f"{format_pairs.list_text(stream.formats)}, none is one this consumer accepts "
+            f"{format_pairs.list_text(sorted(wanted))} and every current consumer accepts too"
+        )
+
+    async def _renegotiate(self, stream: Stream, target: Pair, consumer: Session) -> None:
+        """Ask the producer to move every slot to ``target``; wait (RENEGOTIATE_TIMEOUT) until each offers it."""
+        if stream.renegotiating not in (None, target):
+            raise FailedPrecondition(
+                f"stream {stream.name!r} is moving to {format_pairs.text(stream.renegotiating)} for another "
+                "consumer; subscribe again once it has"
+            )
+        if stream.renegotiating is None:
+            stream.renegotiating = target
+            reason = f"pid {consumer.pid} subscribed accepting {format_pairs.text(target)}"
+            self.notify(stream.producer, StreamRenegotiateEvent(stream.id, target, consumer.pid, reason))
+            self._emit("stream-renegotiating", consumer.id, stream, format=format_pairs.text(target))
+        deadline = self.clock() + RENEGOTIATE_TIMEOUT
+        try:
+            while not all(_offers(buffer, target) for buffer in stream.slots):
+                if stream.deleted or consumer.closed:
+                    raise Unavailable(f"stream {stream.name!r} ended while it renegotiated its format")
+                if self.clock() >= deadline:
+                    raise FailedPrecondition(
+                        f"the producer of stream {stream.name!r} (pid {stream.producer.pid}) did not move its "
+                        f"slots to {format_pairs.text(target)} within {RENEGOTIATE_TIMEOUT:g} s"
+                    )
+                await asyncio.sleep(RENEGOTIATE_CHECK)  # a move takes a drain and an unmap round trip: ms
+        finally:
+            if stream.renegotiating == target:
+                stream.renegotiating = None
 
     def _undo_slot(self, slot: _Slot) -> None:
         if not slot.handed:
@@ -650,6 +747,16 @@ class Streams:
             observer(change)
 
 
+def _accepts(link: Link, pair: Pair) -> bool:
+    return any(not spec.formats or pair in spec.formats for spec in link.accept)
+
+
+def _offers(buffer: Buffer, pair: Pair) -> bool:
+    """Every offer of the buffer that lists pairs lists ``pair`` (and at least one does)."""
+    listing = [offer for offer in buffer.offers if offer.formats]
+    return bool(listing) and all(pair in offer.formats for offer in listing)
+
+
 def _copy(counters: pb.StreamCounters) -> pb.StreamCounters:
     copied = pb.StreamCounters()
     copied.CopyFrom(counters)
@@ -702,6 +809,8 @@ def stream_info(stream: Stream, now: float, limits: StreamLimits | None = None) 
         ],
         report_age=round(now - stream.reported_at, 3) if stream.reported_at >= 0 else -1.0,
         max_meta_bytes=(limits or StreamLimits()).stream_max_meta_bytes,
+        formats=[mpb.FormatPair(format=name, modifier=modifier) for name, modifier in stream.formats],
+        renegotiate=stream.renegotiate,
     )
     if stream.producer_counters is not None:
         info.producer.CopyFrom(stream.producer_counters)
@@ -724,6 +833,18 @@ def subscribe_response(
         attached.mapping.fd_ticket = slot.ticket
         response.slots.append(attached)
     return response
+
+
+def renegotiate_to_wire(event: StreamRenegotiateEvent) -> pb.Event:
+    name, modifier = event.format
+    return pb.Event(
+        stream_renegotiate=pb.StreamRenegotiate(
+            stream_id=event.stream_id,
+            format=mpb.FormatPair(format=name, modifier=modifier),
+            consumer_pid=max(event.consumer_pid, 0),
+            reason=event.reason,
+        )
+    )
 
 
 def link_opened_to_wire(event: StreamLinkOpenedEvent) -> pb.Event:

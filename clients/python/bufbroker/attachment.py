@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from bufbroker import dmabuf, errors, fdwire
+from bufbroker import dmabuf, errors, fdwire, formats
 from bufbroker.errors import BrokerError, FailedPrecondition, NotFound, Unavailable
 from bufbroker.planes import layout_from_wire
 from bufbroker.rpc import BrokerRpc
@@ -55,6 +55,11 @@ class Attachment:
         self.buffer_id = response.buffer_id
         self.map_type: str = response.map_type
         self.trace: list[TraceStep] = trace_from_wire(response.trace)
+        # The (format, modifier) pair negotiated, as FORMAT:MODIFIER, when both sides listed pairs
+        # (after a move, the pair of the backing the newest mapping shows).
+        self.format: str | None = (
+            formats.pair_text(response.format.format, response.format.modifier) if response.HasField("format") else None
+        )
         self.pinned = response.pinned
         self.detached = False
         self.revoked = ""  # the reason, once the exporter or broker withdrew the buffer
@@ -347,6 +352,8 @@ class Mapping:
             fdwire.close_fds(fds)
             raise Unavailable(f"mapping {response.mapping_id}: expected {response.fd_count} fds, got {len(fds)}")
         layout = layout_from_wire(response.layout) if response.HasField("layout") else None
+        if response.HasField("format"):  # negotiated again by a move: the attachment shows the newest
+            attachment.format = formats.pair_text(response.format.format, response.format.modifier)
         return cls(attachment, response.mapping_id, response.handle, fds, response.size, response.generation, layout)
 
     @property
@@ -392,6 +399,17 @@ class Mapping:
         if len(views) != 1:
             raise ValueError(f"this {self.type} mapping has {len(views)} extents; use views() or extents")
         return views[0]
+
+    def planes(self) -> list[Any]:
+        """One numpy view per plane of the mapping's ``layout`` (bufbroker.formats.plane_views), no copy.
+
+        Writable only for read_write access. For a dma-buf, read inside
+        ``cpu_access()``. ValueError when the buffer has no layout,
+        LayoutError for a tiled modifier (opaque to the CPU).
+        """
+        if self.layout is None:
+            raise ValueError("planes() needs a layout: the exporter registered this buffer without one")
+        return formats.plane_views(self.memoryview(), self.layout)
 
     @contextlib.contextmanager
     def cpu_access(self, write: bool = False) -> Iterator[builtins.memoryview]:

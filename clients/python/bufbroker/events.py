@@ -58,6 +58,10 @@ class EventDispatcher:
                 self._streams.route(event.stream_link_opened)
             except Exception:
                 log.exception("bufbroker: could not open a stream link")
+        elif kind == "stream_renegotiate" and self._streams is not None:
+            stream = self._streams.get(event.stream_renegotiate.stream_id)
+            if stream is not None:
+                stream._on_renegotiate(event.stream_renegotiate)
         for handler in list(self._handlers):
             try:
                 handler(event)

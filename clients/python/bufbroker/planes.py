@@ -7,37 +7,49 @@ bytes, without copying, and build packed layouts for exporters.
 
     layout = bufbroker.planes.layout_from_wire(session.buffers("cam")[0].layout)
     y, u, v = bufbroker.planes.plane_arrays(mapping.memoryview(), layout)
+
+The formats themselves (planes, subsampling, names) are bufbroker.formats'
+table; its ``plane_views()`` gives typed views (NV12's UV as
+``(h/2, w/2, 2)``, RGB as ``(h, w, 3)``, P010 as uint16) where these give
+raw bytes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
+from bufbroker import formats
 from bufbroker.v1 import broker_pb2 as pb
 
-# fourcc -> per plane (horizontal divisor, vertical divisor, bytes per sample):
-# a plane of a W x H frame has ceil(H / v) rows of ceil(W / h) * bytes bytes.
-FOURCCS: dict[str, tuple[tuple[int, int, int], ...]] = {
-    "I420": ((1, 1, 1), (2, 2, 1), (2, 2, 1)),  # Y, U, V
-    "YV12": ((1, 1, 1), (2, 2, 1), (2, 2, 1)),  # Y, V, U
-    "NV12": ((1, 1, 1), (2, 2, 2)),  # Y, interleaved UV
-    "NV21": ((1, 1, 1), (2, 2, 2)),  # Y, interleaved VU
-    "GREY": ((1, 1, 1),),
-}
+
+def _compat_planes(fmt: formats.Format) -> tuple[tuple[int, int, int], ...]:
+    # (pixels per row unit, vertical divisor, bytes per unit): ceil(H / v) rows of ceil(W / h) * bytes bytes.
+    return tuple((p.hsub * p.block_width, p.vsub, p.bytes_per_block) for p in fmt.planes)
 
 
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
+# fourcc -> per plane (horizontal divisor, vertical divisor, bytes per unit), for every name and alias
+# bufbroker.formats knows: a read-only view of its table kept for older callers (the table is the truth).
+FOURCCS: Mapping[str, tuple[tuple[int, int, int], ...]] = MappingProxyType(
+    {
+        name: _compat_planes(fmt)
+        for fmt in formats.FORMATS.values()
+        for name in (fmt.name, *fmt.aliases, *((fmt.gst,) if fmt.gst else ()))
+    }
+)
+
+
+def _format(fourcc: str) -> formats.Format:
+    try:
+        return formats.parse_format(fourcc)
+    except ValueError:
+        raise ValueError(f"unknown fourcc {fourcc!r}: bufbroker.formats knows {formats.known_format_names()}") from None
 
 
 def plane_shapes(fourcc: str, width: int, height: int) -> list[tuple[int, int]]:
-    """(rows, bytes per row) of each plane of a ``width`` x ``height`` frame."""
-    try:
-        planes = FOURCCS[fourcc]
-    except KeyError:
-        raise ValueError(f"unknown fourcc {fourcc!r}: bufbroker.planes knows {sorted(FOURCCS)}") from None
-    return [(_ceil_div(height, v), _ceil_div(width, h) * size) for h, v, size in planes]
+    """(rows, bytes per row) of each plane of a ``width`` x ``height`` frame (``fourcc``: any name formats knows)."""
+    return [(plane.rows(height), plane.row_bytes(width)) for plane in _format(fourcc).planes]
 
 
 def packed_layout(fourcc: str, width: int, height: int, align: int = 1) -> tuple[dict[str, Any], int]:
@@ -45,22 +57,17 @@ def packed_layout(fourcc: str, width: int, height: int, align: int = 1) -> tuple
 
     The luma stride is rounded up to ``align`` (a power of two, e.g. 64 for
     SIMD-friendly rows); chroma planes of I420/YV12 take half the luma
-    stride and NV12/NV21 the whole one, which is how FFmpeg lays out a
-    frame in one allocation (``av_image_fill_pointers``), so an encoder
-    can wrap the buffer as it is.
+    stride and NV12/NV21 the whole one (``formats.derive_layout(...,
+    chroma_from_luma=True)``), the one-array layout PyAV's
+    ``VideoFrame.from_numpy_buffer`` wraps without a copy. The dict keeps
+    ``fourcc`` as given and leaves out the LINEAR modifier (as the wire
+    does); ``formats.derive_layout`` gives the typed Layout.
     """
-    if align < 1 or align & (align - 1):
-        raise ValueError(f"align must be a power of two, not {align}")
-    shapes = plane_shapes(fourcc, width, height)
-    luma_stride = _ceil_div(shapes[0][1], align) * align
-    planes: list[dict[str, int]] = []
-    offset = 0
-    for (rows, row_bytes), (h, _, size) in zip(shapes, FOURCCS[fourcc], strict=True):
-        stride = luma_stride // h * size if h > 1 else luma_stride
-        stride = max(stride, row_bytes)
-        planes.append({"offset": offset, "stride": stride})
-        offset += stride * rows
-    return {"fourcc": fourcc, "width": width, "height": height, "planes": planes}, offset
+    layout = formats.derive_layout(_format(fourcc), width, height, align=align, chroma_from_luma=True)
+    wire = layout.to_dict()
+    wire["fourcc"] = fourcc
+    del wire["modifier"]
+    return wire, layout.size
 
 
 def layout_bytes(layout: Mapping[str, Any]) -> int:

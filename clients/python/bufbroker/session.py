@@ -28,7 +28,7 @@ from bufbroker.events import EventDispatcher
 from bufbroker.planes import layout_bytes, layout_to_wire
 from bufbroker.slotpool import ConsumerMode, DropPolicy
 from bufbroker.streamlink import DEFAULT_MAX_META_BYTES, LinkEnd
-from bufbroker.streams import Stream, StreamRegistry, Subscription, mode_value, stall_value
+from bufbroker.streams import Stream, StreamRegistry, Subscription, layout_pair, mode_value, stall_value
 from bufbroker.transport import Link, Transport
 from bufbroker.v1 import broker_pb2 as pb
 
@@ -335,6 +335,9 @@ class Session:
         drop: DropPolicy = "block",
         max_held: int | None = None,
         fds: Sequence[int] | None = None,
+        formats: Sequence[specs.FormatPair] | None = None,
+        renegotiate: bool = False,
+        align: int = 1,
     ) -> Stream:
         """Produce a stream named ``name``: ``slots`` buffers of ``size`` bytes (or as ``layout`` needs).
 
@@ -350,8 +353,19 @@ class Session:
         per slot (a memfd or a dma-buf each, e.g. ``dmabuf.heap_alloc()``
         or a GPU's export; the SDK sends duplicates and you keep yours),
         instead of memfds the SDK makes; a dma-buf slot's frames carry its
-        implicit fences (bufbroker.implicit_fences). ``close()`` the stream
-        (or the session) to end it.
+        implicit fences (bufbroker.implicit_fences).
+
+        Formats: a ``layout`` whose format bufbroker.formats knows puts its
+        (format, modifier) pair on every slot offer that lists none, so an
+        importer listing pairs is matched against it. ``formats`` are the
+        pairs this producer can produce (its order; default: the layout's
+        alone). With ``renegotiate=True`` a consumer accepting none of the
+        current pair but another of ``formats`` (that every consumer
+        accepts) has the SDK move the slots to it, as ``move()`` does, with
+        a layout ``bufbroker.formats.derive_layout`` makes for the same
+        width and height (rows aligned to ``align``): frames then show the
+        new ``layout``; write each frame in the format it shows.
+        ``close()`` the stream (or the session) to end it.
         """
         stall = stall_value(on_stall)
         if drop not in ("block", "oldest"):
@@ -362,6 +376,11 @@ class Session:
             size = layout_bytes(layout)
         if size is None and fds is None:
             raise ValueError("create_stream() needs size=, layout= or fds=")
+        current = layout_pair(layout)
+        can_produce = specs.format_pairs_to_wire(formats if formats is not None else ([current] if current else []))
+        if renegotiate and not can_produce:
+            raise ValueError("renegotiate=True needs formats= (or a layout of a known format) to renegotiate among")
+        slot_offers = specs.with_formats(offers, [current]) if current else offers
         buffers: list[ExportedBuffer] = []
         try:
             for slot in range(slots):
@@ -371,7 +390,7 @@ class Session:
                     self.export(
                         size if backing is None else None,
                         fd=backing,
-                        offers=offers,
+                        offers=slot_offers,
                         layout=layout,
                         labels=slot_labels,
                         allow=allow,
@@ -384,11 +403,21 @@ class Session:
                 on_stall=stall,
                 max_held=max_held or 0,
                 labels=dict(labels or {}),
+                formats=can_produce,
+                renegotiate=renegotiate,
             )
             # Held while CreateStream is in flight: a consumer's link announced before the reply waits for the stream.
             with self._streams.creating():
                 response = self.call("CreateStream", request)
-                stream = Stream(self._transport, response.stream, buffers, drop, on_close=self._streams.remove)
+                stream = Stream(
+                    self._transport,
+                    response.stream,
+                    buffers,
+                    drop,
+                    on_close=self._streams.remove,
+                    offers=offers,
+                    align=align,
+                )
                 self._streams.add(stream)
         except BaseException:
             for buffer in buffers:

@@ -3,6 +3,12 @@
 Plain type names ("memfd") work everywhere a spec does; these classes carry
 the options of one type. Each builds its own wire message, so an offer of
 one type cannot be read as another.
+
+Every built-in spec takes ``formats``: the (format, modifier) pairs the
+buffer can be read as through it (an offer: in the exporter's order of
+preference) or the importer can use (a match). Each pair is a string,
+``"NV12"`` (LINEAR), ``"NV12:I915_Y_TILED"``, ``"NV12:0x0100000000000002"``,
+or a tuple ``("NV12", modifier)``; names are bufbroker.formats'.
 """
 
 from __future__ import annotations
@@ -11,7 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from bufbroker import formats as format_table
 from bufbroker.v1 import mapping_types_pb2 as pb
+
+FormatPair = str | tuple[str, int]
 
 _ACCESS: dict[str | None, pb.Access] = {
     "read": pb.ACCESS_READ,
@@ -26,6 +35,19 @@ def access_value(access: str | None) -> pb.Access:
         return _ACCESS[access]
     except KeyError:
         raise ValueError(f"access must be 'read' or 'read_write', not {access!r}") from None
+
+
+def format_pairs_to_wire(pairs: Sequence[FormatPair]) -> list[pb.FormatPair]:
+    """Wire FormatPairs from ``"NV12"``, ``"NV12:LINEAR"`` or ``("NV12", 0)``; ValueError naming a bad one."""
+    wire = []
+    for pair in pairs:
+        if isinstance(pair, str):
+            fmt, modifier = format_table.parse_pair(pair)
+        else:
+            name, modifier_value = pair
+            fmt, modifier = format_table.parse_format(name), format_table.parse_modifier(modifier_value)
+        wire.append(pb.FormatPair(format=fmt.name, modifier=modifier))
+    return wire
 
 
 @dataclass(frozen=True)
@@ -49,16 +71,20 @@ class Memfd:
     access: str | None = None
     restricted_to: Sequence[str] = ()
     allow_copy: bool = False
+    formats: Sequence[FormatPair] = ()
     name = "memfd"
 
     def offer(self) -> pb.Offer:
         return pb.Offer(
-            memfd=pb.MemfdOffer(max_access=access_value(self.access)), restricted_to=list(self.restricted_to)
+            memfd=pb.MemfdOffer(max_access=access_value(self.access)),
+            restricted_to=list(self.restricted_to),
+            formats=format_pairs_to_wire(self.formats),
         )
 
     def match(self, default_access: str) -> pb.Match:
         return pb.Match(
-            memfd=pb.MemfdMatch(access=access_value(self.access or default_access), allow_copy=self.allow_copy)
+            memfd=pb.MemfdMatch(access=access_value(self.access or default_access), allow_copy=self.allow_copy),
+            formats=format_pairs_to_wire(self.formats),
         )
 
 
@@ -70,6 +96,7 @@ class Segments:
     access: str | None = None
     max_extents: int = 0  # as a match: the most extents the importer handles
     restricted_to: Sequence[str] = ()  # as an offer: only these principals see it
+    formats: Sequence[FormatPair] = ()
     name = "segments"
 
     def offer(self) -> pb.Offer:
@@ -79,11 +106,13 @@ class Segments:
                 max_access=access_value(self.access),
             ),
             restricted_to=list(self.restricted_to),
+            formats=format_pairs_to_wire(self.formats),
         )
 
     def match(self, default_access: str) -> pb.Match:
         return pb.Match(
-            segments=pb.SegmentsMatch(access=access_value(self.access or default_access), max_extents=self.max_extents)
+            segments=pb.SegmentsMatch(access=access_value(self.access or default_access), max_extents=self.max_extents),
+            formats=format_pairs_to_wire(self.formats),
         )
 
 
@@ -100,6 +129,7 @@ class Udmabuf:
     extents: Sequence[Extent] = field(default_factory=tuple)
     access: str | None = None
     restricted_to: Sequence[str] = ()
+    formats: Sequence[FormatPair] = ()
     name = "udmabuf"
 
     def offer(self) -> pb.Offer:
@@ -109,10 +139,14 @@ class Udmabuf:
                 max_access=access_value(self.access),
             ),
             restricted_to=list(self.restricted_to),
+            formats=format_pairs_to_wire(self.formats),
         )
 
     def match(self, default_access: str) -> pb.Match:
-        return pb.Match(udmabuf=pb.UdmabufMatch(access=access_value(self.access or default_access)))
+        return pb.Match(
+            udmabuf=pb.UdmabufMatch(access=access_value(self.access or default_access)),
+            formats=format_pairs_to_wire(self.formats),
+        )
 
 
 @dataclass(frozen=True)
@@ -130,6 +164,7 @@ class Dmabuf:
     requires_p2p: bool = False  # as an offer
     accepts_p2p: bool = False  # as a match
     restricted_to: Sequence[str] = ()
+    formats: Sequence[FormatPair] = ()
     name = "dmabuf"
 
     def offer(self) -> pb.Offer:
@@ -138,13 +173,15 @@ class Dmabuf:
                 max_access=access_value(self.access), device=self.device, requires_p2p=self.requires_p2p
             ),
             restricted_to=list(self.restricted_to),
+            formats=format_pairs_to_wire(self.formats),
         )
 
     def match(self, default_access: str) -> pb.Match:
         return pb.Match(
             dmabuf=pb.DmabufMatch(
                 access=access_value(self.access or default_access), device=self.device, accepts_p2p=self.accepts_p2p
-            )
+            ),
+            formats=format_pairs_to_wire(self.formats),
         )
 
 
@@ -195,6 +232,63 @@ def _resolve(spec: Spec) -> _SpecObject:
     if isinstance(spec, Memfd | Segments | Udmabuf | Dmabuf | Plugin):
         return spec
     raise TypeError(f"expected a mapping type name or spec, got {spec!r}")
+
+
+def spec_from_text(text: str) -> Spec:
+    """A spec from ``TYPE``, ``TYPE:ACCESS`` and optionally ``/PAIR+PAIR``: ``memfd:read/NV12+XRGB8888:LINEAR``.
+
+    A name that is not built in stays a name (a plugin type's, given alone).
+    """
+    typed, _, listed = text.strip().partition("/")
+    name, _, access = (part.strip() for part in typed.partition(":"))
+    pairs = [pair.strip() for pair in listed.split("+") if pair.strip()]
+    if name not in _BY_NAME:
+        if access or pairs:
+            raise ValueError(f"{text!r}: access and formats are for the built-in types {sorted(_BY_NAME)}")
+        return name
+    spec = spec_by_name(name, pairs)
+    if access:
+        access_value(access)
+        spec = replace(spec, access=access)
+    return spec
+
+
+def spec_by_name(name: str, formats: Sequence[FormatPair] = ()) -> Memfd | Segments | Udmabuf | Dmabuf:
+    """The built-in spec named ``name`` with ``formats`` (ValueError for a name that is not built in)."""
+    builtin: dict[str, type[Memfd | Segments | Udmabuf | Dmabuf]] = {
+        "memfd": Memfd,
+        "segments": Segments,
+        "udmabuf": Udmabuf,
+        "dmabuf": Dmabuf,
+    }
+    cls = builtin.get(name)
+    if cls is None:
+        raise ValueError(f"unknown mapping type {name!r}: use one of {sorted(builtin)}")
+    return cls(formats=tuple(formats))
+
+
+def with_formats(specs: Sequence[Spec] | None, pairs: Sequence[FormatPair]) -> list[Spec]:
+    """``specs`` (None: ``["memfd"]``) with ``pairs`` on each built-in entry that lists no formats of its own."""
+    result: list[Spec] = []
+    for spec in specs or ("memfd",):
+        resolved = _resolve(spec)
+        if isinstance(resolved, Memfd | Segments | Udmabuf | Dmabuf) and not resolved.formats:
+            result.append(replace(resolved, formats=tuple(pairs)))
+        else:
+            result.append(spec)
+    return result
+
+
+def without_formats(specs: Sequence[Spec]) -> list[Spec]:
+    """``specs`` with the built-in entries' formats dropped (a move to another format re-tags them)."""
+    result: list[Spec] = []
+    for spec in specs:
+        resolved = _resolve(spec)
+        if isinstance(resolved, Memfd | Segments | Udmabuf | Dmabuf) and resolved.formats:
+            result.append(replace(resolved, formats=()))
+        else:
+            result.append(spec)
+    return result
 
 
 def offers_to_wire(offers: Sequence[Spec] | None, allow_write: bool = False) -> list[pb.Offer]:

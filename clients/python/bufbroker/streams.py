@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import grpc
 
-from bufbroker import dmabuf, errors, fdwire
+from bufbroker import dmabuf, errors, fdwire, formats, specs
 from bufbroker.attachment import Attachment
 from bufbroker.attachment import Mapping as SlotMapping
 from bufbroker.buffers import ExportedBuffer
@@ -215,6 +215,11 @@ class ProducerFrame:
         self._check("numpy")
         return self._stream._slot_array(self.slot, dtype, shape)
 
+    def planes(self) -> list[Any]:
+        """One writable numpy view per plane of the stream's layout (bufbroker.formats.plane_views), no copy."""
+        self._check("planes")
+        return formats.plane_views(self._stream._slot_view(self.slot), _needs_layout(self.layout, "planes"))
+
     def publish(self, meta: bytes = b"", fence: int | Sequence[int] | None = None) -> int:
         """Send the frame to the consumers; returns its seq.
 
@@ -322,8 +327,12 @@ class Stream:
         buffers: list[ExportedBuffer],
         drop: DropPolicy,
         on_close: Callable[[Stream], None] = lambda stream: None,
+        offers: Sequence[Spec] | None = None,
+        align: int = 1,
     ) -> None:
         self._transport = transport
+        self._offers = list(offers or ("memfd",))  # as given: a move to another format re-tags them
+        self._align = align  # row alignment of the layouts a renegotiation derives
         self._on_close = on_close
         self.buffers = buffers
         self.info = info
@@ -634,6 +643,9 @@ class Stream:
             size = layout_bytes(layout)
         if size is None and fds is None:
             raise ValueError("move() needs size=, layout= or fds=")
+        pair = layout_pair(layout)
+        if offers is None and pair is not None and layout_pair(self._layout) is not None:
+            offers = specs.with_formats(specs.without_formats(self._offers), [pair])  # the slots' new pair
         with self._lock:
             if self._closed:
                 raise errors.FailedPrecondition(f"stream {self.name!r} is closed")
@@ -1115,11 +1127,40 @@ class Stream:
             on_stall=self.info.on_stall,
             max_held=self.info.max_held,
             labels=dict(self.info.labels),
+            formats=self.info.formats,
+            renegotiate=self.info.renegotiate,
         )
         response = self._transport.call("CreateStream", request)
         with self._lock:
             self.info, self.id = response.stream, response.stream.id
             self._created_at = self._transport.link
+
+    def _on_renegotiate(self, asked: pb.StreamRenegotiate) -> None:
+        """The broker asks for another format (a consumer needs it; events thread): move to it on a thread."""
+        threading.Thread(
+            target=self._renegotiate, args=(asked,), name=f"bufbroker-renegotiate-{self.name}", daemon=True
+        ).start()
+
+    def _renegotiate(self, asked: pb.StreamRenegotiate) -> None:
+        pair = formats.pair_text(asked.format.format, asked.format.modifier)
+        layout = self._layout
+        try:
+            if layout is None:
+                raise ValueError("the stream has no layout to derive one of the new format from")
+            new = formats.derive_layout(
+                asked.format.format,
+                int(layout["width"]),
+                int(layout["height"]),
+                modifier=asked.format.modifier,
+                align=self._align,
+            )
+            generation = self.move(new.size, new.to_dict(), reason=f"renegotiated to {pair}: {asked.reason}")
+        except (ValueError, TimeoutError, errors.BrokerError) as error:
+            log.error("bufbroker: stream %r could not renegotiate to %s: %s", self.name, pair, error)
+            return
+        log.info(
+            "bufbroker: stream %r renegotiated to %s (generation %d): %s", self.name, pair, generation, asked.reason
+        )
 
     def __enter__(self) -> Stream:
         return self
@@ -1259,6 +1300,25 @@ class ConsumerFrame:
     def size(self) -> int:
         """The bytes of the slot at the frame's generation."""
         return self.mapping.size
+
+    def planes(self) -> list[Any]:
+        """One read-only numpy view per plane of the frame's layout (its generation's), no copy.
+
+        NV12: Y (h, w) and UV (h/2, w/2, 2); packed RGB (h, w, 3); strides
+        as the layout says (bufbroker.formats.plane_views). A tiled
+        modifier is opaque to the CPU: LayoutError.
+        """
+        return formats.plane_views(self.memoryview(), _needs_layout(self.layout, "planes"))
+
+    def to_av(self) -> Any:
+        """The frame as a PyAV ``VideoFrame``: zero-copy where PyAV can wrap the layout, else a copy.
+
+        bufbroker.av_frames.to_av says which formats and strides wrap; a
+        wrapped frame reads this slot, so use it before ``release()``.
+        """
+        from bufbroker.av_frames import to_av
+
+        return to_av(self.memoryview(), _needs_layout(self.layout, "to_av"))
 
     def wait_fence(self, timeout: float | None = None) -> bool:
         """Wait until every fence of the frame signals (polls readable); False after ``timeout`` seconds."""
@@ -1764,6 +1824,23 @@ class Subscription:
 def _set_done(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+def _needs_layout(layout: dict[str, Any] | None, verb: str) -> dict[str, Any]:
+    if layout is None:
+        raise ValueError(f"{verb}() needs the stream's layout: create the stream with layout=")
+    return layout
+
+
+def layout_pair(layout: Mapping[str, Any] | None) -> str | None:
+    """The layout's (format, modifier) pair as ``FORMAT:MODIFIER``, or None (no layout, or a format not in the table)."""
+    if not layout or not layout.get("fourcc"):
+        return None
+    try:
+        fmt = formats.parse_format(layout["fourcc"])
+    except ValueError:
+        return None
+    return formats.pair_text(fmt, int(layout.get("modifier") or formats.LINEAR))
 
 
 def latency_histogram(sorted_ns: Sequence[int]) -> list[int]:

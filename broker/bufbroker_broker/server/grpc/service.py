@@ -19,6 +19,7 @@ import grpc
 from bufbroker.protocol import PROOF_METADATA_KEY, SESSION_METADATA_KEY
 from bufbroker.v1 import broker_pb2 as pb
 from bufbroker.v1 import broker_pb2_grpc as pb_grpc
+from bufbroker_broker.core import format_pairs
 from bufbroker_broker.core.errors import BrokerError, FailedPrecondition, Unauthenticated
 from bufbroker_broker.core.registry import (
     EXIT_KEEP,
@@ -39,8 +40,10 @@ from bufbroker_broker.server.observe.introspection import (
 from bufbroker_broker.server.operations import Operations, Target, labels_match
 from bufbroker_broker.server.streams import (
     StreamLinkOpenedEvent,
+    StreamRenegotiateEvent,
     Streams,
     link_opened_to_wire,
+    renegotiate_to_wire,
     stream_info,
     subscribe_response,
 )
@@ -50,6 +53,7 @@ from bufbroker_broker.server.wire.messages import attach_response, map_response,
 log = logging.getLogger(__name__)
 
 MAX_PAGE = 1000
+MAX_PAGE_BYTES = 1 << 20  # a ListStreams page (a stream with 64 consumers is ~20 KB): far below gRPC's 4 MiB
 DEFAULT_PAGE = 100
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -324,6 +328,8 @@ class BrokerService(pb_grpc.BrokerServicer):
             on_stall=request.on_stall,
             max_held=request.max_held,
             labels=dict(request.labels),
+            formats=format_pairs.pairs_from_wire(request.formats, "stream"),
+            renegotiate=request.renegotiate,
         )
         return pb.CreateStreamResponse(stream=stream_info(stream, streams.clock(), streams.limits))
 
@@ -350,8 +356,19 @@ class BrokerService(pb_grpc.BrokerServicer):
     async def ListStreams(self, request: pb.ListStreamsRequest, context: Context) -> pb.ListStreamsResponse:
         session, streams = await self.authenticate(context), self._streams()
         now = streams.clock()
-        listed = streams.listed(session, request.name)
-        return pb.ListStreamsResponse(streams=[stream_info(s, now, streams.limits) for s in listed])
+        page_size = min(request.page_size or DEFAULT_PAGE, MAX_PAGE)
+        listed = [s for s in streams.listed(session, request.name) if s.id > request.after_id]
+        response = pb.ListStreamsResponse()
+        size = 0
+        for stream in listed[:page_size]:
+            info = stream_info(stream, now, streams.limits)
+            size += info.ByteSize()
+            if response.streams and size > MAX_PAGE_BYTES:
+                break
+            response.streams.append(info)
+        if len(response.streams) < len(listed):
+            response.next_after_id = response.streams[-1].id
+        return response
 
     @grpc_errors
     async def ReportStreamStats(
@@ -397,4 +414,6 @@ def event_to_wire(event: Any) -> pb.Event:
         )
     if isinstance(event, StreamLinkOpenedEvent):
         return link_opened_to_wire(event)
+    if isinstance(event, StreamRenegotiateEvent):
+        return renegotiate_to_wire(event)
     raise TypeError(f"no wire form for event {event!r}")

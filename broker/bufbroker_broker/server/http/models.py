@@ -67,6 +67,11 @@ class TraceStep(Model):
     converter: str = Field(
         description="the converter tried for this pair (e.g. segments->memfd); empty for a direct pair"
     )
+    format: str = Field(
+        default="",
+        description="the (format, modifier) pair chosen, as FORMAT:MODIFIER (e.g. NV12:LINEAR), when both sides "
+        "listed pairs; empty otherwise",
+    )
 
 
 class TraceCell(Model):
@@ -75,6 +80,7 @@ class TraceCell(Model):
     verdict: str = Field(description="type-differs, soft-mismatch, matched, error, or not-examined")
     reason: str
     converter: str
+    format: str = Field(default="", description="the (format, modifier) pair a matched cell chose, e.g. NV12:LINEAR")
 
 
 class ChosenPair(Model):
@@ -323,6 +329,7 @@ def trace_steps(trace: Any) -> list[TraceStep]:
             verdict=s.verdict,
             reason=s.reason,
             converter=getattr(s, "converter", ""),
+            format=getattr(s, "format", ""),
         )
         for s in trace
     ]
@@ -333,7 +340,7 @@ def trace_matrix(offers: list[str], matches: list[str], trace: Any) -> TraceMatr
     return TraceMatrix(
         offers=list(laid_out.offers),
         matches=list(laid_out.matches),
-        cells=[[TraceCell(verdict=v, reason=r, converter=c) for v, r, c in row] for row in laid_out.cells],
+        cells=[[TraceCell(verdict=v, reason=r, converter=c, format=f) for v, r, c, f in row] for row in laid_out.cells],
         chosen=ChosenPair(offer_index=laid_out.chosen[0], match_index=laid_out.chosen[1]) if laid_out.chosen else None,
     )
 

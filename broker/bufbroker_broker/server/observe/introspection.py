@@ -125,16 +125,17 @@ NOT_EXAMINED = "not-examined"
 class TraceMatrix:
     """A negotiation trace laid out as offers (rows) × matches (columns).
 
-    ``cells[i][j]`` is ``(verdict, reason, converter)`` for offer i and
+    ``cells[i][j]`` is ``(verdict, reason, converter, format)`` for offer i and
     match j: the last step for that pair, since a converter is tried on a
     pair after its direct try failed. Pairs negotiation never reached (it
     stops at the first match) are ``not-examined``. ``chosen`` is the
-    matched (offer, match), if any.
+    matched (offer, match), if any. ``format`` is the (format, modifier)
+    pair a matched cell chose (FORMAT:MODIFIER), else empty.
     """
 
     offers: tuple[str, ...]
     matches: tuple[str, ...]
-    cells: tuple[tuple[tuple[str, str, str], ...], ...]
+    cells: tuple[tuple[tuple[str, str, str, str], ...], ...]
     chosen: tuple[int, int] | None
 
 
@@ -157,10 +158,15 @@ def trace_matrix(offers: Sequence[str], matches: Sequence[str], trace: Iterable[
             rows[step.offer_index] = step.offer_type
         if columns[step.match_index] == "?":
             columns[step.match_index] = step.match_type
-    cells = [[(NOT_EXAMINED, "", "") for _ in columns] for _ in rows]
+    cells = [[(NOT_EXAMINED, "", "", "") for _ in columns] for _ in rows]
     chosen = None
     for step in steps:
-        cells[step.offer_index][step.match_index] = (step.verdict, step.reason, getattr(step, "converter", ""))
+        cells[step.offer_index][step.match_index] = (
+            step.verdict,
+            step.reason,
+            getattr(step, "converter", ""),
+            getattr(step, "format", ""),
+        )
         if step.verdict == "matched":
             chosen = (step.offer_index, step.match_index)
     return TraceMatrix(tuple(rows), tuple(columns), tuple(tuple(row) for row in cells), chosen)

@@ -48,6 +48,7 @@ def trace_to_wire(trace: Iterable[TraceStep]) -> list[pb.TraceStep]:
             verdict=s.verdict,
             reason=s.reason,
             converter=s.converter,
+            format=s.format,
         )
         for s in trace
     ]

@@ -11,13 +11,16 @@ from bufbroker_broker.server.wire.errors import trace_to_wire
 
 
 def attach_response(attachment: Attachment) -> pb.AttachResponse:
-    return pb.AttachResponse(
+    response = pb.AttachResponse(
         attachment_id=attachment.id,
         buffer_id=attachment.buffer.id,
         map_type=attachment.map_type.name,
         trace=trace_to_wire(attachment.trace),
         pinned=attachment.pinned,
     )
+    if attachment.format is not None:
+        response.format.format, response.format.modifier = attachment.format
+    return response
 
 
 def map_response(mapping: Mapping, result: MapResult) -> pb.MapResponse:
@@ -33,6 +36,8 @@ def map_response(mapping: Mapping, result: MapResult) -> pb.MapResponse:
     )
     if buffer.layout is not None:
         response.layout.CopyFrom(buffer.layout)
+    if attachment.format is not None:
+        response.format.format, response.format.modifier = attachment.format
     return response
 
 

@@ -185,7 +185,7 @@ class UnregisterBufferResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class TraceStep(_message.Message):
-    __slots__ = ("offer_index", "offer_type", "match_index", "match_type", "verdict", "reason", "converter")
+    __slots__ = ("offer_index", "offer_type", "match_index", "match_type", "verdict", "reason", "converter", "format")
     OFFER_INDEX_FIELD_NUMBER: _ClassVar[int]
     OFFER_TYPE_FIELD_NUMBER: _ClassVar[int]
     MATCH_INDEX_FIELD_NUMBER: _ClassVar[int]
@@ -193,6 +193,7 @@ class TraceStep(_message.Message):
     VERDICT_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     CONVERTER_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
     offer_index: int
     offer_type: str
     match_index: int
@@ -200,7 +201,8 @@ class TraceStep(_message.Message):
     verdict: str
     reason: str
     converter: str
-    def __init__(self, offer_index: _Optional[int] = ..., offer_type: _Optional[str] = ..., match_index: _Optional[int] = ..., match_type: _Optional[str] = ..., verdict: _Optional[str] = ..., reason: _Optional[str] = ..., converter: _Optional[str] = ...) -> None: ...
+    format: str
+    def __init__(self, offer_index: _Optional[int] = ..., offer_type: _Optional[str] = ..., match_index: _Optional[int] = ..., match_type: _Optional[str] = ..., verdict: _Optional[str] = ..., reason: _Optional[str] = ..., converter: _Optional[str] = ..., format: _Optional[str] = ...) -> None: ...
 
 class AttachRequest(_message.Message):
     __slots__ = ("buffer_id", "buffer_name", "accept", "access", "map", "wait_seconds", "labels")
@@ -228,20 +230,22 @@ class AttachRequest(_message.Message):
     def __init__(self, buffer_id: _Optional[int] = ..., buffer_name: _Optional[str] = ..., accept: _Optional[_Iterable[_Union[_mapping_types_pb2.Match, _Mapping]]] = ..., access: _Optional[_Union[_mapping_types_pb2.Access, str]] = ..., map: _Optional[bool] = ..., wait_seconds: _Optional[float] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class AttachResponse(_message.Message):
-    __slots__ = ("attachment_id", "buffer_id", "map_type", "trace", "pinned", "mapping")
+    __slots__ = ("attachment_id", "buffer_id", "map_type", "trace", "pinned", "mapping", "format")
     ATTACHMENT_ID_FIELD_NUMBER: _ClassVar[int]
     BUFFER_ID_FIELD_NUMBER: _ClassVar[int]
     MAP_TYPE_FIELD_NUMBER: _ClassVar[int]
     TRACE_FIELD_NUMBER: _ClassVar[int]
     PINNED_FIELD_NUMBER: _ClassVar[int]
     MAPPING_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
     attachment_id: int
     buffer_id: int
     map_type: str
     trace: _containers.RepeatedCompositeFieldContainer[TraceStep]
     pinned: bool
     mapping: MapResponse
-    def __init__(self, attachment_id: _Optional[int] = ..., buffer_id: _Optional[int] = ..., map_type: _Optional[str] = ..., trace: _Optional[_Iterable[_Union[TraceStep, _Mapping]]] = ..., pinned: _Optional[bool] = ..., mapping: _Optional[_Union[MapResponse, _Mapping]] = ...) -> None: ...
+    format: _mapping_types_pb2.FormatPair
+    def __init__(self, attachment_id: _Optional[int] = ..., buffer_id: _Optional[int] = ..., map_type: _Optional[str] = ..., trace: _Optional[_Iterable[_Union[TraceStep, _Mapping]]] = ..., pinned: _Optional[bool] = ..., mapping: _Optional[_Union[MapResponse, _Mapping]] = ..., format: _Optional[_Union[_mapping_types_pb2.FormatPair, _Mapping]] = ...) -> None: ...
 
 class DetachRequest(_message.Message):
     __slots__ = ("attachment_id",)
@@ -260,7 +264,7 @@ class MapRequest(_message.Message):
     def __init__(self, attachment_id: _Optional[int] = ...) -> None: ...
 
 class MapResponse(_message.Message):
-    __slots__ = ("mapping_id", "handle", "fd_ticket", "fd_count", "size", "generation", "layout")
+    __slots__ = ("mapping_id", "handle", "fd_ticket", "fd_count", "size", "generation", "layout", "format")
     MAPPING_ID_FIELD_NUMBER: _ClassVar[int]
     HANDLE_FIELD_NUMBER: _ClassVar[int]
     FD_TICKET_FIELD_NUMBER: _ClassVar[int]
@@ -268,6 +272,7 @@ class MapResponse(_message.Message):
     SIZE_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
     mapping_id: int
     handle: _mapping_types_pb2.Handle
     fd_ticket: int
@@ -275,7 +280,8 @@ class MapResponse(_message.Message):
     size: int
     generation: int
     layout: Layout
-    def __init__(self, mapping_id: _Optional[int] = ..., handle: _Optional[_Union[_mapping_types_pb2.Handle, _Mapping]] = ..., fd_ticket: _Optional[int] = ..., fd_count: _Optional[int] = ..., size: _Optional[int] = ..., generation: _Optional[int] = ..., layout: _Optional[_Union[Layout, _Mapping]] = ...) -> None: ...
+    format: _mapping_types_pb2.FormatPair
+    def __init__(self, mapping_id: _Optional[int] = ..., handle: _Optional[_Union[_mapping_types_pb2.Handle, _Mapping]] = ..., fd_ticket: _Optional[int] = ..., fd_count: _Optional[int] = ..., size: _Optional[int] = ..., generation: _Optional[int] = ..., layout: _Optional[_Union[Layout, _Mapping]] = ..., format: _Optional[_Union[_mapping_types_pb2.FormatPair, _Mapping]] = ...) -> None: ...
 
 class UnmapRequest(_message.Message):
     __slots__ = ("mapping_id",)
@@ -302,20 +308,34 @@ class EventsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("ready", "revoked", "move_notify", "exporter_gone", "attachment_invalidated", "stream_link_opened")
+    __slots__ = ("ready", "revoked", "move_notify", "exporter_gone", "attachment_invalidated", "stream_link_opened", "stream_renegotiate")
     READY_FIELD_NUMBER: _ClassVar[int]
     REVOKED_FIELD_NUMBER: _ClassVar[int]
     MOVE_NOTIFY_FIELD_NUMBER: _ClassVar[int]
     EXPORTER_GONE_FIELD_NUMBER: _ClassVar[int]
     ATTACHMENT_INVALIDATED_FIELD_NUMBER: _ClassVar[int]
     STREAM_LINK_OPENED_FIELD_NUMBER: _ClassVar[int]
+    STREAM_RENEGOTIATE_FIELD_NUMBER: _ClassVar[int]
     ready: Ready
     revoked: Revoked
     move_notify: MoveNotify
     exporter_gone: ExporterGone
     attachment_invalidated: AttachmentInvalidated
     stream_link_opened: StreamLinkOpened
-    def __init__(self, ready: _Optional[_Union[Ready, _Mapping]] = ..., revoked: _Optional[_Union[Revoked, _Mapping]] = ..., move_notify: _Optional[_Union[MoveNotify, _Mapping]] = ..., exporter_gone: _Optional[_Union[ExporterGone, _Mapping]] = ..., attachment_invalidated: _Optional[_Union[AttachmentInvalidated, _Mapping]] = ..., stream_link_opened: _Optional[_Union[StreamLinkOpened, _Mapping]] = ...) -> None: ...
+    stream_renegotiate: StreamRenegotiate
+    def __init__(self, ready: _Optional[_Union[Ready, _Mapping]] = ..., revoked: _Optional[_Union[Revoked, _Mapping]] = ..., move_notify: _Optional[_Union[MoveNotify, _Mapping]] = ..., exporter_gone: _Optional[_Union[ExporterGone, _Mapping]] = ..., attachment_invalidated: _Optional[_Union[AttachmentInvalidated, _Mapping]] = ..., stream_link_opened: _Optional[_Union[StreamLinkOpened, _Mapping]] = ..., stream_renegotiate: _Optional[_Union[StreamRenegotiate, _Mapping]] = ...) -> None: ...
+
+class StreamRenegotiate(_message.Message):
+    __slots__ = ("stream_id", "format", "consumer_pid", "reason")
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_PID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    stream_id: int
+    format: _mapping_types_pb2.FormatPair
+    consumer_pid: int
+    reason: str
+    def __init__(self, stream_id: _Optional[int] = ..., format: _Optional[_Union[_mapping_types_pb2.FormatPair, _Mapping]] = ..., consumer_pid: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class MoveNotify(_message.Message):
     __slots__ = ("attachment_id", "buffer_id", "reason", "generation")
@@ -559,7 +579,7 @@ class GetSettingsResponse(_message.Message):
     def __init__(self, settings: _Optional[_Iterable[_Union[Setting, _Mapping]]] = ..., pid: _Optional[int] = ..., version: _Optional[str] = ...) -> None: ...
 
 class CreateStreamRequest(_message.Message):
-    __slots__ = ("name", "slot_buffer_ids", "stall_timeout", "on_stall", "max_held", "labels")
+    __slots__ = ("name", "slot_buffer_ids", "stall_timeout", "on_stall", "max_held", "labels", "formats", "renegotiate")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -573,13 +593,17 @@ class CreateStreamRequest(_message.Message):
     ON_STALL_FIELD_NUMBER: _ClassVar[int]
     MAX_HELD_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    FORMATS_FIELD_NUMBER: _ClassVar[int]
+    RENEGOTIATE_FIELD_NUMBER: _ClassVar[int]
     name: str
     slot_buffer_ids: _containers.RepeatedScalarFieldContainer[int]
     stall_timeout: float
     on_stall: StallPolicy
     max_held: int
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., slot_buffer_ids: _Optional[_Iterable[int]] = ..., stall_timeout: _Optional[float] = ..., on_stall: _Optional[_Union[StallPolicy, str]] = ..., max_held: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    formats: _containers.RepeatedCompositeFieldContainer[_mapping_types_pb2.FormatPair]
+    renegotiate: bool
+    def __init__(self, name: _Optional[str] = ..., slot_buffer_ids: _Optional[_Iterable[int]] = ..., stall_timeout: _Optional[float] = ..., on_stall: _Optional[_Union[StallPolicy, str]] = ..., max_held: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., formats: _Optional[_Iterable[_Union[_mapping_types_pb2.FormatPair, _Mapping]]] = ..., renegotiate: _Optional[bool] = ...) -> None: ...
 
 class CreateStreamResponse(_message.Message):
     __slots__ = ("stream",)
@@ -646,7 +670,7 @@ class StreamLinkOpened(_message.Message):
     def __init__(self, stream_id: _Optional[int] = ..., link_id: _Optional[int] = ..., consumer_session_id: _Optional[int] = ..., consumer_pid: _Optional[int] = ..., consumer_name: _Optional[str] = ..., mode: _Optional[_Union[_stream_pb2.ConsumerMode, str]] = ..., max_held: _Optional[int] = ..., fd_ticket: _Optional[int] = ...) -> None: ...
 
 class StreamInfo(_message.Message):
-    __slots__ = ("id", "name", "producer_session_id", "producer_pid", "producer_name", "slot_buffer_ids", "stall_timeout", "on_stall", "max_held", "labels", "consumers", "producer", "report_age", "max_meta_bytes")
+    __slots__ = ("id", "name", "producer_session_id", "producer_pid", "producer_name", "slot_buffer_ids", "stall_timeout", "on_stall", "max_held", "labels", "consumers", "producer", "report_age", "max_meta_bytes", "formats", "renegotiate")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -668,6 +692,8 @@ class StreamInfo(_message.Message):
     PRODUCER_FIELD_NUMBER: _ClassVar[int]
     REPORT_AGE_FIELD_NUMBER: _ClassVar[int]
     MAX_META_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FORMATS_FIELD_NUMBER: _ClassVar[int]
+    RENEGOTIATE_FIELD_NUMBER: _ClassVar[int]
     id: int
     name: str
     producer_session_id: int
@@ -682,7 +708,9 @@ class StreamInfo(_message.Message):
     producer: StreamCounters
     report_age: float
     max_meta_bytes: int
-    def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., producer_session_id: _Optional[int] = ..., producer_pid: _Optional[int] = ..., producer_name: _Optional[str] = ..., slot_buffer_ids: _Optional[_Iterable[int]] = ..., stall_timeout: _Optional[float] = ..., on_stall: _Optional[_Union[StallPolicy, str]] = ..., max_held: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., consumers: _Optional[_Iterable[_Union[StreamConsumerInfo, _Mapping]]] = ..., producer: _Optional[_Union[StreamCounters, _Mapping]] = ..., report_age: _Optional[float] = ..., max_meta_bytes: _Optional[int] = ...) -> None: ...
+    formats: _containers.RepeatedCompositeFieldContainer[_mapping_types_pb2.FormatPair]
+    renegotiate: bool
+    def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., producer_session_id: _Optional[int] = ..., producer_pid: _Optional[int] = ..., producer_name: _Optional[str] = ..., slot_buffer_ids: _Optional[_Iterable[int]] = ..., stall_timeout: _Optional[float] = ..., on_stall: _Optional[_Union[StallPolicy, str]] = ..., max_held: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., consumers: _Optional[_Iterable[_Union[StreamConsumerInfo, _Mapping]]] = ..., producer: _Optional[_Union[StreamCounters, _Mapping]] = ..., report_age: _Optional[float] = ..., max_meta_bytes: _Optional[int] = ..., formats: _Optional[_Iterable[_Union[_mapping_types_pb2.FormatPair, _Mapping]]] = ..., renegotiate: _Optional[bool] = ...) -> None: ...
 
 class StreamCounters(_message.Message):
     __slots__ = ("published", "delivered", "dropped_busy", "dropped_overwritten", "released", "reclaimed", "held_now", "longest_hold", "lag", "last_seq", "fps", "latency_p50_us", "latency_p99_us", "generation", "held_slots", "latency_buckets", "latency_sum_us")
@@ -743,16 +771,22 @@ class StreamConsumerInfo(_message.Message):
     def __init__(self, link_id: _Optional[int] = ..., session_id: _Optional[int] = ..., pid: _Optional[int] = ..., name: _Optional[str] = ..., mode: _Optional[_Union[_stream_pb2.ConsumerMode, str]] = ..., max_held: _Optional[int] = ..., stalled: _Optional[bool] = ..., counters: _Optional[_Union[StreamCounters, _Mapping]] = ...) -> None: ...
 
 class ListStreamsRequest(_message.Message):
-    __slots__ = ("name",)
+    __slots__ = ("name", "after_id", "page_size")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    AFTER_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    after_id: int
+    page_size: int
+    def __init__(self, name: _Optional[str] = ..., after_id: _Optional[int] = ..., page_size: _Optional[int] = ...) -> None: ...
 
 class ListStreamsResponse(_message.Message):
-    __slots__ = ("streams",)
+    __slots__ = ("streams", "next_after_id")
     STREAMS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_AFTER_ID_FIELD_NUMBER: _ClassVar[int]
     streams: _containers.RepeatedCompositeFieldContainer[StreamInfo]
-    def __init__(self, streams: _Optional[_Iterable[_Union[StreamInfo, _Mapping]]] = ...) -> None: ...
+    next_after_id: int
+    def __init__(self, streams: _Optional[_Iterable[_Union[StreamInfo, _Mapping]]] = ..., next_after_id: _Optional[int] = ...) -> None: ...
 
 class LinkReport(_message.Message):
     __slots__ = ("link_id", "counters", "stalled")

@@ -137,35 +137,47 @@ class PluginSpec(_message.Message):
     body: _any_pb2.Any
     def __init__(self, type_name: _Optional[str] = ..., body: _Optional[_Union[_any_pb2.Any, _Mapping]] = ...) -> None: ...
 
+class FormatPair(_message.Message):
+    __slots__ = ("format", "modifier")
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    MODIFIER_FIELD_NUMBER: _ClassVar[int]
+    format: str
+    modifier: int
+    def __init__(self, format: _Optional[str] = ..., modifier: _Optional[int] = ...) -> None: ...
+
 class Offer(_message.Message):
-    __slots__ = ("memfd", "segments", "udmabuf", "dmabuf", "plugin", "restricted_to")
+    __slots__ = ("memfd", "segments", "udmabuf", "dmabuf", "plugin", "restricted_to", "formats")
     MEMFD_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     UDMABUF_FIELD_NUMBER: _ClassVar[int]
     DMABUF_FIELD_NUMBER: _ClassVar[int]
     PLUGIN_FIELD_NUMBER: _ClassVar[int]
     RESTRICTED_TO_FIELD_NUMBER: _ClassVar[int]
+    FORMATS_FIELD_NUMBER: _ClassVar[int]
     memfd: MemfdOffer
     segments: SegmentsOffer
     udmabuf: UdmabufOffer
     dmabuf: DmabufOffer
     plugin: PluginSpec
     restricted_to: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, memfd: _Optional[_Union[MemfdOffer, _Mapping]] = ..., segments: _Optional[_Union[SegmentsOffer, _Mapping]] = ..., udmabuf: _Optional[_Union[UdmabufOffer, _Mapping]] = ..., dmabuf: _Optional[_Union[DmabufOffer, _Mapping]] = ..., plugin: _Optional[_Union[PluginSpec, _Mapping]] = ..., restricted_to: _Optional[_Iterable[str]] = ...) -> None: ...
+    formats: _containers.RepeatedCompositeFieldContainer[FormatPair]
+    def __init__(self, memfd: _Optional[_Union[MemfdOffer, _Mapping]] = ..., segments: _Optional[_Union[SegmentsOffer, _Mapping]] = ..., udmabuf: _Optional[_Union[UdmabufOffer, _Mapping]] = ..., dmabuf: _Optional[_Union[DmabufOffer, _Mapping]] = ..., plugin: _Optional[_Union[PluginSpec, _Mapping]] = ..., restricted_to: _Optional[_Iterable[str]] = ..., formats: _Optional[_Iterable[_Union[FormatPair, _Mapping]]] = ...) -> None: ...
 
 class Match(_message.Message):
-    __slots__ = ("memfd", "segments", "udmabuf", "dmabuf", "plugin")
+    __slots__ = ("memfd", "segments", "udmabuf", "dmabuf", "plugin", "formats")
     MEMFD_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     UDMABUF_FIELD_NUMBER: _ClassVar[int]
     DMABUF_FIELD_NUMBER: _ClassVar[int]
     PLUGIN_FIELD_NUMBER: _ClassVar[int]
+    FORMATS_FIELD_NUMBER: _ClassVar[int]
     memfd: MemfdMatch
     segments: SegmentsMatch
     udmabuf: UdmabufMatch
     dmabuf: DmabufMatch
     plugin: PluginSpec
-    def __init__(self, memfd: _Optional[_Union[MemfdMatch, _Mapping]] = ..., segments: _Optional[_Union[SegmentsMatch, _Mapping]] = ..., udmabuf: _Optional[_Union[UdmabufMatch, _Mapping]] = ..., dmabuf: _Optional[_Union[DmabufMatch, _Mapping]] = ..., plugin: _Optional[_Union[PluginSpec, _Mapping]] = ...) -> None: ...
+    formats: _containers.RepeatedCompositeFieldContainer[FormatPair]
+    def __init__(self, memfd: _Optional[_Union[MemfdMatch, _Mapping]] = ..., segments: _Optional[_Union[SegmentsMatch, _Mapping]] = ..., udmabuf: _Optional[_Union[UdmabufMatch, _Mapping]] = ..., dmabuf: _Optional[_Union[DmabufMatch, _Mapping]] = ..., plugin: _Optional[_Union[PluginSpec, _Mapping]] = ..., formats: _Optional[_Iterable[_Union[FormatPair, _Mapping]]] = ...) -> None: ...
 
 class Handle(_message.Message):
     __slots__ = ("memfd", "segments", "udmabuf", "dmabuf", "plugin")

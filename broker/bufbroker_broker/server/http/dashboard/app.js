@@ -354,6 +354,7 @@ function matrixTable(matrix, id) {
       const chosen = matrix.chosen && matrix.chosen.offer_index === i && matrix.chosen.match_index === j;
       const td = el("td", { class: "cell " + cell.verdict + (chosen ? " chosen" : ""), title: cell.reason || cell.verdict });
       td.appendChild(el("span", { class: "verdict" }, cell.verdict + (cell.converter ? " via " + cell.converter : "")));
+      if (cell.format) td.appendChild(el("span", { class: "format" }, cell.format));
       if (cell.reason) td.appendChild(el("span", { class: "reason" }, cell.reason));
       row.appendChild(td);
     });
