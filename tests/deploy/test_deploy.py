@@ -287,8 +287,10 @@ def test_dockerfile_runs_as_non_root_with_healthcheck_and_socket_volume():
 
     bases = values("FROM")
     assert len(bases) >= 2, "multi-stage: a builder and a runtime stage"
+    # FROM ${BASE_IMAGE}: the base is a build argument; its default must be pinned.
+    defaults = dict(arg.split("=", 1) for arg in values("ARG") if "=" in arg)
     for base in bases:
-        image = base.split()[0]
+        image = re.sub(r"\$\{(\w+)\}", lambda match: defaults[match.group(1)], base.split()[0])
         assert ":" in image and not image.endswith(":latest"), f"pin the base image tag: {base}"
         assert image.startswith("python:3.11"), base
     # Everything after the last FROM is the runtime stage.
