@@ -8,6 +8,11 @@ The same probes as the broker's start-up capability line
 Exit status: 0 when every piece is there, 1 when the broker runs but some
 optional piece is missing (it serves fewer mapping types), 2 when a
 required piece is missing and the broker cannot work here.
+
+Then the extras, which the exit status leaves out (the broker needs none
+of them): the container case (host/container_check.py: uid, socket dir,
+fd limit inside a container) and whether the GStreamer elements load
+(host/gstreamer_check.py).
 """
 
 from __future__ import annotations
@@ -17,13 +22,20 @@ import os
 
 from bufbroker_broker import mapping_types
 from bufbroker_broker.host.capabilities import Check, HostPaths, probe_host
+from bufbroker_broker.host.container_check import container_checks
+from bufbroker_broker.host.gstreamer_check import gstreamer_checks
 from bufbroker_broker.host.probe import probe_host_facts
 
 OK, PARTIAL, BROKEN = 0, 1, 2
 
 
-def doctor_report(paths: HostPaths | None = None) -> tuple[list[str], int]:
-    """The report's lines and the exit status (see the module docstring), for ``paths`` (default: this host's)."""
+def doctor_report(paths: HostPaths | None = None, extras: bool | None = None) -> tuple[list[str], int]:
+    """The report's lines and the exit status (see the module docstring), for ``paths`` (default: this host's).
+
+    ``extras`` (default: only for this host's paths) adds the container
+    and GStreamer checks, which probe this process and host, not ``paths``.
+    """
+    extras = paths is None if extras is None else extras
     paths = paths if paths is not None else HostPaths()
     host = probe_host_facts(paths.sysfs, paths.dev)
     checks = probe_host(paths, host)
@@ -35,6 +47,10 @@ def doctor_report(paths: HostPaths | None = None) -> tuple[list[str], int]:
         supported, reason = mapping_types.host_support(mapping_type, host)
         verdict = "yes" if supported else "no"
         lines.append(f"  {name:<10} {verdict:<4} {reason}".rstrip())
+    if extras:
+        lines.append("extras (the broker needs none of them; the result leaves them out):")
+        for check in [*container_checks(), *gstreamer_checks()]:
+            lines.extend(_check_lines(check))
     missing_required = [c.name for c in checks if c.required and not c.ok]
     missing_optional = [c.name for c in checks if not c.required and not c.ok]
     if missing_required:
@@ -72,6 +88,6 @@ def run(args: argparse.Namespace) -> int:
 def run_doctor() -> int:
     """Print the report for this host (honouring BUFBROKER_SYSFS_ROOT); return the status."""
     sysfs = os.environ.get("BUFBROKER_SYSFS_ROOT") or "/sys"
-    lines, status = doctor_report(HostPaths(sysfs=sysfs))
+    lines, status = doctor_report(HostPaths(sysfs=sysfs), extras=True)
     print("\n".join(lines))
     return status
