@@ -1,9 +1,9 @@
 """Counts what one process exchanges with the broker and with the other stages.
 
-The SDK has no counters of its own for this, so the meter wraps, in this
-process only: the session transport's call (every SDK request goes through
-it), the streams' counter reports (sent as gRPC futures, at most 2/s per
-stream), the session's events, and ``LinkEnd``'s send (every datagram on a
+Through the SDK's instrumentation hooks, in this process only:
+``session.observe_calls`` (every gRPC call of the session, the streams'
+counter reports included), ``session.add_event_handler`` (the session's
+events) and ``bufbroker.streamlink.observe_sends`` (every datagram on a
 stream link: frames, releases, hellos, byes, with the fds they carry).
 Sizes are the protobuf payloads; gRPC/HTTP-2 framing is not counted.
 """
@@ -11,14 +11,12 @@ Sizes are the protobuf payloads; gRPC/HTTP-2 framing is not counted.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
 from typing import Any
 
 
 class ControlPlaneMeter:
     def __init__(self, session: Any) -> None:
-        import bufbroker.streams
-        from bufbroker.streamlink import LinkEnd
+        from bufbroker import streamlink
 
         self.calls: Counter[str] = Counter()
         self.rpc_bytes = 0
@@ -27,36 +25,18 @@ class ControlPlaneMeter:
         self.fds = 0  # fds this process sent or received for buffers and links
         self.link_messages = 0
         self.link_bytes = 0
-        transport = session._transport  # the SDK's one door to the broker
-        original_call = transport._call
-
-        def call(method: str, request: Any) -> Any:
-            response = original_call(method, request)
-            self.calls[method] += 1
-            self.rpc_bytes += request.ByteSize() + response[0].ByteSize()
-            return response
-
-        transport._call = call
-        original_report = bufbroker.streams.report_stats
-
-        def report(transport: Any, request: Any) -> Any:
-            sent = original_report(transport, request)
-            if sent is not None:
-                self.calls["ReportStreamStats"] += 1
-                self.rpc_bytes += request.ByteSize()
-            return sent
-
-        bufbroker.streams.report_stats = report  # type: ignore[assignment]
-        original_send = LinkEnd._send
-
-        def send(end: LinkEnd, data: bytes, fds: Sequence[int]) -> None:
-            original_send(end, data, fds)
-            self.link_messages += 1
-            self.link_bytes += len(data)
-            self.fds += len(fds)
-
-        LinkEnd._send = send  # type: ignore[method-assign,assignment]
+        session.observe_calls(self._call)
         session.add_event_handler(self._event)
+        streamlink.observe_sends(self._sent)
+
+    def _call(self, method: str, request: Any, response: Any) -> None:
+        self.calls[method] += 1
+        self.rpc_bytes += request.ByteSize() + (response.ByteSize() if response is not None else 0)
+
+    def _sent(self, payload_bytes: int, fd_count: int) -> None:
+        self.link_messages += 1
+        self.link_bytes += payload_bytes
+        self.fds += fd_count
 
     def _event(self, event: Any) -> None:
         self.events += 1

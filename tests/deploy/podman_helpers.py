@@ -46,7 +46,6 @@ DOCKERIGNORE = REPO_ROOT / "deploy" / "docker" / "Dockerfile.dockerignore"
 WHEELHOUSE = REPO_ROOT / "build" / "wheels"  # in the build context; build/ is git-ignored
 
 APT_PACKAGES = ["podman", "runc", "uidmap", "debootstrap", "netavark", "aardvark-dns", "slirp4netns"]
-APT_TIMEOUT = 900
 BASE_IMAGE = "localhost/bufbroker-base:bookworm"
 BASE_RECIPE_LABEL = "io.bufbroker.base-recipe"
 DEBOOTSTRAP = ["debootstrap", "--variant=minbase", "--include=python3,python3-venv", "bookworm"]
@@ -74,24 +73,6 @@ def progress(message: str) -> None:
     reporter, capture = _terminal
     with capture.global_and_fixture_disabled():
         reporter.write_line(f"[podman] {message}")
-
-
-def apt_install(packages: list[str]) -> None:
-    """Install Debian packages, or skip loudly when this run cannot (not root, no apt-get)."""
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        pytest.skip(
-            f"NOT TESTED: needs Debian packages {', '.join(packages)}, which are missing, and this test run "
-            "cannot install them (it is not root, or there is no apt-get)"
-        )
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (
-        ["apt-get", "update"],
-        ["apt-get", "install", "-y", "--no-install-recommends", *packages],
-    ):
-        progress(f"$ {shlex.join(command)}")
-        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=APT_TIMEOUT)
-        if result.returncode != 0:
-            pytest.fail(f"$ {shlex.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
 
 
 def apt_mirror() -> str:

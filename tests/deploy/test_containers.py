@@ -34,13 +34,13 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.apt import APT_TIMEOUT, apt_install
 from tests.conftest import fd_count, settled_fd_count, wait_for_fds
 from tests.deploy.podman_helpers import (
     APT_PACKAGES,
     IMAGE,
     REPO_ROOT,
     Podman,
-    apt_install,
     build_image,
     build_wheelhouse,
     containers_conf,
@@ -49,6 +49,10 @@ from tests.deploy.podman_helpers import (
     progress,
     show_progress_on,
 )
+
+# The first test also waits for the session fixtures: apt (update, install), debootstrap, the wheelhouse
+# and the image build, minutes on a cold machine.
+pytestmark = pytest.mark.timeout(2 * APT_TIMEOUT + 900)
 
 K8S = REPO_ROOT / "deploy" / "k8s"
 SOCKET_DIR = "/run/bufbroker"
@@ -75,7 +79,7 @@ def podman(podman_cache: Path) -> Iterator[Podman]:
     """podman configured for this host, installed with apt when missing; a loud skip where it cannot run."""
     missing = [tool for tool in ("podman", "runc", "debootstrap", "catatonit") if shutil.which(tool) is None]
     if missing and not Path("/usr/libexec/podman/catatonit").exists():
-        apt_install([*APT_PACKAGES, "catatonit"])  # catatonit: the pause process of kube play's pods
+        apt_install([*APT_PACKAGES, "catatonit"], progress)  # catatonit: the pause process of kube play's pods
     conf = podman_cache / "containers.conf"
     conf.write_text(containers_conf())
     engine = Podman(conf)

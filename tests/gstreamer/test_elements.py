@@ -18,7 +18,10 @@ from pathlib import Path
 import pytest
 
 from bufbroker_broker.cli.stream import SEQ_BYTES, pattern_byte
+from tests.apt import APT_TIMEOUT
 from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.timeout(2 * APT_TIMEOUT + 300)  # the first test may install GStreamer
 
 WIDTH, HEIGHT = 1280, 720
 NV12_SIZE = WIDTH * HEIGHT * 3 // 2

@@ -6,11 +6,8 @@ drive (Chromium, Prometheus), installed with apt when missing.
 from __future__ import annotations
 
 import json
-import os
 import queue
-import shutil
 import socket
-import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.apt import apt_install
 from tests.conftest import REPO_ROOT, BrokerProcess
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -32,7 +30,6 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 # apt may download a browser: the tests that need it get this long.
-APT_TIMEOUT = 900
 
 
 def free_port() -> int:
@@ -204,32 +201,6 @@ def event_reader() -> Iterator[Callable[..., EventReader]]:
 
 # --- Debian tools ---------------------------------------------------------------
 
-_apt_outcome: dict[str, str] = {}
-
-
-def _apt_install(packages: list[str]) -> None:
-    """`apt-get update` once per run, then install ``packages``; skip loudly when apt cannot run."""
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        pytest.skip(
-            f"NOT TESTED: needs Debian packages {', '.join(packages)}, which are missing, and this "
-            "test run cannot install them (it is not root, or there is no apt-get)"
-        )
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    if "update" not in _apt_outcome:
-        update = subprocess.run(["apt-get", "update"], capture_output=True, text=True, env=env, timeout=APT_TIMEOUT)
-        _apt_outcome["update"] = update.stdout[-2000:] + update.stderr[-2000:]
-        if update.returncode != 0:
-            pytest.fail(f"apt-get update failed:\n{_apt_outcome['update']}")
-    install = subprocess.run(
-        ["apt-get", "install", "-y", "--no-install-recommends", *packages],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=APT_TIMEOUT,
-    )
-    if install.returncode != 0:
-        pytest.fail(f"apt-get install {' '.join(packages)} failed:\n{install.stdout[-3000:]}\n{install.stderr[-3000:]}")
-
 
 @pytest.fixture(scope="session")
 def debian_tools() -> dict[str, Path]:
@@ -237,7 +208,7 @@ def debian_tools() -> dict[str, Path]:
     wanted = {"chromium": CHROMIUM, "prometheus": Path("/usr/bin/prometheus"), "promtool": Path("/usr/bin/promtool")}
     missing = [name for name, path in wanted.items() if not path.exists()]
     if missing:
-        _apt_install(["chromium", "prometheus"])
+        apt_install(["chromium", "prometheus"])
     still = [name for name, path in wanted.items() if not path.exists()]
     assert not still, f"apt installed chromium and prometheus, but {still} are still missing"
     return wanted

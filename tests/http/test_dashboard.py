@@ -7,7 +7,8 @@ import json
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from tests.http.conftest import APT_TIMEOUT, ARTIFACTS, CHROMIUM_ARGS, HttpBroker
+from tests.apt import APT_TIMEOUT
+from tests.http.conftest import ARTIFACTS, CHROMIUM_ARGS, HttpBroker
 
 pytestmark = pytest.mark.timeout(APT_TIMEOUT + 120)  # the first test may install chromium
 
@@ -76,6 +77,15 @@ def test_dashboard_draws_the_live_graph_follows_new_importers_and_shows_traces(h
             page.click("#explain-form button")
             expect(page.locator("#explain-result .summary")).to_have_text("an attach would negotiate memfd")
             expect(page.locator("#matrix-explain td.matched")).to_have_count(1)
+            # (format, modifier) pairs: the chosen pair in the matched cell, both lists in a refused one.
+            page.fill("#explain-buffer", "")
+            page.fill("#explain-offers", "memfd/NV12+XRGB8888")
+            page.fill("#explain-accept", "memfd/RGB565,memfd/XRGB8888")
+            page.click("#explain-form button")
+            expect(page.locator("#matrix-explain td.matched.chosen")).to_contain_text("XRGB8888:LINEAR")
+            expect(page.locator("#matrix-explain td.soft-mismatch")).to_contain_text(
+                "the exporter offers [NV12:LINEAR, XRGB8888:LINEAR], the importer accepts [RGB565:LINEAR]"
+            )
 
             # The live charts move: negotiations per second and fds held.
             for _ in range(20):

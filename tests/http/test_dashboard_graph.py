@@ -22,8 +22,9 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
+from tests.apt import APT_TIMEOUT
 from tests.conftest import REPO_ROOT
-from tests.http.conftest import APT_TIMEOUT, ARTIFACTS, CHROMIUM_ARGS, HttpBroker
+from tests.http.conftest import ARTIFACTS, CHROMIUM_ARGS, HttpBroker
 
 pytestmark = pytest.mark.timeout(APT_TIMEOUT + 120)  # the first test may install chromium
 

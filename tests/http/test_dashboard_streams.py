@@ -12,7 +12,8 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from tests.http.conftest import APT_TIMEOUT, ARTIFACTS, CHROMIUM_ARGS, HttpBroker
+from tests.apt import APT_TIMEOUT
+from tests.http.conftest import ARTIFACTS, CHROMIUM_ARGS, HttpBroker
 from tests.integration.test_streams import consumer, finish, producer
 
 pytestmark = pytest.mark.timeout(APT_TIMEOUT + 120)  # the first test may install chromium

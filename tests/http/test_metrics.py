@@ -18,7 +18,8 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 import bufbroker
-from tests.http.conftest import APT_TIMEOUT, HttpBroker, free_port
+from tests.apt import APT_TIMEOUT
+from tests.http.conftest import HttpBroker, free_port
 
 # What Prometheus 2.42 (Debian's) sends when it scrapes.
 PROMETHEUS_ACCEPT = (

@@ -59,6 +59,14 @@ def readable_now(fd: int) -> bool:
     return bool(poller.poll(0))
 
 
+def wait_consumers(stream: bufbroker.Stream, count: int) -> None:
+    """Until ``count`` consumers are linked (their links reach the producer on its event stream), at most 30 s."""
+    deadline = time.monotonic() + 30
+    while len(stream.consumers()) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    emit("consumers", count=len(stream.consumers()))
+
+
 def producer(args: argparse.Namespace) -> None:
     with Vgem.open() as card, bufbroker.connect(args.socket_dir, name="vgem-producer") as session:
         buffer = card.dumb_buffer(4096)
@@ -68,10 +76,7 @@ def producer(args: argparse.Namespace) -> None:
         for line in sys.stdin:
             command, *rest = line.split()
             if command == "wait-consumers":
-                deadline = time.monotonic() + 30
-                while len(stream.consumers()) < int(rest[0]) and time.monotonic() < deadline:
-                    time.sleep(0.01)
-                emit("consumers", count=len(stream.consumers()))
+                wait_consumers(stream, int(rest[0]))
             elif command == "publish":
                 fence = card.attach_fence(buffer.handle, write=True)
                 sync_file = dmabuf.export_sync_file(buffer.fd, write=False)
@@ -139,10 +144,7 @@ def implicit_producer(args: argparse.Namespace) -> None:
         for line in sys.stdin:
             command, *rest = line.split()
             if command == "wait-consumers":
-                deadline = time.monotonic() + 30
-                while len(stream.consumers()) < int(rest[0]) and time.monotonic() < deadline:
-                    time.sleep(0.01)
-                emit("consumers", count=len(stream.consumers()))
+                wait_consumers(stream, int(rest[0]))
             elif command == "publish":
                 with stream.acquire(5.0) as frame:
                     frame.memoryview()[:8] = (stream.last_seq + 1).to_bytes(8, "little")

@@ -29,7 +29,7 @@ from bufbroker.planes import layout_bytes, layout_to_wire
 from bufbroker.slotpool import ConsumerMode, DropPolicy
 from bufbroker.streamlink import DEFAULT_MAX_META_BYTES, LinkEnd
 from bufbroker.streams import Stream, StreamRegistry, Subscription, layout_pair, mode_value, stall_value
-from bufbroker.transport import Link, Transport
+from bufbroker.transport import CallObserver, Link, Transport
 from bufbroker.v1 import broker_pb2 as pb
 
 log = logging.getLogger("bufbroker")
@@ -200,6 +200,16 @@ class Session:
     def add_event_handler(self, handler: Callable[[pb.Event], None]) -> None:
         """Call ``handler(event)`` on the events thread for every session event."""
         self._events.add_handler(handler)
+
+    def observe_calls(self, observer: CallObserver) -> None:
+        """Call ``observer(method, request, response)`` after every gRPC call of this session.
+
+        On the calling thread; ``response`` is None for the streams' counter
+        reports (not waited for). Attach/Map/Unmap/Detach over a call
+        channel are datagrams, not gRPC calls, and are not observed. For
+        instrumentation: count calls and bytes (``request.ByteSize()``).
+        """
+        self._transport.call_observers.append(observer)
 
     # --- the API ----------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple, NoReturn
 
 from bufbroker.v1 import stream_pb2 as pb
@@ -50,6 +50,20 @@ _new_tuple = tuple.__new__
 # struct timeval for SO_RCVTIMEO; all zero means "no timeout" to the kernel.
 _TIMEVAL = struct.Struct("@ll")
 _NO_RCVTIMEO = 0
+
+
+# observer(payload bytes, fd count) after each datagram a link of this process sent (observe_sends).
+_send_observers: list[Callable[[int, int], None]] = []
+
+
+def observe_sends(observer: Callable[[int, int], None]) -> None:
+    """Call ``observer(payload_bytes, fd_count)`` after every datagram any stream link of this process sends.
+
+    Frames, releases, hellos and byes, on the sending thread. For
+    instrumentation (the video example's meter): it costs each send one
+    call, so leave it off in production.
+    """
+    _send_observers.append(observer)
 
 
 class LinkError(Exception):
@@ -228,6 +242,9 @@ class LinkEnd:
                 self.sock.sendmsg((data,), ancillary, _SEND)
         except (BrokenPipeError, ConnectionResetError) as error:
             raise LinkClosed(f"the link's peer is gone ({error.strerror})") from None
+        if _send_observers:
+            for observer in _send_observers:
+                observer(len(data), len(fds))
 
     # --- receiving -----------------------------------------------------------------
 

@@ -36,6 +36,8 @@ log = logging.getLogger("bufbroker")
 CONNECT_TIMEOUT = 5.0
 FD_WAIT_TIMEOUT = 5.0
 RECONNECT_TIMEOUT = 30.0
+# observer(method, request, response) after a gRPC call (response None when not waited for).
+CallObserver = Callable[[str, Message, Message | None], None]
 
 EventHandler = Callable[[pb.Event], None]
 
@@ -238,6 +240,7 @@ class Transport:
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._closed = False
+        self.call_observers: list[CallObserver] = []  # Session.observe_calls
         self.link = Link(socket_dir, on_event, self._link_lost)
         self._connected.set()
 
@@ -324,9 +327,12 @@ class Transport:
             raise errors.Unavailable(f"no broker at {self.socket_dir}: the session lost it and has not reconnected")
         link = self.link
         try:
-            return getattr(link.stub, method)(request, metadata=link.call_metadata()), link
+            response = getattr(link.stub, method)(request, metadata=link.call_metadata())
         except grpc.RpcError as error:
             raise errors.from_rpc_error(error) from None
+        for observer in self.call_observers:
+            observer(method, request, response)
+        return response, link
 
     def _link_lost(self, link: Link, why: str) -> None:
         with self._lock:
