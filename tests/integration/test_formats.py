@@ -158,6 +158,9 @@ def test_a_consumer_needing_another_format_renegotiates_the_stream_and_both_read
         in (refused["message"])
     )
     assert refused["trace"][0]["reason"].startswith("formats: the exporter offers [XRGB8888:LINEAR]")
+    # A pair it could produce, but for a mapping type the slots do not offer: moving would not help.
+    other_type = consumer(broker, "cam", "--accept", "segments/NV12").expect("refused")
+    assert "the accept list names none of the slots' mapping types" in other_type["message"]
     source.send("close")
     source.expect("closed")
 

@@ -525,9 +525,15 @@ class Streams:
 
         if not stream.renegotiate:
             refuse(f"stream {stream.name!r} was created without renegotiate, so its format stays")
-        wanted = {pair for spec in joining.accept for pair in spec.formats}
-        if not wanted or any(not spec.formats for spec in joining.accept):
-            refuse("the accept list takes any format, so another format would not help")
+        # Only entries of a type the slots offer count: moving to a format the consumer would still not
+        # take (for its type) would change the stream for nothing.
+        offered = {offer.type for offer in stream.slots[0].offers}
+        usable = [spec for spec in joining.accept if spec.type in offered]
+        wanted = {pair for spec in usable for pair in spec.formats}
+        if not usable:
+            refuse("another format would not help: the accept list names none of the slots' mapping types")
+        if any(not spec.formats for spec in usable):
+            refuse("another format would not help: the accept list takes any format of the types it shares")
         others = [link for link in stream.links.values() if link is not joining]
         for pair in stream.formats:
             if pair in wanted and all(_accepts(link, pair) for link in others):
