@@ -237,8 +237,9 @@ def test_image_holds_the_daemon_and_sdk_only_runs_as_10001_and_its_healthcheck_p
         "bbt-health-broker",
         "python3",
         "-c",
+        "from pathlib import Path\n"
         "from bufbroker_broker.host.container_check import container_checks\n"
-        "for c in container_checks(): print(c.name, c.ok, c.detail, sep='|')",
+        f"for c in container_checks(Path({SOCKET_DIR!r})): print(c.name, c.ok, c.detail, sep='|')",
     ).stdout.splitlines()
     by_name = {line.split("|")[0]: line.split("|") for line in checks}
     assert by_name["container"][2] == "in a container (podman)"

@@ -138,7 +138,9 @@ def test_the_sdk_never_imports_the_daemon():
 
 
 def test_the_core_uses_only_the_standard_library_and_the_wire_contract():
-    allowed_sdk = ("bufbroker.v1", "bufbroker.protocol")
+    # bufbroker.formats: the format table, the names and codes the wire's FormatPair and Layout carry
+    # (pure data and arithmetic, standard library only).
+    allowed_sdk = ("bufbroker.v1", "bufbroker.protocol", "bufbroker.formats")
     wrong = []
     for module, path in MODULES.items():
         if _layer(module) != 0:

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 from bufbroker_broker import mapping_types
 from bufbroker_broker.host.capabilities import Check, HostPaths, probe_host
 from bufbroker_broker.host.container_check import container_checks
 from bufbroker_broker.host.gstreamer_check import gstreamer_checks
 from bufbroker_broker.host.probe import probe_host_facts
+from bufbroker_broker.server.settings import default_socket_dir
 
 OK, PARTIAL, BROKEN = 0, 1, 2
 
@@ -49,7 +51,8 @@ def doctor_report(paths: HostPaths | None = None, extras: bool | None = None) ->
         lines.append(f"  {name:<10} {verdict:<4} {reason}".rstrip())
     if extras:
         lines.append("extras (the broker needs none of them; the result leaves them out):")
-        for check in [*container_checks(), *gstreamer_checks()]:
+        socket_dir = Path(os.environ.get("BUFBROKER_SOCKET_DIR") or default_socket_dir())
+        for check in [*container_checks(socket_dir), *gstreamer_checks()]:
             lines.extend(_check_lines(check))
     missing_required = [c.name for c in checks if c.required and not c.ok]
     missing_optional = [c.name for c in checks if not c.required and not c.ok]

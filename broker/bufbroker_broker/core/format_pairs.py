@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from bufbroker import formats
-from bufbroker.planes import layout_from_wire
+from bufbroker.formats import LayoutError, pair_text, parse_format, validate_layout
 from bufbroker.v1 import broker_pb2 as pb
 from bufbroker_broker.core.errors import InvalidArgument
 
@@ -36,7 +35,7 @@ def pairs_from_wire(wire: Iterable[object], where: str) -> tuple[Pair, ...]:
         if not name:
             raise InvalidArgument(f"{where} formats[{index}] has no format: name one, e.g. NV12")
         try:
-            fmt = formats.parse_format(name)
+            fmt = parse_format(name)
         except ValueError as error:
             raise InvalidArgument(f"{where} formats[{index}]: {error}") from None
         pair = (fmt.name, modifier)
@@ -56,7 +55,7 @@ def choose(offered: Sequence[Pair], accepted: Sequence[Pair]) -> Pair | None:
 
 def text(pair: Pair) -> str:
     """``NV12:LINEAR``, ``NV12:I915_Y_TILED``, ``NV12:0x...``."""
-    return formats.pair_text(pair[0], pair[1])
+    return pair_text(pair[0], pair[1])
 
 
 def list_text(pairs: Sequence[Pair]) -> str:
@@ -81,7 +80,14 @@ def check_layout(layout: pb.Layout | None, size: int, fd_count: int = 1) -> None
     """
     if layout is None or not layout.planes or fd_count > 1:
         return
+    described = {
+        "fourcc": layout.fourcc,
+        "width": layout.width,
+        "height": layout.height,
+        "modifier": layout.modifier,
+        "planes": [{"offset": plane.offset, "stride": plane.stride} for plane in layout.planes],
+    }
     try:
-        formats.validate_layout(layout_from_wire(layout), size)
-    except formats.LayoutError as error:
+        validate_layout(described, size)
+    except LayoutError as error:
         raise InvalidArgument(f"layout: {error}") from None

@@ -119,27 +119,24 @@ def check_container_fd_limit(limits: tuple[int, int]) -> Check:
 
 
 def container_checks(
+    socket_dir: Path,
     root: Path = Path("/"),
-    socket_dir: Path | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> list[Check]:
     """The container case of `bufbroker doctor`, for this process.
 
     On a plain host it is one ok check saying so (the host checks already
     cover the fd limit there). In a container it adds the uid, the socket
-    dir (``socket_dir``, default $BUFBROKER_SOCKET_DIR or the broker's
-    default) and the fd limit the engine set. ``root`` and ``environ``
-    are for tests; the checks read the real uid and limits.
+    dir (``socket_dir``: the caller's, $BUFBROKER_SOCKET_DIR or the
+    broker's default, which the settings layer knows) and the fd limit the
+    engine set. ``root`` and ``environ`` are for tests; the checks read
+    the real uid and limits.
     """
     environ = os.environ if environ is None else environ
     engine = container_engine(root, environ)
     checks = [check_container(engine)]
     if engine is None:
         return checks
-    if socket_dir is None:
-        from bufbroker_broker.server.settings import default_socket_dir
-
-        socket_dir = Path(environ.get("BUFBROKER_SOCKET_DIR") or default_socket_dir())
     uid = os.geteuid()
     checks.append(check_uid(uid, engine))
     checks.append(check_socket_dir(socket_dir, uid, {os.getegid(), *os.getgroups()}))

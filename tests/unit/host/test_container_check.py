@@ -35,7 +35,7 @@ def test_engine_falls_back_to_the_environment_then_pid_1s_cgroup(tmp_path):
 
 
 def test_on_a_plain_host_only_the_container_check_is_given(tmp_path):
-    [check] = container_checks(tmp_path, environ={})
+    [check] = container_checks(tmp_path / "run-bufbroker", tmp_path, environ={})
     assert check.name == "container" and check.ok and "not in a container" in check.detail
 
 
@@ -44,7 +44,7 @@ def test_in_a_container_the_uid_socket_dir_and_fd_limit_are_checked(tmp_path):
     socket_dir = tmp_path / "run-bufbroker"
     socket_dir.mkdir(mode=0o770)
     os.chmod(socket_dir, 0o770)
-    checks = {check.name: check for check in container_checks(tmp_path, socket_dir=socket_dir, environ={})}
+    checks = {check.name: check for check in container_checks(socket_dir, tmp_path, environ={})}
     assert list(checks) == ["container", "uid", "socket dir", "fd limit"]
     assert checks["container"].detail == "in a container (docker)"
     assert checks["socket dir"].ok, checks["socket dir"]
