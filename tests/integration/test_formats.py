@@ -178,3 +178,31 @@ def test_a_stream_without_renegotiate_keeps_its_format_and_says_so(broker):
     assert end["torn"] == [] and end["formats"] == ["NV12"] * 5
     source.send("close")
     source.expect("closed")
+
+
+def test_a_stream_renegotiates_at_most_once_every_few_seconds(broker):
+    source = producer(
+        broker,
+        "flip",
+        "--slots",
+        "2",
+        "--layout",
+        "32x16",
+        "--format",
+        "NV12",
+        "--formats",
+        "NV12,XRGB8888",
+        "--renegotiate",
+    )
+    rgb = consumer(broker, "flip", "--accept", "memfd/XRGB8888", "--planes", "--frames", "1")
+    rgb.expect("subscribed", timeout=20)  # moved the stream to XRGB8888
+    source.send("wait-consumers 1")
+    source.expect("consumers", count=1)
+    source.send("publish 1")
+    assert finish(rgb)["formats"] == ["XRGB8888"]
+    # Back to NV12 at once: refused (a consumer cannot flip everyone's stream back and forth).
+    refused = consumer(broker, "flip", "--accept", "memfd/NV12").expect("refused")
+    assert refused["error"] == "FailedPrecondition"
+    assert "changed its format" in refused["message"] and "at most once every 5 s" in refused["message"]
+    source.send("close")
+    source.expect("closed")

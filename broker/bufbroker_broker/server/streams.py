@@ -72,6 +72,9 @@ MAX_STALL_TIMEOUT = 3600.0
 # for the slots to offer it (the SDK drains up to 5 s, then moves).
 RENEGOTIATE_TIMEOUT = 10.0
 RENEGOTIATE_CHECK = 0.01  # seconds between its looks at the slots' offers
+# At most one renegotiation per stream this often: a consumer cannot make the stream (every other
+# consumer's frames) move back and forth by subscribing with alternating formats.
+RENEGOTIATE_INTERVAL = 5.0
 # The consumers' hand-off latency histogram bounds, in seconds (metrics).
 HANDOFF_LATENCY_BOUNDS = tuple(bound / 1e6 for bound in HANDOFF_LATENCY_BOUNDS_US)
 _MODES = (spb.CONSUMER_MODE_QUEUE, spb.CONSUMER_MODE_LATEST)
@@ -134,6 +137,7 @@ class Stream:
     formats: tuple[Pair, ...] = ()  # what the producer can produce, in its order
     renegotiate: bool = False
     renegotiating: Pair | None = None  # the pair the producer was asked to move to, until its slots offer it
+    renegotiated_at: float = float("-inf")  # loop time of the last renegotiation asked for
     # Every consumer's reported hand-off latencies, added up (seconds).
     handoff_latency: LatencyHistogram = field(default_factory=lambda: LatencyHistogram(HANDOFF_LATENCY_BOUNDS))
 
@@ -552,6 +556,13 @@ class Streams:
                 "consumer; subscribe again once it has"
             )
         if stream.renegotiating is None:
+            since = self.clock() - stream.renegotiated_at
+            if since < RENEGOTIATE_INTERVAL:
+                raise FailedPrecondition(
+                    f"stream {stream.name!r} changed its format {since:.1f} s ago; it renegotiates at most once "
+                    f"every {RENEGOTIATE_INTERVAL:g} s: subscribe again after that"
+                )
+            stream.renegotiated_at = self.clock()
             stream.renegotiating = target
             reason = f"pid {consumer.pid} subscribed accepting {format_pairs.text(target)}"
             self.notify(stream.producer, StreamRenegotiateEvent(stream.id, target, consumer.pid, reason))
