@@ -87,3 +87,44 @@ def test_watch_names_a_bad_format_pair_in_its_accept_list(broker):
     watch = _watch(broker, "--accept", "memfd/NV13")
     _, err = watch.communicate(timeout=30)
     assert watch.returncode == 1 and "unknown pixel format 'NV13'" in err and "Traceback" not in err, err
+
+
+def test_test_source_allow_decides_who_may_subscribe(broker):
+    def source(*allow: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [
+                *(*CLI, "test-source", "cam0", "--socket-dir", str(broker.socket_dir)),
+                *("--size", "16x16", "--fps", "20", "--frames", "60", *allow),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def wait_for_stream() -> None:
+        deadline = time.monotonic() + 20
+        while (
+            "cam0"
+            not in subprocess.run(
+                [*CLI[:-1], "ls", "--socket-dir", str(broker.socket_dir)], capture_output=True, text=True, timeout=30
+            ).stdout
+        ):
+            assert time.monotonic() < deadline, "test-source never created its stream"
+            time.sleep(0.1)
+
+    others_only = source("--allow", "uid:54321")
+    wait_for_stream()
+    refused = _watch(broker, "--wait", "0.5", "--frames", "1")
+    _, err = refused.communicate(timeout=30)
+    assert refused.returncode == 1, err
+    assert "does not allow uid:0 gid:0: its exporter allows [uid:54321]; ask it to add you to allow=" in err, err
+    others_only.kill()
+    others_only.communicate()
+
+    anyone = source("--allow", "any")
+    watch = _watch(broker, "--check", "--frames", "5", "--wait", "20")
+    out, err = watch.communicate(timeout=60)
+    assert watch.returncode == 0, err
+    assert _reports(out)[-1]["total"] == 5
+    anyone.kill()
+    anyone.communicate()

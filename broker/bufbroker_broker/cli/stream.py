@@ -71,7 +71,18 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     source.add_argument("--fps", type=float, default=30.0, metavar="N", help="frames per second (default 30)")
     source.add_argument("--slots", type=int, default=4, metavar="N", help="slots in the pool (default 4)")
     source.add_argument("--frames", type=int, default=0, metavar="N", help="stop after N frames (0: no limit)")
-    source.add_argument("--offers", default="memfd", help="mapping types to offer, in order (default memfd)")
+    source.add_argument(
+        "--offers",
+        default="memfd",
+        help="mapping types to offer, in order (default memfd); each may list (format, modifier) pairs after a "
+        "slash, joined by + (memfd/XRGB8888)",
+    )
+    source.add_argument(
+        "--allow",
+        default="",
+        metavar="PRINCIPALS",
+        help="who may subscribe, comma-separated: uid:N, gid:N, same-uid, any (default same-uid)",
+    )
     source.add_argument(
         "--drop",
         choices=("block", "oldest"),
@@ -133,7 +144,10 @@ def _test_source(args: argparse.Namespace, socket_dir: Path) -> int:
     offers = [bufbroker.specs.spec_from_text(name) for name in args.offers.split(",") if name]
     period = 1.0 / args.fps if args.fps > 0 else 0.0
     with bufbroker.connect(socket_dir, name=f"test-source {args.name}") as session:
-        stream = session.create_stream(args.name, slots=args.slots, size=size, offers=offers, drop=args.drop)
+        allow = [principal.strip() for principal in args.allow.split(",") if principal.strip()] or None
+        stream = session.create_stream(
+            args.name, slots=args.slots, size=size, offers=offers, drop=args.drop, allow=allow
+        )
         deadline = time.monotonic() + 30
         while len(stream.consumers()) < args.wait_consumers:
             if time.monotonic() > deadline:
