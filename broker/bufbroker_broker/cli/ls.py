@@ -79,11 +79,16 @@ def list_buffers(session: Any, name: str = "") -> list[Any]:
     """Every visible buffer (or the one named ``name``), paging through ListBuffers at its default page size."""
     from bufbroker.v1 import broker_pb2 as pb
 
+    return _every_page(session, "ListBuffers", pb.ListBuffersRequest, "buffers", name)
+
+
+def _every_page(session: Any, method: str, request: Any, field: str, name: str) -> list[Any]:
+    """The ``field`` items of every page of a List call (``after_id`` in, ``next_after_id`` out)."""
     found: list[Any] = []
     after = 0
     while True:
-        page = session.call("ListBuffers", pb.ListBuffersRequest(name=name, after_id=after))
-        found.extend(page.buffers)
+        page = session.call(method, request(name=name, after_id=after))
+        found.extend(getattr(page, field))
         if not page.next_after_id:
             return found
         after = page.next_after_id
@@ -125,14 +130,7 @@ def list_streams(session: Any, name: str = "") -> list[Any]:
     """Every visible stream (or the one named ``name``), as StreamInfo, page after page."""
     from bufbroker.v1 import broker_pb2 as pb
 
-    streams: list[Any] = []
-    after = 0
-    while True:
-        page = session.call("ListStreams", pb.ListStreamsRequest(name=name, after_id=after))
-        streams.extend(page.streams)
-        if not page.next_after_id:
-            return streams
-        after = page.next_after_id
+    return _every_page(session, "ListStreams", pb.ListStreamsRequest, "streams", name)
 
 
 def report_time(stream: Any, at: float) -> float | None:

@@ -17,16 +17,13 @@ from bufbroker_broker.core.errors import InvalidArgument
 # A pair as the core keeps it: the DRM format name and the modifier.
 Pair = tuple[str, int]
 
-# Pairs on one offer or match: a real device lists tens at most.
-MAX_PAIRS = 64
-
 
 def pairs_from_wire(wire: Iterable[object], where: str) -> tuple[Pair, ...]:
     """The pairs of a wire Offer's or Match's ``formats``, names made canonical (aliases -> DRM names).
 
     ``where`` names the list in errors ("offer 0", "match 1"). Raises
-    InvalidArgument for an unknown format, a modifier past 64 bits, a
-    duplicate, or more than MAX_PAIRS.
+    InvalidArgument for an unknown format or a duplicate; how many pairs
+    a list may hold is the server's setting max_format_pairs, checked first.
     """
     pairs: list[Pair] = []
     for index, entry in enumerate(wire):
@@ -42,8 +39,6 @@ def pairs_from_wire(wire: Iterable[object], where: str) -> tuple[Pair, ...]:
         if pair in pairs:
             raise InvalidArgument(f"{where} formats[{index}] repeats {text(pair)}: list each pair once")
         pairs.append(pair)
-        if len(pairs) > MAX_PAIRS:
-            raise InvalidArgument(f"{where} lists more than {MAX_PAIRS} (format, modifier) pairs")
     return tuple(pairs)
 
 

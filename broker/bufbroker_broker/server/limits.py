@@ -11,7 +11,7 @@ raise.
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Sized
 from dataclasses import dataclass, fields
 
 from bufbroker.v1 import mapping_types_pb2 as mpb
@@ -32,6 +32,9 @@ DEFAULT_MAX_NAME_LENGTH = 256
 # have this many waiting or running (server/operations.py).
 DEFAULT_COPY_WORKERS = 2
 DEFAULT_MAX_COPIES_PER_SESSION = 4
+# (format, modifier) pairs on one offer or accept entry: a real device lists tens. Each examined
+# (offer, match) pair intersects two such lists (a set lookup per offered pair).
+DEFAULT_MAX_FORMAT_PAIRS = 64
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class RequestLimits:
     max_name_length: int = DEFAULT_MAX_NAME_LENGTH
     copy_workers: int = DEFAULT_COPY_WORKERS
     max_copies_per_session: int = DEFAULT_MAX_COPIES_PER_SESSION
+    max_format_pairs: int = DEFAULT_MAX_FORMAT_PAIRS
 
     @classmethod
     def of(cls, settings: object) -> RequestLimits:
@@ -57,6 +61,8 @@ class RequestLimits:
         the bound is on the extents of all offers together, not per offer.
         """
         _at_most(len(offers), self.max_offers, "offers", "max_offers")
+        for index, offer in enumerate(offers):
+            self.check_format_pairs(offer.formats, f"offer {index}")
         total = 0
         for offer in offers:
             arm = offer.WhichOneof("kind")
@@ -69,6 +75,12 @@ class RequestLimits:
 
     def check_accept(self, accept: Sequence[object]) -> None:
         _at_most(len(accept), self.max_accept_entries, "accept entries", "max_accept_entries")
+        for index, match in enumerate(accept):
+            self.check_format_pairs(getattr(match, "formats", ()), f"match {index}")
+
+    def check_format_pairs(self, pairs: Sized, where: str) -> None:
+        """At most max_format_pairs (format, modifier) pairs on one offer, match or stream."""
+        _at_most(len(pairs), self.max_format_pairs, f"(format, modifier) pairs on {where}", "max_format_pairs")
 
     def check_labels(self, labels: Mapping[str, str], what: str = "labels") -> None:
         """At most max_labels labels whose keys and values hold at most max_label_bytes (UTF-8) in all."""

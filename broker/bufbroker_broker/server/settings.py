@@ -76,6 +76,12 @@ class BrokerSettings(BaseSettings):
         le=MAX_EXTENTS,
         description=f"extents in one buffer's segments and udmabuf offers together (at most {MAX_EXTENTS})",
     )
+    max_format_pairs: int = Field(
+        limits.DEFAULT_MAX_FORMAT_PAIRS,
+        gt=0,
+        le=4096,
+        description="(format, modifier) pairs on one offer, accept entry or stream",
+    )
     max_labels: int = Field(limits.DEFAULT_MAX_LABELS, gt=0, description="labels on one buffer or in one selector")
     max_label_bytes: int = Field(
         limits.DEFAULT_MAX_LABEL_BYTES, gt=0, description="bytes of one buffer's label keys and values together"
@@ -160,6 +166,13 @@ class BrokerSettings(BaseSettings):
     max_stream_consumers: int = Field(64, gt=0, description="consumers (links) of one stream")
     stream_max_meta_bytes: int = Field(
         4096, gt=0, le=1 << 20, description="bytes of per-frame metadata on a stream's links (told to both ends)"
+    )
+    stream_renegotiate_interval: float = Field(
+        5.0,
+        ge=0,
+        le=3600,
+        description="seconds between two format renegotiations of one stream (one consumer cannot flip it back and "
+        "forth)",
     )
 
     @field_validator("log_level")

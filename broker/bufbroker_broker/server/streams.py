@@ -72,9 +72,6 @@ MAX_STALL_TIMEOUT = 3600.0
 # for the slots to offer it (the SDK drains up to 5 s, then moves).
 RENEGOTIATE_TIMEOUT = 10.0
 RENEGOTIATE_CHECK = 0.01  # seconds between its looks at the slots' offers
-# At most one renegotiation per stream this often: a consumer cannot make the stream (every other
-# consumer's frames) move back and forth by subscribing with alternating formats.
-RENEGOTIATE_INTERVAL = 5.0
 # The consumers' hand-off latency histogram bounds, in seconds (metrics).
 HANDOFF_LATENCY_BOUNDS = tuple(bound / 1e6 for bound in HANDOFF_LATENCY_BOUNDS_US)
 _MODES = (spb.CONSUMER_MODE_QUEUE, spb.CONSUMER_MODE_LATEST)
@@ -89,6 +86,9 @@ class StreamLimits:
     max_stream_slots: int = 64
     max_stream_consumers: int = 64
     stream_max_meta_bytes: int = 4096
+    # At most one renegotiation per stream this often: a consumer cannot make the stream (every
+    # other consumer's frames) move back and forth by subscribing with alternating formats.
+    stream_renegotiate_interval: float = 5.0
 
     @classmethod
     def of(cls, settings: object) -> StreamLimits:
@@ -557,10 +557,11 @@ class Streams:
             )
         if stream.renegotiating is None:
             since = self.clock() - stream.renegotiated_at
-            if since < RENEGOTIATE_INTERVAL:
+            interval = self.limits.stream_renegotiate_interval
+            if since < interval:
                 raise FailedPrecondition(
                     f"stream {stream.name!r} changed its format {since:.1f} s ago; it renegotiates at most once "
-                    f"every {RENEGOTIATE_INTERVAL:g} s: subscribe again after that"
+                    f"every {interval:g} s (setting stream_renegotiate_interval): subscribe again after that"
                 )
             stream.renegotiated_at = self.clock()
             stream.renegotiating = target

@@ -24,12 +24,12 @@ gi.require_version("Gst", "1.0")
 gi.require_version("GstBase", "1.0")
 gi.require_version("GstVideo", "1.0")
 from bufbroker_gst.sdk import ensure_sdk  # noqa: E402
-from gi.repository import GLib, GObject, Gst, GstBase, GstVideo  # noqa: E402
+from gi.repository import GObject, Gst, GstBase, GstVideo  # noqa: E402
 
 ensure_sdk()
 
 from bufbroker_gst import caps as bcaps  # noqa: E402
-from bufbroker_gst import framemeta  # noqa: E402
+from bufbroker_gst import framemeta, properties  # noqa: E402
 from bufbroker_gst.messages import post_error, post_stats  # noqa: E402
 
 import bufbroker  # noqa: E402
@@ -67,13 +67,7 @@ class BufbrokerSink(GstBase.BaseSink):  # type: ignore[misc]
         Gst.PadTemplate.new("sink", Gst.PadDirection.SINK, Gst.PadPresence.ALWAYS, bcaps.template_caps()),
     )
     __gproperties__: ClassVar[dict[str, tuple[Any, ...]]] = {
-        "socket-dir": (
-            str,
-            "socket dir",
-            "The broker's socket dir (empty: $BUFBROKER_SOCKET_DIR, else $XDG_RUNTIME_DIR/bufbroker, else /run/bufbroker)",
-            "",
-            GObject.ParamFlags.READWRITE,
-        ),
+        "socket-dir": properties.SOCKET_DIR,
         "stream": (
             str,
             "stream",
@@ -114,23 +108,9 @@ class BufbrokerSink(GstBase.BaseSink):  # type: ignore[misc]
             0,
             GObject.ParamFlags.READWRITE,
         ),
-        "frames": (
-            GObject.TYPE_UINT64,
-            "frames",
-            "Frames published so far",
-            0,
-            GLib.MAXUINT64,
-            0,
-            GObject.ParamFlags.READABLE,
-        ),
-        "copies": (
-            GObject.TYPE_UINT64,
-            "copies",
-            "Buffer copies made so far (one per frame: upstream's buffer into the slot)",
-            0,
-            GLib.MAXUINT64,
-            0,
-            GObject.ParamFlags.READABLE,
+        "frames": properties.counter("frames", "Frames published so far"),
+        "copies": properties.counter(
+            "copies", "Buffer copies made so far (one per frame: upstream's buffer into the slot)"
         ),
     }
 

@@ -34,12 +34,12 @@ gi.require_version("GstBase", "1.0")
 gi.require_version("GstVideo", "1.0")
 gi.require_version("GstAllocators", "1.0")
 from bufbroker_gst.sdk import ensure_sdk  # noqa: E402
-from gi.repository import GLib, GObject, Gst, GstAllocators, GstBase, GstVideo  # noqa: E402
+from gi.repository import GObject, Gst, GstAllocators, GstBase, GstVideo  # noqa: E402
 
 ensure_sdk()
 
 from bufbroker_gst import caps as bcaps  # noqa: E402
-from bufbroker_gst import framemeta  # noqa: E402
+from bufbroker_gst import framemeta, properties  # noqa: E402
 from bufbroker_gst.messages import post_error, post_stats  # noqa: E402
 from bufbroker_gst.slotpool import SlotBufferPool  # noqa: E402
 
@@ -66,13 +66,7 @@ class BufbrokerSrc(GstBase.BaseSrc):  # type: ignore[misc]
         Gst.PadTemplate.new("src", Gst.PadDirection.SRC, Gst.PadPresence.ALWAYS, bcaps.template_caps()),
     )
     __gproperties__: ClassVar[dict[str, tuple[Any, ...]]] = {
-        "socket-dir": (
-            str,
-            "socket dir",
-            "The broker's socket dir (empty: $BUFBROKER_SOCKET_DIR, else $XDG_RUNTIME_DIR/bufbroker, else /run/bufbroker)",
-            "",
-            GObject.ParamFlags.READWRITE,
-        ),
+        "socket-dir": properties.SOCKET_DIR,
         "stream": (str, "stream", "The name of the stream to receive (required)", "", GObject.ParamFlags.READWRITE),
         "accept": (
             str,
@@ -109,23 +103,9 @@ class BufbrokerSrc(GstBase.BaseSrc):  # type: ignore[misc]
             2,
             GObject.ParamFlags.READWRITE,
         ),
-        "frames": (
-            GObject.TYPE_UINT64,
-            "frames",
-            "Frames pushed so far",
-            0,
-            GLib.MAXUINT64,
-            0,
-            GObject.ParamFlags.READABLE,
-        ),
-        "copies": (
-            GObject.TYPE_UINT64,
-            "copies",
-            "Frames copied so far (0 unless the layout needs GstVideoMeta and downstream does not take it)",
-            0,
-            GLib.MAXUINT64,
-            0,
-            GObject.ParamFlags.READABLE,
+        "frames": properties.counter("frames", "Frames pushed so far"),
+        "copies": properties.counter(
+            "copies", "Frames copied so far (0 unless the layout needs GstVideoMeta and downstream does not take it)"
         ),
     }
 

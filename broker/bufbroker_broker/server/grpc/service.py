@@ -320,6 +320,7 @@ class BrokerService(pb_grpc.BrokerServicer):
     @grpc_errors
     async def CreateStream(self, request: pb.CreateStreamRequest, context: Context) -> pb.CreateStreamResponse:
         session, streams = await self.authenticate(context), self._streams()
+        self.operations.limits.check_format_pairs(request.formats, "the stream")
         stream = streams.create(
             session,
             request.name,
