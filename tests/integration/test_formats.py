@@ -11,12 +11,14 @@ baseline at teardown (the broker fixture).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
 import bufbroker
+from bufbroker.backing import make_memfd
 from bufbroker.v1 import broker_pb2 as pb
 from bufbroker.v1 import mapping_types_pb2 as mpb
 from tests.conftest import REPO_ROOT
@@ -111,6 +113,15 @@ def test_a_layout_that_breaks_its_format_s_rules_is_refused_naming_the_plane(bro
         }
         with pytest.raises(bufbroker.InvalidArgument, match=r"plane 1 \(UV\)"):
             exporting.export(4096, layout=overlapping)
+        # However many fds the planes live in, a layout lists at most 4 planes (checked before anything else).
+        many = {"fourcc": "NV12", "width": 64, "height": 32, "planes": [{"offset": 0, "stride": 64}] * 5000}
+        planes = [make_memfd("y", 4096), make_memfd("uv", 4096)]
+        try:
+            with pytest.raises(bufbroker.InvalidArgument, match=r"layout: 5000 planes; a frame has at most 4"):
+                exporting.export(fd=planes, offers=["segments"], layout=many)
+        finally:
+            for fd in planes:
+                os.close(fd)
         good = exporting.export(4096, layout=bufbroker.formats.derive_layout("NV12", 64, 32).to_dict())
         assert good.info.layout.planes[1].offset == 2048
 

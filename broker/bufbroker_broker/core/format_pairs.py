@@ -17,6 +17,9 @@ from bufbroker_broker.core.errors import InvalidArgument
 # A pair as the core keeps it: the DRM format name and the modifier.
 Pair = tuple[str, int]
 
+# Planes of one frame: DRM formats have 1 to 4 (drm_fourcc.h's DRM_FORMAT_MAX_PLANES).
+MAX_PLANES = 4
+
 
 def pairs_from_wire(wire: Iterable[object], where: str) -> tuple[Pair, ...]:
     """The pairs of a wire Offer's or Match's ``formats``, names made canonical (aliases -> DRM names).
@@ -71,9 +74,17 @@ def check_layout(layout: pb.Layout | None, size: int, fd_count: int = 1) -> None
     A layout that lists no planes only names the pixels (format and size)
     and is kept as it is; one with planes must fit the format and ``size``.
     Planes in fds of their own (segments of several memfds) have offsets
-    into their own fd, which a Layout does not say: not checked.
+    into their own fd, which a Layout does not say: not checked, but no
+    layout may list more planes than a DRM format has (4), so a hostile
+    one costs the loop nothing to look at.
     """
-    if layout is None or not layout.planes or fd_count > 1:
+    if layout is None:
+        return
+    if len(layout.planes) > MAX_PLANES:
+        raise InvalidArgument(
+            f"layout: {len(layout.planes)} planes; a frame has at most {MAX_PLANES} (DRM formats have 1 to 4)"
+        )
+    if not layout.planes or fd_count > 1:
         return
     described = {
         "fourcc": layout.fourcc,
